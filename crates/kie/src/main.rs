@@ -1,0 +1,38 @@
+//! `kie`: the kie-common service (`serve`), its operator tools (`admin`) and the
+//! KIE.AI API command line (`credits`, `link`, `download`, `monitor`, `webhook`, `task`,
+//! `upload`).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod client;
+
+#[derive(Parser)]
+#[command(
+    name = "kie",
+    version,
+    about = "KIE.AI Common API: a self-hostable service, its admin tools and an API client",
+    long_about = "kie has three faces:\n\n  \
+        kie serve      run the service (wire-compatible with api.kie.ai)\n  \
+        kie admin ...  operator tools: accounts, API keys, credits, files, flags\n  \
+        kie credits | link | download | monitor | webhook | task | upload\n                 \
+        the API client, for https://api.kie.ai (default) or any kie serve\n\n\
+        Client commands read KIE_API_KEY and KIE_BASE_URL; every command takes --json."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Client(cmd) => client::run(cmd),
+    }
+}
