@@ -1,1 +1,29 @@
+//! The kie-common service: a self-hostable implementation of the KIE.AI Common API.
+//!
+//! Where things are:
+//! * `http` — where a request enters: envelope, status mode, request ids, JSON bodies
+//! * `auth` — API keys and per-key rate limits
+//! * `ledger` — where the money is (all balance changes)
+//! * `accounts` — accounts, API keys, webhook keys
+//! * `settings` — maintenance mode and feature switches shared by all nodes
+//! * `api` — the public endpoints, documented in OpenAPI
+//! * `store` — the metadata store boundary (SQLite or PostgreSQL)
+//! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
+pub mod accounts;
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod openapi;
+pub mod settings;
+pub mod store;
+
+pub use app::{AppState, Server, StartError};
+pub use config::{Config, ServeArgs, StoreArgs};
+pub use sqlx;

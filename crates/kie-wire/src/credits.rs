@@ -129,9 +129,9 @@ impl fmt::Display for Credits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
         let a = self.0.unsigned_abs();
-        if a % 100 == 0 {
+        if a.is_multiple_of(100) {
             write!(f, "{sign}{}", a / 100)
-        } else if a % 10 == 0 {
+        } else if a.is_multiple_of(10) {
             write!(f, "{sign}{}.{}", a / 100, (a % 100) / 10)
         } else {
             write!(f, "{sign}{}.{:02}", a / 100, a % 100)
@@ -169,7 +169,10 @@ mod tests {
         assert_eq!("".parse::<Credits>(), Err(CreditsError::NotANumber));
         assert_eq!(".".parse::<Credits>(), Err(CreditsError::NotANumber));
         assert_eq!("NaN".parse::<Credits>(), Err(CreditsError::NotANumber));
-        assert_eq!("99999999999999999999".parse::<Credits>(), Err(CreditsError::TooLarge));
+        assert_eq!(
+            "99999999999999999999".parse::<Credits>(),
+            Err(CreditsError::TooLarge)
+        );
     }
 
     #[test]
@@ -179,7 +182,10 @@ mod tests {
         assert_eq!(serde_json::to_string(&Credits(1098)).unwrap(), "10.98");
         assert_eq!(serde_json::to_string(&Credits(1050)).unwrap(), "10.5");
         assert_eq!(serde_json::to_string(&Credits(0)).unwrap(), "0");
-        assert_eq!(serde_json::from_str::<Credits>("87.42").unwrap(), Credits(8742));
+        assert_eq!(
+            serde_json::from_str::<Credits>("87.42").unwrap(),
+            Credits(8742)
+        );
         assert_eq!(serde_json::from_str::<Credits>("0.1").unwrap(), Credits(10));
         assert!(serde_json::from_str::<Credits>("0.001").is_err());
         assert_eq!(Credits(-5).to_string(), "-0.05");

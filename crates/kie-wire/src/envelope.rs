@@ -28,7 +28,12 @@ pub struct Envelope<T> {
 
 impl<T> Envelope<T> {
     pub fn ok(data: T) -> Self {
-        Envelope { success: None, code: codes::SUCCESS, msg: "success".into(), data: Some(data) }
+        Envelope {
+            success: None,
+            code: codes::SUCCESS,
+            msg: "success".into(),
+            data: Some(data),
+        }
     }
 
     pub fn is_success(&self) -> bool {
@@ -38,6 +43,11 @@ impl<T> Envelope<T> {
 
 impl Envelope<()> {
     pub fn error(code: i64, msg: impl Into<String>) -> Self {
-        Envelope { success: None, code, msg: msg.into(), data: None }
+        Envelope {
+            success: None,
+            code,
+            msg: msg.into(),
+            data: None,
+        }
     }
 }

@@ -16,7 +16,11 @@ pub const STATE_FAIL: &str = "fail";
 pub struct CreateTaskRequest {
     pub model: String,
     pub input: serde_json::Value,
-    #[serde(rename = "callBackUrl", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "callBackUrl",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub call_back_url: Option<String>,
 }
 
@@ -62,6 +66,8 @@ impl RecordInfo {
             #[serde(rename = "resultUrls", default)]
             result_urls: Vec<String>,
         }
-        serde_json::from_str::<R>(&self.result_json).map(|r| r.result_urls).unwrap_or_default()
+        serde_json::from_str::<R>(&self.result_json)
+            .map(|r| r.result_urls)
+            .unwrap_or_default()
     }
 }

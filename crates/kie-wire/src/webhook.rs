@@ -39,7 +39,8 @@ pub fn generate_key() -> String {
 /// base64 is used as raw bytes, as the reference libraries do).
 pub fn standard_secret(key: &str) -> Vec<u8> {
     let part = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
-    B64.decode(part).unwrap_or_else(|_| part.as_bytes().to_vec())
+    B64.decode(part)
+        .unwrap_or_else(|_| part.as_bytes().to_vec())
 }
 
 fn hmac_b64(key: &[u8], parts: &[&[u8]]) -> String {
@@ -52,7 +53,10 @@ fn hmac_b64(key: &[u8], parts: &[&[u8]]) -> String {
 
 /// KIE.AI scheme signature for `taskId.timestamp`, keyed with the key string's bytes.
 pub fn kie_signature(key: &str, task_id: &str, timestamp: &str) -> String {
-    hmac_b64(key.as_bytes(), &[task_id.as_bytes(), b".", timestamp.as_bytes()])
+    hmac_b64(
+        key.as_bytes(),
+        &[task_id.as_bytes(), b".", timestamp.as_bytes()],
+    )
 }
 
 /// Standard Webhooks signature header value (`v1,<base64>`).
@@ -90,7 +94,10 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 fn check_timestamp(timestamp: &str, now: i64, tolerance: i64) -> Result<i64, VerifyError> {
-    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
     if (now - ts).abs() > tolerance {
         return Err(VerifyError::TimestampOutOfRange);
     }
@@ -104,7 +111,11 @@ pub fn task_id_of(body: &[u8]) -> Result<String, VerifyError> {
     if !v.is_object() {
         return Err(VerifyError::BadBody);
     }
-    let candidates = [v.get("taskId"), v.pointer("/data/taskId"), v.pointer("/data/task_id")];
+    let candidates = [
+        v.get("taskId"),
+        v.pointer("/data/taskId"),
+        v.pointer("/data/task_id"),
+    ];
     let mut found: Option<&str> = None;
     for c in candidates.into_iter().flatten() {
         if c.is_null() {
@@ -199,7 +210,14 @@ mod tests {
             Ok(TASK.to_string())
         );
         assert_eq!(
-            verify_kie(KEY, "1769670760", &sig, body.as_bytes(), 1769670760 + 301, 300),
+            verify_kie(
+                KEY,
+                "1769670760",
+                &sig,
+                body.as_bytes(),
+                1769670760 + 301,
+                300
+            ),
             Err(VerifyError::TimestampOutOfRange)
         );
         let other = r#"{"taskId":"a","data":{"taskId":"b"}}"#;

@@ -5,7 +5,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod admin;
 mod client;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service (SQLite + local files by default; PostgreSQL + S3 to scale out)
+    Serve(kie_server::ServeArgs),
+    /// Operator tools working on the service's database (also while it runs)
+    Admin(admin::AdminArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -33,6 +39,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Client(cmd) => client::run(cmd),
     }
 }

@@ -1,0 +1,40 @@
+//! The public API (`/api/...`), documented with utoipa. Routes are registered through
+//! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
+
+pub mod credit;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kie-common",
+        description = "KIE.AI Common API: credits, temporary download links, file uploads, jobs and webhook callbacks. Every /api answer is the envelope {code, msg, data}.",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "common", description = "Common API"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every public API route with its documentation.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(credit::get_credit))
+}

@@ -1,0 +1,293 @@
+//! The service: shared state, the router, start-up checks and graceful shutdown.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::Authenticator;
+use crate::config::{host_key, Config};
+use crate::http::{self, ApiError};
+use crate::settings::{self, LiveSettings};
+use crate::store::{self, Db, OpenOptions};
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub auth: Arc<Authenticator>,
+    pub settings: LiveSettings,
+    /// Flips to `true` when the server starts shutting down (ends long polls).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Errors that stop `kie serve` from starting, each one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::OpenError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Which feature switch guards a path (see `settings::FEATURES`).
+fn feature_of(path: &str) -> Option<&'static str> {
+    if path == "/api/v1/chat/credit" {
+        Some("credits")
+    } else if path == "/api/v1/common/download-url" {
+        Some("download-url")
+    } else if path.starts_with("/api/file-") {
+        Some("file-upload")
+    } else if path.starts_with("/api/v1/jobs/") {
+        Some("jobs")
+    } else {
+        None
+    }
+}
+
+/// Maintenance (455) and disabled features (505) for `/api/...`, before auth.
+async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/api/") {
+        let s = state.settings.current();
+        let upload = path.starts_with("/api/file-");
+        let err = if s.maintenance {
+            Some(ApiError::maintenance())
+        } else {
+            feature_of(path)
+                .filter(|f| s.is_disabled(f))
+                .map(ApiError::feature_disabled)
+        };
+        if let Some(mut e) = err {
+            e.upload = upload;
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when the database and the object store answer. A real 503 otherwise, whatever
+/// the status mode, because load balancers read the HTTP status.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await;
+    let db_ok = matches!(db, Ok(Ok(())));
+    let body =
+        serde_json::json!({"status": if db_ok {"ready"} else {"unavailable"}, "database": db_ok});
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_endpoint() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::handle().render(),
+    )
+}
+
+/// The whole router: the public API (documented in OpenAPI), operational endpoints,
+/// and the layers every answer passes through.
+pub fn router(state: AppState) -> Router {
+    crate::metrics::handle();
+    let (api, openapi) = crate::api::routes().split_for_parts();
+    let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = openapi_json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        (*doc).clone(),
+                    )
+                }
+            }),
+        )
+        .fallback(http::unknown_endpoint)
+        .route_layer(middleware::from_fn(http::route_label_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), api_guard))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            http::envelope_layer,
+        ))
+        .with_state(state)
+}
+
+/// Background work of one server; every task stops when `shutdown` flips.
+fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch::Receiver<bool>) {
+    tasks.spawn(
+        state
+            .settings
+            .clone()
+            .refresh_loop(state.db.clone(), shutdown.clone()),
+    );
+    let auth = state.auth.clone();
+    let mut stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => auth.housekeeping(),
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+/// A bound, migrated, ready-to-run server.
+pub struct Server {
+    pub state: AppState,
+    listener: TcpListener,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the store, binds the port and prepares the state. Every failure is one
+    /// line (see [`StartError`]).
+    pub async fn bind(mut config: Config, public_url_explicit: bool) -> Result<Server, StartError> {
+        store::ensure_writable_dir(&config.data_dir)?;
+        let opts = OpenOptions {
+            max_connections: config.db_max_connections,
+            statement_timeout: config.db_statement_timeout,
+            ..Default::default()
+        };
+        let db = Db::open(&config.database, &opts).await?;
+        let listener = TcpListener::bind(&config.bind)
+            .await
+            .map_err(|e| StartError::Listen {
+                addr: config.bind.clone(),
+                reason: match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "address already in use".into(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "address not available on this machine".into()
+                    }
+                    _ => e.to_string(),
+                },
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        if !public_url_explicit {
+            // With --bind …:0 the real port is known only now.
+            let own = host_key(&config.public_url);
+            config.public_url =
+                url::Url::parse(&format!("http://{local}")).expect("socket addr URL");
+            config.file_hosts.retain(|h| *h != own);
+            config.file_hosts.push(host_key(&config.public_url));
+        }
+        // Lets `kie admin` print file URLs with the public base the server uses.
+        settings::set(&db, "server.public_url", config.public_url.as_str())
+            .await
+            .map_err(store_err)?;
+        let snapshot = settings::load(&db).await.map_err(store_err)?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let auth = Arc::new(Authenticator::new(
+            db.clone(),
+            config.auth_cache_ttl,
+            config.key_rate_limit,
+        ));
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            auth,
+            settings: LiveSettings::new(snapshot),
+            shutdown: shutdown_rx,
+        };
+        Ok(Server {
+            state,
+            listener,
+            shutdown_tx,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("bound")
+    }
+
+    /// Serves until `signal` resolves, then stops accepting, lets in-flight requests
+    /// and background work finish, and closes the database.
+    pub async fn run(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Server {
+            state,
+            listener,
+            shutdown_tx,
+        } = self;
+        let mut tasks = JoinSet::new();
+        spawn_background(&state, &mut tasks, &state.shutdown);
+        let app = router(state.clone());
+        let tx = shutdown_tx.clone();
+        let graceful = async move {
+            signal.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = tx.send(true);
+        };
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful)
+        .await;
+        let _ = shutdown_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        state.db.close().await;
+        served.map_err(|e| StartError::Other(format!("server error: {e}")))
+    }
+}
+
+fn store_err(e: sqlx::Error) -> StartError {
+    StartError::Other(format!("database error during start-up: {e}"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

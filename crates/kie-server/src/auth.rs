@@ -1,0 +1,168 @@
+//! API key authentication and the per-key request rate limit.
+//!
+//! `Authorization: Bearer <key>`: scheme case-insensitive, surrounding whitespace
+//! tolerated. A key with a bad shape or checksum is refused without touching the
+//! database. Known keys are cached by digest for `auth_cache_ttl` (2 s by default), so
+//! a revocation or roll made on any node is enforced everywhere within that time;
+//! expiry is checked against the clock on every request.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use kie_wire::apikey;
+
+use crate::accounts::{self, KeyAuth};
+use crate::app::AppState;
+use crate::http::{ApiError, RequestCtx};
+use crate::store::{now_ms, Db};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account_id: String,
+    pub key_id: String,
+    pub key_prefix: String,
+}
+
+/// Extracts the key from an `Authorization` header value.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let v = value.trim();
+    let (scheme, rest) = v.split_once(|c: char| c.is_ascii_whitespace())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
+}
+
+const CACHE_MAX: usize = 100_000;
+
+pub struct Authenticator {
+    db: Db,
+    ttl: Duration,
+    cache: RwLock<HashMap<String, (Instant, KeyAuth)>>,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl Authenticator {
+    pub fn new(db: Db, ttl: Duration, per_key_per_second: u32) -> Self {
+        let limiter = NonZeroU32::new(per_key_per_second).map(|n| {
+            // burst: one second's worth
+            RateLimiter::keyed(Quota::per_second(n).allow_burst(n))
+        });
+        Authenticator {
+            db,
+            ttl,
+            cache: RwLock::new(HashMap::new()),
+            limiter,
+        }
+    }
+
+    async fn lookup(&self, digest: &str) -> Result<Option<KeyAuth>, ApiError> {
+        if let Some((at, k)) = self.cache.read().expect("auth cache").get(digest) {
+            if at.elapsed() < self.ttl {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let found = accounts::key_by_digest(&self.db, digest).await?;
+        let mut cache = self.cache.write().expect("auth cache");
+        match &found {
+            Some(k) => {
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(digest.to_string(), (Instant::now(), k.clone()));
+            }
+            None => {
+                cache.remove(digest);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Authenticates an `Authorization` header value and applies the rate limit.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let token = header
+            .and_then(bearer_token)
+            .ok_or_else(ApiError::unauthorized)?;
+        if !apikey::is_well_formed(token) {
+            return Err(ApiError::unauthorized());
+        }
+        let k = self
+            .lookup(&apikey::digest(token))
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        if !k.is_valid_at(now_ms()) {
+            return Err(ApiError::unauthorized());
+        }
+        if let Some(l) = &self.limiter {
+            if let Err(not_until) = l.check_key(&k.key_id) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::rate_limited(
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                ));
+            }
+        }
+        Ok(Caller {
+            account_id: k.account_id,
+            key_id: k.key_id,
+            key_prefix: k.prefix,
+        })
+    }
+
+    /// Drops limiter state of idle keys (called periodically).
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+        }
+        let ttl = self.ttl;
+        self.cache
+            .write()
+            .expect("auth cache")
+            .retain(|_, (at, _)| at.elapsed() < ttl);
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = state.auth.authenticate(header).await?;
+        if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
+            let _ = ctx
+                .caller
+                .set((caller.account_id.clone(), caller.key_prefix.clone()));
+        }
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_parsing_is_lenient_about_case_and_space() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("  BEARER    abc  "), Some("abc"));
+        assert_eq!(bearer_token("Bearer\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token(""), None);
+        assert_eq!(bearer_token("Bearer a b"), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
+}

@@ -1,0 +1,511 @@
+//! Service configuration: flags, then `KIE_*` environment variables (clap reads both),
+//! then an optional TOML file, then built-in defaults.
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+use kie_wire::Credits;
+
+/// How HTTP statuses relate to the body `code` (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusMode {
+    /// HTTP 200 for every enveloped answer except rate limiting (429), as KIE.AI does.
+    #[default]
+    Compat,
+    /// HTTP status mirrors the body code (455 → 503, 505 → 501, too large → 413).
+    Mirror,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where the service keeps its metadata and bytes. Shared by `kie serve` and `kie admin`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct StoreArgs {
+    /// Data directory for the embedded default (SQLite database and local files)
+    #[arg(long, env = "KIE_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata database: sqlite://PATH or postgres://… [default: sqlite://<data-dir>/kie.db]
+    #[arg(
+        long,
+        env = "KIE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: Option<String>,
+    /// File bytes: file://DIR or s3://bucket/prefix [default: file://<data-dir>/files]
+    #[arg(long, env = "KIE_STORAGE", value_name = "URL", global = true)]
+    pub storage: Option<String>,
+    /// Optional TOML configuration file (flags and KIE_* variables take precedence)
+    #[arg(long, env = "KIE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// `kie serve` flags. Every flag can also be set as `KIE_<NAME>` or in the TOML file.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "KIE_BIND", value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// Public base URL of file URLs and download links [default: http://<bind>]
+    #[arg(long, env = "KIE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Lifetime of temporary download links, e.g. 20m (max 7d) [default: 20m]
+    #[arg(long, env = "KIE_LINK_TTL", value_name = "DURATION")]
+    pub link_ttl: Option<String>,
+    /// HTTP status mode [default: compat]
+    #[arg(long, env = "KIE_STATUS_MODE", value_enum)]
+    pub status_mode: Option<StatusMode>,
+    /// Allow webhook callbacks and URL uploads to loopback/private addresses
+    #[arg(long, env = "KIE_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+    /// Webhook retry delays, e.g. 0s,5s,5m,30m,2h,5h,10h,24h
+    #[arg(long, env = "KIE_WEBHOOK_RETRY_SCHEDULE", value_name = "LIST")]
+    pub webhook_retry_schedule: Option<String>,
+    /// Per-API-key request rate limit in requests per second (0 = off) [default: 50000]
+    #[arg(long, env = "KIE_KEY_RATE_LIMIT", value_name = "N")]
+    pub key_rate_limit: Option<u32>,
+    /// Maximum JSON request body in bytes [default: 1048576]
+    #[arg(long, env = "KIE_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Token external workers use on the internal worker API (unset: internal API off)
+    #[arg(
+        long,
+        env = "KIE_WORKER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub worker_token: Option<String>,
+    /// Create (once) a demo account with credits and print its API key and a curl line
+    #[arg(long, env = "KIE_DEMO")]
+    pub demo: bool,
+    /// Log format [default: text]
+    #[arg(long, env = "KIE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: the same settings as the flags, plus the ones only a file can express
+/// (the model catalog, retention, prices).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    storage: Option<String>,
+    link_ttl: Option<String>,
+    status_mode: Option<StatusMode>,
+    allow_private_targets: Option<bool>,
+    webhook_retry_schedule: Option<String>,
+    key_rate_limit: Option<u32>,
+    max_body: Option<usize>,
+    max_upload: Option<u64>,
+    worker_token: Option<String>,
+    log_format: Option<LogFormat>,
+    file_hosts: Option<Vec<String>>,
+    public_result_urls: Option<bool>,
+    retention_generated: Option<String>,
+    retention_uploads: Option<String>,
+    sweep_interval: Option<String>,
+    task_rate: Option<u32>,
+    task_rate_window: Option<String>,
+    task_timeout: Option<String>,
+    auth_cache_ttl: Option<String>,
+    db_max_connections: Option<u32>,
+    db_statement_timeout: Option<String>,
+    pricing: Option<PricingFile>,
+    models: Option<BTreeMap<String, ModelFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    download_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    price: String,
+    /// `image`, `audio`, `text` for the built-in demo generators, `external` for models
+    /// served by an external worker.
+    kind: Option<String>,
+}
+
+/// One model of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    pub price: Credits,
+    pub kind: ModelKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    DemoImage,
+    DemoAudio,
+    DemoText,
+    External,
+}
+
+/// Where the metadata lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// Fully resolved configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: String,
+    pub public_url: Url,
+    pub data_dir: PathBuf,
+    pub database: DatabaseUrl,
+    pub storage: String,
+    pub link_ttl: Duration,
+    pub status_mode: StatusMode,
+    pub allow_private_targets: bool,
+    pub webhook_retry_schedule: Vec<Duration>,
+    pub key_rate_limit: u32,
+    pub max_body: usize,
+    pub max_upload: u64,
+    pub worker_token: Option<String>,
+    pub demo: bool,
+    pub log_format: LogFormat,
+    /// Lower-cased host[:port] of hosts whose URLs name our files.
+    pub file_hosts: Vec<String>,
+    pub public_result_urls: bool,
+    pub retention_generated: Duration,
+    pub retention_uploads: Duration,
+    pub sweep_interval: Duration,
+    pub task_rate: u32,
+    pub task_rate_window: Duration,
+    pub task_timeout: Duration,
+    pub auth_cache_ttl: Duration,
+    pub db_max_connections: u32,
+    pub db_statement_timeout: Duration,
+    pub price_download_url: Credits,
+    pub models: BTreeMap<String, Model>,
+}
+
+/// A configuration problem, reported as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Parses `90s`, `20m`, `3d`, `1h30m`.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| bad(format!("invalid {what} '{s}': {e} (use e.g. 90s, 20m, 3d)")))
+}
+
+fn parse_credits(what: &str, s: &str) -> Result<Credits, ConfigError> {
+    let c: Credits = s
+        .parse()
+        .map_err(|e| bad(format!("invalid {what} '{s}': {e}")))?;
+    if c.is_negative() {
+        return Err(bad(format!("invalid {what} '{s}': must not be negative")));
+    }
+    Ok(c)
+}
+
+pub const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,24h";
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub fn default_models() -> BTreeMap<String, Model> {
+    [
+        ("demo/image", 200, ModelKind::DemoImage),
+        ("demo/audio", 100, ModelKind::DemoAudio),
+        ("demo/text", 50, ModelKind::DemoText),
+    ]
+    .into_iter()
+    .map(|(n, p, k)| {
+        (
+            n.to_string(),
+            Model {
+                name: n.into(),
+                price: Credits(p),
+                kind: k,
+            },
+        )
+    })
+    .collect()
+}
+
+fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        bad(format!("invalid config file {}: {msg}", path.display()))
+    })
+}
+
+impl StoreArgs {
+    /// Resolves data dir, database and storage (shared with `kie admin`).
+    pub fn resolve(&self) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
+        let file = read_file_config(self.config.as_deref())?;
+        resolve_store(self, &file)
+    }
+}
+
+fn resolve_store(
+    a: &StoreArgs,
+    f: &FileConfig,
+) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
+    let data_dir = a
+        .data_dir
+        .clone()
+        .or_else(|| f.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./kie-data"));
+    let db = a.database_url.clone().or_else(|| f.database_url.clone());
+    let database = match db {
+        None => DatabaseUrl::Sqlite(data_dir.join("kie.db")),
+        Some(u) => parse_database_url(&u)?,
+    };
+    let storage = a
+        .storage
+        .clone()
+        .or_else(|| f.storage.clone())
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("files").display()));
+    if !(storage.starts_with("file://") || storage.starts_with("s3://")) {
+        return Err(bad(format!(
+            "invalid --storage '{storage}': use file://DIR or s3://bucket/prefix"
+        )));
+    }
+    Ok((data_dir, database, storage))
+}
+
+/// `sqlite://PATH`, `sqlite:PATH`, `postgres://…`, `postgresql://…`.
+pub fn parse_database_url(u: &str) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(rest) = u
+        .strip_prefix("sqlite://")
+        .or_else(|| u.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(bad("invalid --database-url: sqlite URL has no path"));
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+        Url::parse(u).map_err(|e| bad(format!("invalid --database-url: {e}")))?;
+        return Ok(DatabaseUrl::Postgres(u.to_string()));
+    }
+    Err(bad(
+        "invalid --database-url: use sqlite://PATH or postgres://USER@HOST/DB",
+    ))
+}
+
+impl Config {
+    pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
+        let f = read_file_config(a.store.config.as_deref())?;
+        let (data_dir, database, storage) = resolve_store(&a.store, &f)?;
+
+        let bind = a
+            .bind
+            .clone()
+            .or(f.bind.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind_addr: SocketAddr = bind.parse().map_err(|_| {
+            bad(format!(
+                "invalid --bind '{bind}': expected ADDR:PORT, e.g. 127.0.0.1:8080"
+            ))
+        })?;
+        let public_url_s = a
+            .public_url
+            .clone()
+            .or(f.public_url.clone())
+            .unwrap_or_else(|| format!("http://{bind_addr}"));
+        let public_url = parse_public_url(&public_url_s)?;
+
+        let link_ttl_s = a
+            .link_ttl
+            .clone()
+            .or(f.link_ttl.clone())
+            .unwrap_or_else(|| "20m".into());
+        let link_ttl = parse_duration("--link-ttl", &link_ttl_s)?;
+        if link_ttl.is_zero() || link_ttl > MAX_LINK_TTL {
+            return Err(bad(format!(
+                "invalid --link-ttl '{link_ttl_s}': must be between 1s and 7d"
+            )));
+        }
+        let schedule_s = a
+            .webhook_retry_schedule
+            .clone()
+            .or(f.webhook_retry_schedule.clone())
+            .unwrap_or_else(|| DEFAULT_RETRY_SCHEDULE.into());
+        let webhook_retry_schedule = schedule_s
+            .split(',')
+            .map(|p| parse_duration("--webhook-retry-schedule entry", p))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let dur = |what: &str, v: &Option<String>, d: &str| -> Result<Duration, ConfigError> {
+            parse_duration(what, v.as_deref().unwrap_or(d))
+        };
+
+        let mut file_hosts: Vec<String> = f
+            .file_hosts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        file_hosts.push(host_key(&public_url));
+
+        let models = match &f.models {
+            None => default_models(),
+            Some(m) => {
+                let mut out = BTreeMap::new();
+                for (name, spec) in m {
+                    let kind = match spec.kind.as_deref() {
+                        None | Some("external") => ModelKind::External,
+                        Some("image") => ModelKind::DemoImage,
+                        Some("audio") => ModelKind::DemoAudio,
+                        Some("text") => ModelKind::DemoText,
+                        Some(k) => {
+                            return Err(bad(format!(
+                                "invalid model '{name}': kind '{k}' is not image, audio, text or external"
+                            )))
+                        }
+                    };
+                    let price = parse_credits(&format!("price of model '{name}'"), &spec.price)?;
+                    out.insert(
+                        name.clone(),
+                        Model {
+                            name: name.clone(),
+                            price,
+                            kind,
+                        },
+                    );
+                }
+                out
+            }
+        };
+        let price_download_url = match f.pricing.as_ref().and_then(|p| p.download_url.as_deref()) {
+            None => Credits::ZERO,
+            Some(p) => parse_credits("pricing.download_url", p)?,
+        };
+
+        Ok(Config {
+            bind,
+            public_url,
+            data_dir,
+            database,
+            storage,
+            link_ttl,
+            status_mode: a.status_mode.or(f.status_mode).unwrap_or_default(),
+            allow_private_targets: a.allow_private_targets
+                || f.allow_private_targets.unwrap_or(false),
+            webhook_retry_schedule,
+            key_rate_limit: a.key_rate_limit.or(f.key_rate_limit).unwrap_or(50_000),
+            max_body: a.max_body.or(f.max_body).unwrap_or(1024 * 1024),
+            max_upload: f.max_upload.unwrap_or(100 * 1024 * 1024),
+            worker_token: a.worker_token.clone().or(f.worker_token.clone()),
+            demo: a.demo,
+            log_format: a.log_format.or(f.log_format).unwrap_or_default(),
+            file_hosts,
+            public_result_urls: f.public_result_urls.unwrap_or(true),
+            retention_generated: dur("retention_generated", &f.retention_generated, "14d")?,
+            retention_uploads: dur("retention_uploads", &f.retention_uploads, "3d")?,
+            sweep_interval: dur("sweep_interval", &f.sweep_interval, "1m")?,
+            task_rate: f.task_rate.unwrap_or(20),
+            task_rate_window: dur("task_rate_window", &f.task_rate_window, "10s")?,
+            task_timeout: dur("task_timeout", &f.task_timeout, "10m")?,
+            auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
+            db_max_connections: f.db_max_connections.unwrap_or(16),
+            db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
+            price_download_url,
+            models,
+        })
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.parse().expect("validated in from_args")
+    }
+}
+
+fn parse_public_url(s: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(s).map_err(|e| bad(format!("invalid --public-url '{s}': {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(bad(format!(
+            "invalid --public-url '{s}': must be an http(s) URL with a host"
+        )));
+    }
+    Ok(u)
+}
+
+/// `host` or `host:port` (port only when it is not the scheme's default), lower-cased.
+pub fn host_key(u: &Url) -> String {
+    let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:8080");
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.link_ttl, Duration::from_secs(1200));
+        assert_eq!(
+            c.database,
+            DatabaseUrl::Sqlite(PathBuf::from("./kie-data/kie.db"))
+        );
+        assert_eq!(c.webhook_retry_schedule.len(), 8);
+        assert_eq!(c.models["demo/text"].price, Credits(50));
+        assert_eq!(c.file_hosts, vec!["127.0.0.1:8080".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_give_one_line_errors() {
+        let a = ServeArgs {
+            bind: Some("nope".into()),
+            ..Default::default()
+        };
+        let e = Config::from_args(&a).unwrap_err().to_string();
+        assert!(e.starts_with("invalid --bind 'nope'"), "{e}");
+        let a = ServeArgs {
+            link_ttl: Some("8d".into()),
+            ..Default::default()
+        };
+        assert!(Config::from_args(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("between 1s and 7d"));
+        let a = ServeArgs {
+            public_url: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(Config::from_args(&a).is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Errors as envelopes. Handlers return [`ApiError`]; the envelope layer (see
+//! `http::envelope_layer`) turns its body code into the HTTP status the configured
+//! `status_mode` asks for, and replaces internal details with a request id.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::borrow::Cow;
+
+use kie_wire::codes;
+
+/// The body code of an enveloped answer, read by the envelope layer.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyCode {
+    pub code: i64,
+    /// The answer is about a body over the size limit (413 in mirror mode).
+    pub too_large: bool,
+}
+
+/// Detail of an internal error, logged by the envelope layer with the request id and
+/// never sent to the client.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: i64,
+    pub msg: Cow<'static, str>,
+    pub retry_after: Option<u64>,
+    pub too_large: bool,
+    /// File Upload API answers carry `"success": false`.
+    pub upload: bool,
+    internal: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: i64, msg: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            code,
+            msg: msg.into(),
+            retry_after: None,
+            too_large: false,
+            upload: false,
+            internal: None,
+        }
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(codes::UNAUTHORIZED, "You do not have access permissions")
+    }
+    pub fn insufficient_credits() -> Self {
+        Self::new(codes::INSUFFICIENT_CREDITS, "Credits insufficient")
+    }
+    pub fn not_found(msg: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(codes::NOT_FOUND, msg)
+    }
+    pub fn validation(msg: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(codes::VALIDATION, msg)
+    }
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut e = Self::new(codes::RATE_LIMITED, "Rate limit exceeded");
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+    pub fn maintenance() -> Self {
+        Self::new(
+            codes::MAINTENANCE,
+            "Service unavailable: system maintenance",
+        )
+    }
+    pub fn feature_disabled(feature: &str) -> Self {
+        Self::new(
+            codes::FEATURE_DISABLED,
+            format!("Feature disabled: {feature}"),
+        )
+    }
+    pub fn too_large(limit: usize) -> Self {
+        let mut e = Self::new(
+            codes::VALIDATION,
+            format!("Request body exceeds the limit of {limit} bytes"),
+        );
+        e.too_large = true;
+        e
+    }
+    /// An unexpected failure: the detail is logged with the request id, the client sees
+    /// only "Server error" and that id.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(codes::SERVER_ERROR, "Server error");
+        e.internal = Some(detail.to_string());
+        e
+    }
+    pub fn for_upload(mut self) -> Self {
+        self.upload = true;
+        self
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(format!("database: {e}"))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    success: Option<bool>,
+    code: i64,
+    msg: &'a str,
+    data: Option<()>,
+}
+
+/// Serialises an envelope with a null `data`.
+pub fn error_body(code: i64, msg: &str, upload: bool) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody {
+        success: upload.then_some(false),
+        code,
+        msg,
+        data: None,
+    })
+    .expect("serialisable")
+}
+
+pub fn json_response(body: Vec<u8>) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = json_response(error_body(self.code, &self.msg, self.upload));
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r.extensions_mut().insert(BodyCode {
+            code: self.code,
+            too_large: self.too_large,
+        });
+        if let Some(d) = self.internal {
+            r.extensions_mut().insert(InternalDetail(d));
+        }
+        if self.upload {
+            r.extensions_mut().insert(UploadEnvelope);
+        }
+        r
+    }
+}
+
+/// Marks an answer of the File Upload API (its error envelope carries `success`).
+#[derive(Debug, Clone, Copy)]
+pub struct UploadEnvelope;
+
+/// A success envelope `{"code":200,"msg":"success","data":…}`.
+pub struct ApiOk<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ApiOk<T> {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Ok<'a, T> {
+            code: i64,
+            msg: &'static str,
+            data: &'a T,
+        }
+        match serde_json::to_vec(&Ok {
+            code: codes::SUCCESS,
+            msg: "success",
+            data: &self.0,
+        }) {
+            Ok(body) => {
+                let mut r = json_response(body);
+                r.extensions_mut().insert(BodyCode {
+                    code: codes::SUCCESS,
+                    too_large: false,
+                });
+                r
+            }
+            Err(e) => ApiError::internal(format!("serialising response: {e}")).into_response(),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<ApiOk<T>, ApiError>;

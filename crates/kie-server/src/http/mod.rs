@@ -1,0 +1,181 @@
+//! HTTP plumbing shared by every endpoint: request ids, the envelope/status-mode layer,
+//! request logs and metrics, the JSON body extractor, and the 404/405 answers.
+
+pub mod error;
+pub mod json;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use error::{error_body, BodyCode, InternalDetail, UploadEnvelope};
+pub use error::{ApiError, ApiOk, ApiResult};
+
+use crate::app::AppState;
+use crate::config::StatusMode;
+use kie_wire::codes;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Per-request facts gathered on the way in and logged on the way out.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    pub id: String,
+    pub route: OnceLock<String>,
+    /// (account id, key prefix) once the caller is authenticated.
+    pub caller: OnceLock<(String, String)>,
+}
+
+/// An incoming request id is echoed when it is short and plain; otherwise a new one.
+fn request_id_from(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::store::new_id("req"))
+}
+
+/// The HTTP status for an enveloped answer under `mode` (SPEC §2).
+pub fn http_status(mode: StatusMode, code: i64, too_large: bool) -> StatusCode {
+    if code == codes::RATE_LIMITED {
+        return StatusCode::TOO_MANY_REQUESTS;
+    }
+    match mode {
+        StatusMode::Compat => StatusCode::OK,
+        StatusMode::Mirror => {
+            if too_large {
+                return StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            match code {
+                codes::MAINTENANCE => StatusCode::SERVICE_UNAVAILABLE,
+                codes::FEATURE_DISABLED => StatusCode::NOT_IMPLEMENTED,
+                c => StatusCode::from_u16(c as u16).unwrap_or(StatusCode::OK),
+            }
+        }
+    }
+}
+
+/// Outermost layer: request id, envelope for answers produced outside our handlers
+/// (405 from the router, 413 from body limits), status mode, logs and metrics.
+pub async fn envelope_layer(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let ctx = Arc::new(RequestCtx {
+        id: request_id_from(&req),
+        ..Default::default()
+    });
+    req.extensions_mut().insert(ctx.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let is_api = path.starts_with("/api/");
+
+    let mut resp = next.run(req).await;
+
+    // Answers the router or a tower layer produced without an envelope.
+    if is_api && resp.extensions().get::<BodyCode>().is_none() {
+        let (code, msg, too_large) = match resp.status() {
+            StatusCode::METHOD_NOT_ALLOWED => (
+                codes::METHOD_NOT_ALLOWED,
+                "Method not allowed".to_string(),
+                false,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                codes::VALIDATION,
+                format!(
+                    "Request body exceeds the limit of {} bytes",
+                    state.config.max_body
+                ),
+                true,
+            ),
+            StatusCode::NOT_FOUND => (codes::NOT_FOUND, "Not found".into(), false),
+            _ => (0, String::new(), false),
+        };
+        if code != 0 {
+            let allow = resp.headers().get(header::ALLOW).cloned();
+            resp = error::json_response(error_body(code, &msg, false));
+            if let Some(a) = allow {
+                resp.headers_mut().insert(header::ALLOW, a);
+            }
+            resp.extensions_mut().insert(BodyCode { code, too_large });
+        }
+    }
+
+    let body_code = resp.extensions().get::<BodyCode>().copied();
+    if let Some(bc) = body_code {
+        if let Some(InternalDetail(detail)) = resp.extensions().get::<InternalDetail>().cloned() {
+            tracing::error!(request_id = %ctx.id, %method, path = %path, error = %detail, "request failed");
+            let upload = resp.extensions().get::<UploadEnvelope>().is_some();
+            let msg = format!("Server error (request id {})", ctx.id);
+            resp = error::json_response(error_body(codes::SERVER_ERROR, &msg, upload));
+            resp.extensions_mut().insert(bc);
+        }
+        *resp.status_mut() = http_status(state.config.status_mode, bc.code, bc.too_large);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+
+    let elapsed = started.elapsed();
+    let route = ctx.route.get().map(String::as_str).unwrap_or("unmatched");
+    let code = body_code
+        .map(|b| b.code)
+        .unwrap_or(resp.status().as_u16() as i64);
+    crate::metrics::record_request(&method, route, code, elapsed);
+    let (account, key_prefix) = ctx
+        .caller
+        .get()
+        .map(|(a, p)| (a.as_str(), p.as_str()))
+        .unwrap_or(("-", "-"));
+    // The path is logged without its query string: download links carry their
+    // signature there.
+    tracing::info!(
+        request_id = %ctx.id,
+        %method,
+        path = %path,
+        route,
+        status = resp.status().as_u16(),
+        code,
+        account,
+        key_prefix,
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Inner (route) layer: remembers the matched route for logs and metrics.
+pub async fn route_label_layer(req: Request, next: Next) -> Response {
+    if let (Some(ctx), Some(p)) = (
+        req.extensions().get::<Arc<RequestCtx>>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
+        let _ = ctx.route.set(p.as_str().to_owned());
+    }
+    next.run(req).await
+}
+
+/// Fallback for unknown paths: the envelope with code 404.
+pub async fn unknown_endpoint(method: Method) -> Response {
+    if method == Method::HEAD {
+        return ApiError::not_found("Not found").into_response();
+    }
+    ApiError::not_found("Unknown endpoint").into_response()
+}
+
+/// An empty body (used for non-API 405s).
+pub fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}

@@ -1,0 +1,449 @@
+//! The credit ledger. All money logic lives here.
+//!
+//! Invariants (checked by tests under concurrency, on both backends):
+//! * Entries are append-only; each has a unique idempotency key.
+//! * `accounts.balance` = sum of `ledger_entries.amount` and `accounts.held` = sum of
+//!   `ledger_entries.held_delta`, because both change in the same transaction as the
+//!   entry that explains them.
+//! * `0 <= held <= balance` (so available = balance - held is never negative):
+//!   enforced by the conditional UPDATE below and by CHECK constraints in the schema.
+//! * A hold resolves exactly once: the `pending → posted|voided` UPDATE matches only a
+//!   pending hold, in the same transaction as its entry.
+//!
+//! Entry kinds: `grant` (+), `deduct` (−), `adjust` (±) change the posted balance;
+//! `hold` reserves credits (held +X, balance unchanged); `post` charges a hold (balance
+//! −charged, held −X); `void` releases it (held −X).
+
+use kie_wire::Credits;
+use serde::Serialize;
+
+use crate::store::{is_unique_violation, new_id, now_ms, Db};
+use crate::with_tx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("insufficient credits")]
+    InsufficientCredits,
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error("unknown hold")]
+    UnknownHold,
+    #[error("hold already resolved")]
+    HoldResolved,
+    #[error("idempotency key was already used for a different operation")]
+    IdempotencyConflict,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// The result of one applied (or replayed) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    pub entry_id: String,
+    pub balance: Credits,
+    pub held: Credits,
+    /// True when the idempotency key had been used before and nothing changed now.
+    pub replayed: bool,
+}
+
+impl Applied {
+    pub fn available(&self) -> Credits {
+        Credits(self.balance.0 - self.held.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Grant,
+    Deduct,
+    Adjust,
+    Hold,
+    Post,
+    Void,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Grant => "grant",
+            Kind::Deduct => "deduct",
+            Kind::Adjust => "adjust",
+            Kind::Hold => "hold",
+            Kind::Post => "post",
+            Kind::Void => "void",
+        }
+    }
+}
+
+/// One change to apply: its effect on the posted balance and on held credits.
+struct Change<'a> {
+    account_id: &'a str,
+    kind: Kind,
+    amount: i64,
+    held_delta: i64,
+    hold_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    idempotency_key: &'a str,
+}
+
+/// Applies `change` inside `tx`. On an idempotency key that already exists, returns the
+/// earlier entry when it describes the same change, and a conflict otherwise.
+macro_rules! apply_in_tx {
+    ($tx:ident, $c:expr) => {{
+        let c: &Change<'_> = $c;
+        let prior: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, account_id, kind, amount FROM ledger_entries WHERE idempotency_key = $1",
+        )
+        .bind(c.idempotency_key)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        if let Some((id, acc, kind, amount)) = prior {
+            if acc != c.account_id || kind != c.kind.as_str() || amount != c.amount {
+                return Err(LedgerError::IdempotencyConflict);
+            }
+            let (balance, held): (i64, i64) =
+                sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
+                    .bind(c.account_id)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+            Applied { entry_id: id, balance: Credits(balance), held: Credits(held), replayed: true }
+        } else {
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE accounts SET balance = balance + $1, held = held + $2 \
+                 WHERE id = $3 AND held + $2 >= 0 AND balance + $1 >= held + $2 \
+                 RETURNING balance, held",
+            )
+            .bind(c.amount)
+            .bind(c.held_delta)
+            .bind(c.account_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            let Some((balance, held)) = row else {
+                let exists: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE id = $1")
+                    .bind(c.account_id)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                return Err(if exists.is_some() {
+                    LedgerError::InsufficientCredits
+                } else {
+                    LedgerError::UnknownAccount
+                });
+            };
+            let entry_id = new_id("ent");
+            sqlx::query(
+                "INSERT INTO ledger_entries \
+                 (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&entry_id)
+            .bind(c.account_id)
+            .bind(c.kind.as_str())
+            .bind(c.amount)
+            .bind(c.held_delta)
+            .bind(c.hold_id)
+            .bind(c.reason)
+            .bind(c.idempotency_key)
+            .bind(now_ms())
+            .execute(&mut *$tx)
+            .await?;
+            Applied { entry_id, balance: Credits(balance), held: Credits(held), replayed: false }
+        }
+    }};
+}
+
+async fn apply_once(db: &Db, c: &Change<'_>) -> Result<Applied, LedgerError> {
+    Ok(with_tx!(db, |tx| apply_in_tx!(tx, c)))
+}
+
+/// Applies one change in its own transaction. A concurrent writer of the same
+/// idempotency key (possible on PostgreSQL) makes our insert fail; the retry then
+/// finds its entry and replays it.
+async fn apply(db: &Db, c: Change<'_>) -> Result<Applied, LedgerError> {
+    match apply_once(db, &c).await {
+        Err(LedgerError::Db(e)) if is_unique_violation(&e) => apply_once(db, &c).await,
+        r => r,
+    }
+}
+
+fn positive(what: &str, amount: Credits) -> Result<i64, LedgerError> {
+    if amount.0 <= 0 {
+        return Err(LedgerError::Invalid(format!(
+            "{what} must be greater than 0"
+        )));
+    }
+    Ok(amount.0)
+}
+
+/// A caller-chosen idempotency key, namespaced so it cannot collide with internal ones.
+pub fn user_key(key: Option<&str>) -> String {
+    match key {
+        Some(k) => format!("user:{k}"),
+        None => format!("auto:{}", new_id("op")),
+    }
+}
+
+pub async fn grant(
+    db: &Db,
+    account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+    idempotency_key: &str,
+) -> Result<Applied, LedgerError> {
+    let a = positive("amount", amount)?;
+    apply(
+        db,
+        Change {
+            account_id,
+            kind: Kind::Grant,
+            amount: a,
+            held_delta: 0,
+            hold_id: None,
+            reason,
+            idempotency_key,
+        },
+    )
+    .await
+}
+
+/// Takes credits out of the available balance; refused when that would go below zero.
+pub async fn deduct(
+    db: &Db,
+    account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+    idempotency_key: &str,
+) -> Result<Applied, LedgerError> {
+    let a = positive("amount", amount)?;
+    apply(
+        db,
+        Change {
+            account_id,
+            kind: Kind::Deduct,
+            amount: -a,
+            held_delta: 0,
+            hold_id: None,
+            reason,
+            idempotency_key,
+        },
+    )
+    .await
+}
+
+/// A signed correction; refused when it would take the available balance below zero.
+pub async fn adjust(
+    db: &Db,
+    account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+    idempotency_key: &str,
+) -> Result<Applied, LedgerError> {
+    if amount.0 == 0 {
+        return Err(LedgerError::Invalid("amount must not be 0".into()));
+    }
+    apply(
+        db,
+        Change {
+            account_id,
+            kind: Kind::Adjust,
+            amount: amount.0,
+            held_delta: 0,
+            hold_id: None,
+            reason,
+            idempotency_key,
+        },
+    )
+    .await
+}
+
+/// A reservation made by [`hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub hold_id: String,
+    pub applied: Applied,
+}
+
+/// Reserves `amount` of the available balance under a new hold id. A zero amount is
+/// allowed (free models) and still records a hold that resolves exactly once.
+pub async fn hold(
+    db: &Db,
+    account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+) -> Result<Hold, LedgerError> {
+    if amount.0 < 0 {
+        return Err(LedgerError::Invalid(
+            "hold amount must not be negative".into(),
+        ));
+    }
+    let hold_id = new_id("hold");
+    let idem = format!("hold:{hold_id}");
+    let c = Change {
+        account_id,
+        kind: Kind::Hold,
+        amount: 0,
+        held_delta: amount.0,
+        hold_id: Some(&hold_id),
+        reason,
+        idempotency_key: &idem,
+    };
+    let applied = with_tx!(db, |tx| {
+        let applied = apply_in_tx!(tx, &c);
+        sqlx::query("INSERT INTO holds (id, account_id, amount, state, created_at) VALUES ($1, $2, $3, 'pending', $4)")
+            .bind(&hold_id)
+            .bind(account_id)
+            .bind(amount.0)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        applied
+    });
+    Ok(Hold { hold_id, applied })
+}
+
+/// How a hold ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Charge this much (clamped to the hold: never more than was reserved).
+    Post(Credits),
+    Void,
+}
+
+/// Resolves a pending hold exactly once. Returns the applied entry and the amount
+/// actually charged.
+pub async fn resolve(
+    db: &Db,
+    hold_id: &str,
+    how: Resolution,
+    reason: Option<&str>,
+) -> Result<(Applied, Credits), LedgerError> {
+    let (state, kind, idem) = match how {
+        Resolution::Post(_) => ("posted", Kind::Post, format!("post:{hold_id}")),
+        Resolution::Void => ("voided", Kind::Void, format!("void:{hold_id}")),
+    };
+    let r = with_tx!(db, |tx| {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT account_id, amount FROM holds WHERE id = $1")
+                .bind(hold_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((account_id, held)) = row else {
+            return Err(LedgerError::UnknownHold);
+        };
+        let charged = match how {
+            Resolution::Post(c) => c.0.clamp(0, held),
+            Resolution::Void => 0,
+        };
+        let changed = sqlx::query(
+            "UPDATE holds SET state = $1, charged = $2, resolved_at = $3 WHERE id = $4 AND state = 'pending'",
+        )
+        .bind(state)
+        .bind(charged)
+        .bind(now_ms())
+        .bind(hold_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            return Err(LedgerError::HoldResolved);
+        }
+        let c = Change {
+            account_id: &account_id,
+            kind,
+            amount: -charged,
+            held_delta: -held,
+            hold_id: Some(hold_id),
+            reason,
+            idempotency_key: &idem,
+        };
+        let applied = apply_in_tx!(tx, &c);
+        (applied, Credits(charged))
+    });
+    Ok(r)
+}
+
+/// Posted balance and held credits of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub balance: Credits,
+    pub held: Credits,
+}
+
+impl Balance {
+    pub fn available(&self) -> Credits {
+        Credits(self.balance.0 - self.held.0)
+    }
+}
+
+pub async fn balance(db: &Db, account_id: &str) -> Result<Option<Balance>, sqlx::Error> {
+    let row: Option<(i64, i64)> = crate::with_read!(db, |p| {
+        sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(row.map(|(b, h)| Balance {
+        balance: Credits(b),
+        held: Credits(h),
+    }))
+}
+
+/// The available balance alone: the hot path of `GET /api/v1/chat/credit`.
+pub async fn available(db: &Db, account_id: &str) -> Result<Option<Credits>, sqlx::Error> {
+    let row: Option<i64> = crate::with_read!(db, |p| {
+        sqlx::query_scalar("SELECT balance - held FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(row.map(Credits))
+}
+
+/// A posted entry as `kie admin credits history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub entry_id: String,
+    pub kind: String,
+    pub amount: Credits,
+    pub reason: Option<String>,
+    pub created_at: i64,
+}
+
+/// Entries that changed the posted balance, oldest first; their amounts sum to it.
+/// Holds and voids (which only move credits in and out of `held`) are not listed.
+pub async fn history(db: &Db, account_id: &str) -> Result<Vec<Entry>, sqlx::Error> {
+    let rows: Vec<(String, String, i64, Option<String>, i64)> = crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT id, kind, amount, reason, created_at FROM ledger_entries \
+             WHERE account_id = $1 AND kind IN ('grant','deduct','adjust','post') ORDER BY seq",
+        )
+        .bind(account_id)
+        .fetch_all(p)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(entry_id, kind, amount, reason, created_at)| Entry {
+            entry_id,
+            kind,
+            amount: Credits(amount),
+            reason,
+            created_at,
+        })
+        .collect())
+}
+
+/// Sums of all entries of an account, to check the invariants (tests, `kie admin`).
+pub async fn entry_sums(db: &Db, account_id: &str) -> Result<(Credits, Credits), sqlx::Error> {
+    let (a, h): (i64, i64) = crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), CAST(COALESCE(SUM(held_delta), 0) AS BIGINT) FROM ledger_entries WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(p)
+        .await?
+    });
+    Ok((Credits(a), Credits(h)))
+}

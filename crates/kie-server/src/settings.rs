@@ -1,0 +1,146 @@
+//! Operator switches kept in the database so every node sees them: maintenance mode
+//! and disabled features. Each server refreshes a snapshot every 500 ms, so a change
+//! made with `kie admin` on any node takes effect everywhere within a second.
+
+use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{now_ms, Db};
+use crate::{with_read, with_tx};
+
+/// Features an operator can disable (answered with code 505 while disabled).
+pub const FEATURES: &[(&str, &str)] = &[
+    ("credits", "GET /api/v1/chat/credit"),
+    ("download-url", "POST /api/v1/common/download-url"),
+    ("file-upload", "POST /api/file-*-upload"),
+    (
+        "jobs",
+        "POST /api/v1/jobs/createTask, GET /api/v1/jobs/recordInfo",
+    ),
+    (
+        "public-result-urls",
+        "GET on generated file URLs without a link",
+    ),
+    (
+        "callbacks",
+        "webhook callbacks (deliveries wait while disabled)",
+    ),
+];
+
+const MAINTENANCE: &str = "maintenance";
+const FEATURE_PREFIX: &str = "feature:";
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub maintenance: bool,
+    pub disabled: BTreeSet<String>,
+}
+
+impl Snapshot {
+    pub fn is_disabled(&self, feature: &str) -> bool {
+        self.disabled.contains(feature)
+    }
+}
+
+pub async fn load(db: &Db) -> Result<Snapshot, sqlx::Error> {
+    let rows: Vec<(String, String)> = with_read!(db, |p| {
+        sqlx::query_as("SELECT name, value FROM settings")
+            .fetch_all(p)
+            .await?
+    });
+    let mut s = Snapshot::default();
+    for (name, value) in rows {
+        if name == MAINTENANCE {
+            s.maintenance = value == "on";
+        } else if let Some(f) = name.strip_prefix(FEATURE_PREFIX) {
+            if value == "disabled" {
+                s.disabled.insert(f.to_string());
+            }
+        }
+    }
+    Ok(s)
+}
+
+pub async fn set(db: &Db, name: &str, value: &str) -> Result<(), sqlx::Error> {
+    with_tx!(db, |tx| {
+        sqlx::query(
+            "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+    });
+    Ok(())
+}
+
+pub async fn get(db: &Db, name: &str) -> Result<Option<String>, sqlx::Error> {
+    with_read!(db, |p| {
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(p)
+            .await
+    })
+}
+
+pub async fn set_maintenance(db: &Db, on: bool) -> Result<(), sqlx::Error> {
+    set(db, MAINTENANCE, if on { "on" } else { "off" }).await
+}
+
+pub async fn set_feature(db: &Db, feature: &str, enabled: bool) -> Result<(), sqlx::Error> {
+    set(
+        db,
+        &format!("{FEATURE_PREFIX}{feature}"),
+        if enabled { "enabled" } else { "disabled" },
+    )
+    .await
+}
+
+/// The live snapshot a server consults on every request.
+#[derive(Clone)]
+pub struct LiveSettings(Arc<ArcSwap<Snapshot>>);
+
+impl LiveSettings {
+    pub fn new(initial: Snapshot) -> Self {
+        LiveSettings(Arc::new(ArcSwap::from_pointee(initial)))
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    /// Refreshes the snapshot until `shutdown` fires. A failed read keeps the last
+    /// snapshot (and is logged once per outage).
+    pub async fn refresh_loop(self, db: Db, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match load(&db).await {
+                Ok(s) => {
+                    if failing {
+                        tracing::info!("settings refresh recovered");
+                        failing = false;
+                    }
+                    if **self.0.load() != s {
+                        self.0.store(Arc::new(s));
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "settings refresh failed; keeping the last snapshot");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The metadata store boundary: SQLite (embedded default) or PostgreSQL (scale-out).
+//!
+//! Queries are written once in the SQL both engines accept (`$1` placeholders, integer
+//! money, `RETURNING`, `ON CONFLICT`) and run on whichever pool is configured through
+//! the [`with_read!`] and [`with_tx!`] macros. Where the engines differ (locking,
+//! schema types) each backend has its own code or migrations.
+//!
+//! SQLite writes go through a one-connection pool and `BEGIN IMMEDIATE`, so writers in
+//! this process queue in FIFO order instead of failing on lock upgrades; other
+//! processes (e.g. `kie admin`) wait on SQLite's busy timeout.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::config::DatabaseUrl;
+
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    pub read: SqlitePool,
+    pub write: SqlitePool,
+}
+
+/// A connected metadata store.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqliteDb),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the backend's read pool (`&SqlitePool` or `&PgPool`).
+#[macro_export]
+macro_rules! with_read {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite(s) => {
+                let $p = &s.read;
+                $body
+            }
+            $crate::store::Db::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside one write transaction bound to `$tx`, committing when the body
+/// evaluates; an early return (`?`) drops the transaction, which rolls it back.
+#[macro_export]
+macro_rules! with_tx {
+    ($db:expr, |$tx:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite(s) => {
+                let mut $tx = s.write.begin_with("BEGIN IMMEDIATE").await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+            $crate::store::Db::Postgres(p) => {
+                let mut $tx = p.begin().await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+        }
+    };
+}
+
+/// Errors opening a store, phrased for a one-line message to an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {path} is not writable: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot open database {what}: {reason}")]
+    Connect { what: String, reason: String },
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+}
+
+pub struct OpenOptions {
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_connections: 16,
+            statement_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Checks that `dir` exists (creating it) and that we can write into it.
+pub fn ensure_writable_dir(dir: &Path) -> Result<(), OpenError> {
+    let fail = |e: std::io::Error| OpenError::DataDir {
+        path: dir.display().to_string(),
+        reason: e.kind().to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".kie-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Strips user info from a database URL so it can appear in an error.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+impl Db {
+    /// Connects and runs migrations.
+    pub async fn open(url: &DatabaseUrl, opts: &OpenOptions) -> Result<Db, OpenError> {
+        let db = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    ensure_writable_dir(parent)?;
+                }
+                let connect_err = |e: sqlx::Error| OpenError::Connect {
+                    what: path.display().to_string(),
+                    reason: e.to_string(),
+                };
+                let base = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a commit is on disk when acknowledged (WAL + FULL fsyncs the
+                    // log on every commit).
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+                    .pragma("temp_store", "memory");
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(base.clone())
+                    .await
+                    .map_err(connect_err)?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&write)
+                    .await
+                    .map_err(|e| OpenError::Migrate(e.to_string()))?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(opts.max_connections.clamp(1, 64))
+                    .acquire_timeout(opts.acquire_timeout)
+                    .connect_with(base.read_only(true))
+                    .await
+                    .map_err(connect_err)?;
+                Db::Sqlite(SqliteDb { read, write })
+            }
+            DatabaseUrl::Postgres(u) => {
+                let connect_err = |e: sqlx::Error| OpenError::Connect {
+                    what: redact(u),
+                    reason: e.to_string(),
+                };
+                let ms = opts.statement_timeout.as_millis().to_string();
+                let co = PgConnectOptions::from_str(u)
+                    .map_err(connect_err)?
+                    .options([("statement_timeout", ms.as_str())]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(opts.max_connections.max(2))
+                    .acquire_timeout(opts.acquire_timeout)
+                    .connect_with(co)
+                    .await
+                    .map_err(connect_err)?;
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&pool)
+                    .await
+                    .map_err(|e| OpenError::Migrate(e.to_string()))?;
+                Db::Postgres(pool)
+            }
+        };
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A trivial round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_read!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ()))
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(s) => {
+                s.read.close().await;
+                s.write.close().await;
+            }
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random identifier such as `acc_3kTq…` (16 base62 characters, ~95 bits).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", kie_wire::apikey::random_base62(16))
+}
+
+/// True when the error is a unique-constraint violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

@@ -1,0 +1,495 @@
+//! `kie admin`: operator commands that work directly on the service's database (SQLite
+//! path or PostgreSQL URL), also while `kie serve` runs.
+//!
+//! With `--json` each command prints exactly one JSON value on stdout (an object, or an
+//! array for lists); errors go to stderr with a non-zero exit.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+use std::process::ExitCode;
+
+use kie_server::accounts::{self, AccountError};
+use kie_server::config::parse_duration;
+use kie_server::ledger::{self, LedgerError};
+use kie_server::store::{now_ms, Db};
+use kie_server::{settings, StoreArgs};
+use kie_wire::Credits;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Accounts
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// API keys (shown once at creation; only a digest is stored)
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Credits: grants, deductions, balances and the ledger
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+    /// Webhook HMAC keys (whsec_…) used to sign callbacks
+    #[command(name = "webhook-key", subcommand)]
+    WebhookKey(WebhookKeyCmd),
+    /// Maintenance mode: every /api request answers code 455 while on
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Enable or disable a feature (disabled features answer code 505)
+    #[command(subcommand)]
+    Feature(FeatureCmd),
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Starting credits (at most 2 decimals)
+        #[arg(long, value_name = "X", allow_hyphen_values = true)]
+        credits: Option<String>,
+    },
+    /// List accounts
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create an API key for an account (prints the key once)
+    Create {
+        /// Account id or name
+        #[arg(long)]
+        account: String,
+        /// A label for the key
+        #[arg(long)]
+        name: Option<String>,
+        /// Expire after this long, e.g. 30d
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List keys (prefixes only)
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a key (by key id or prefix); running servers refuse it within 5 s
+    Revoke { key: String },
+    /// Replace a key with a new one; the old one keeps working for --grace
+    Roll {
+        key: String,
+        /// How long the old key stays valid, e.g. 1h [default: 0s, revoked at once]
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct AmountArgs {
+    /// Account id or name
+    #[arg(long)]
+    account: String,
+    /// Credits, at most 2 decimals
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    amount: String,
+    #[arg(long)]
+    reason: Option<String>,
+    /// Repeating a command with the same key applies it once
+    #[arg(long, value_name = "K")]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CreditsCmd {
+    /// Add credits
+    Grant(AmountArgs),
+    /// Remove credits (never below the available balance)
+    Deduct(AmountArgs),
+    /// Balance, available and held credits of an account
+    Show {
+        #[arg(long)]
+        account: String,
+    },
+    /// Posted ledger entries, oldest first; their amounts sum to the balance
+    History {
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookKeyCmd {
+    /// Generate (or replace) the account's webhook key
+    Generate {
+        #[arg(long)]
+        account: String,
+    },
+    /// Show the account's webhook key
+    Show {
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeatureCmd {
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    /// List features and whether they are enabled
+    List,
+}
+
+/// An admin failure: a one-line message and the exit status.
+struct Failure(String);
+
+impl From<AccountError> for Failure {
+    fn from(e: AccountError) -> Self {
+        Failure(e.to_string())
+    }
+}
+impl From<LedgerError> for Failure {
+    fn from(e: LedgerError) -> Self {
+        Failure(match e {
+            LedgerError::InsufficientCredits => {
+                "insufficient credits: the amount exceeds the available balance".into()
+            }
+            other => other.to_string(),
+        })
+    }
+}
+impl From<kie_server::sqlx::Error> for Failure {
+    fn from(e: kie_server::sqlx::Error) -> Self {
+        Failure(format!("database error: {e}"))
+    }
+}
+
+fn amount(flag: &str, s: &str) -> Result<Credits, Failure> {
+    let c: Credits = s
+        .parse()
+        .map_err(|e| Failure(format!("invalid {flag} '{s}': {e}")))?;
+    if c.0 <= 0 {
+        return Err(Failure(format!(
+            "invalid {flag} '{s}': must be greater than 0"
+        )));
+    }
+    Ok(c)
+}
+
+fn iso(ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+/// What a command prints: JSON for `--json`, text otherwise.
+struct Out {
+    json: serde_json::Value,
+    text: String,
+}
+
+fn out<T: Serialize>(v: &T, text: impl Into<String>) -> Out {
+    Out {
+        json: serde_json::to_value(v).expect("serialisable"),
+        text: text.into(),
+    }
+}
+
+pub fn run(args: AdminArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kie admin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json;
+    let result = rt.block_on(async move {
+        let db = kie_server::admin::open(&args.store)
+            .await
+            .map_err(|e| Failure(e.to_string()))?;
+        let r = execute(&db, args.command).await;
+        db.close().await;
+        r
+    });
+    match result {
+        Ok(o) => {
+            if json {
+                println!("{}", o.json);
+            } else {
+                println!("{}", o.text.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure(msg)) => {
+            eprintln!("kie admin: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
+    match cmd {
+        AdminCommand::Account(AccountCmd::Create { name, credits }) => {
+            let c = match credits.as_deref() {
+                Some(s) => Some(amount("--credits", s)?),
+                None => None,
+            };
+            let a = accounts::create(db, &name, c).await?;
+            let text = format!(
+                "created account {} ({}) with {} credits",
+                a.name, a.id, a.balance
+            );
+            Ok(out(&a, text))
+        }
+        AdminCommand::Account(AccountCmd::List) => {
+            let list = accounts::list(db).await?;
+            let mut text = format!(
+                "{:<22} {:<24} {:>14} {:>14}\n",
+                "ID", "NAME", "BALANCE", "AVAILABLE"
+            );
+            for a in &list {
+                text += &format!(
+                    "{:<22} {:<24} {:>14} {:>14}\n",
+                    a.id,
+                    a.name,
+                    a.balance.to_string(),
+                    a.available.to_string()
+                );
+            }
+            Ok(out(&list, text))
+        }
+        AdminCommand::Key(KeyCmd::Create {
+            account,
+            name,
+            expires,
+        }) => {
+            let expires_at = match expires.as_deref() {
+                Some(d) => Some(
+                    now_ms()
+                        + parse_duration("--expires", d)
+                            .map_err(|e| Failure(e.to_string()))?
+                            .as_millis() as i64,
+                ),
+                None => None,
+            };
+            let k = accounts::create_key(db, &account, name.as_deref(), expires_at).await?;
+            let text = format!(
+                "API key for {} (id {}):\n{}\nStore it now: it is not shown again.",
+                k.account, k.id, k.key
+            );
+            Ok(out(&k, text))
+        }
+        AdminCommand::Key(KeyCmd::List { account }) => {
+            let keys = accounts::list_keys(db, account.as_deref()).await?;
+            let mut text = format!(
+                "{:<22} {:<14} {:<22} {:<8} {}\n",
+                "ID", "PREFIX", "ACCOUNT", "STATUS", "NAME"
+            );
+            for k in &keys {
+                text += &format!(
+                    "{:<22} {:<14} {:<22} {:<8} {}\n",
+                    k.id,
+                    k.prefix,
+                    k.account,
+                    k.status,
+                    k.name.as_deref().unwrap_or("")
+                );
+            }
+            Ok(out(&keys, text))
+        }
+        AdminCommand::Key(KeyCmd::Revoke { key }) => {
+            let k = accounts::revoke_key(db, &key).await?;
+            let text = format!("revoked key {} ({})", k.id, k.prefix);
+            Ok(out(&k, text))
+        }
+        AdminCommand::Key(KeyCmd::Roll { key, grace }) => {
+            let grace_ms = match grace.as_deref() {
+                Some(d) => parse_duration("--grace", d)
+                    .map_err(|e| Failure(e.to_string()))?
+                    .as_millis() as i64,
+                None => 0,
+            };
+            let k = accounts::roll_key(db, &key, grace_ms, None).await?;
+            let text = format!(
+                "new API key for {} (id {}):\n{}\nThe old key {}.",
+                k.account,
+                k.id,
+                k.key,
+                if grace_ms > 0 {
+                    format!("stays valid for {}", grace.unwrap_or_default())
+                } else {
+                    "is revoked".into()
+                }
+            );
+            Ok(out(&k, text))
+        }
+        AdminCommand::Credits(CreditsCmd::Grant(a)) => change_credits(db, true, a).await,
+        AdminCommand::Credits(CreditsCmd::Deduct(a)) => change_credits(db, false, a).await,
+        AdminCommand::Credits(CreditsCmd::Show { account }) => {
+            let acc = accounts::get(db, &account).await?;
+            let b = ledger::balance(db, &acc.id)
+                .await?
+                .ok_or_else(|| Failure(format!("unknown account '{account}'")))?;
+            let v = json!({"account": acc.id, "balance": b.balance, "available": b.available(), "held": b.held});
+            let text = format!(
+                "{} ({}): balance {}, available {}, held {}",
+                acc.name,
+                acc.id,
+                b.balance,
+                b.available(),
+                b.held
+            );
+            Ok(Out { json: v, text })
+        }
+        AdminCommand::Credits(CreditsCmd::History { account }) => {
+            let acc = accounts::get(db, &account).await?;
+            let entries = ledger::history(db, &acc.id).await?;
+            let json_entries: Vec<_> = entries
+                .iter()
+                .map(|e| json!({"entryId": e.entry_id, "kind": e.kind, "amount": e.amount, "reason": e.reason, "createdAt": iso(e.created_at)}))
+                .collect();
+            let mut text = format!(
+                "{:<26} {:<24} {:<7} {:>12}  {}\n",
+                "TIME", "ENTRY", "KIND", "AMOUNT", "REASON"
+            );
+            for e in &entries {
+                text += &format!(
+                    "{:<26} {:<24} {:<7} {:>12}  {}\n",
+                    iso(e.created_at),
+                    e.entry_id,
+                    e.kind,
+                    e.amount.to_string(),
+                    e.reason.as_deref().unwrap_or("")
+                );
+            }
+            Ok(Out {
+                json: serde_json::Value::Array(json_entries),
+                text,
+            })
+        }
+        AdminCommand::WebhookKey(WebhookKeyCmd::Generate { account }) => {
+            let k = accounts::generate_webhook_key(db, &account).await?;
+            let text = format!(
+                "webhook key for {}: {}",
+                k.account,
+                k.key.as_deref().unwrap_or("")
+            );
+            Ok(out(&k, text))
+        }
+        AdminCommand::WebhookKey(WebhookKeyCmd::Show { account }) => {
+            let k = accounts::webhook_key(db, &account).await?;
+            let text = match &k.key {
+                Some(key) => format!("webhook key for {}: {key}", k.account),
+                None => format!("account {} has no webhook key (callbacks are sent unsigned); create one with: kie admin webhook-key generate --account {}", k.account, k.account),
+            };
+            Ok(out(&k, text))
+        }
+        AdminCommand::Maintenance { state } => {
+            let on = state == "on";
+            settings::set_maintenance(db, on).await?;
+            Ok(Out {
+                json: json!({"maintenance": on}),
+                text: format!("maintenance {state}"),
+            })
+        }
+        AdminCommand::Feature(FeatureCmd::List) => {
+            let snap = settings::load(db).await?;
+            let list: Vec<_> = settings::FEATURES
+                .iter()
+                .map(
+                    |(n, what)| json!({"name": n, "enabled": !snap.is_disabled(n), "covers": what}),
+                )
+                .collect();
+            let mut text = String::new();
+            for (n, what) in settings::FEATURES {
+                text += &format!(
+                    "{:<20} {:<9} {}\n",
+                    n,
+                    if snap.is_disabled(n) {
+                        "disabled"
+                    } else {
+                        "enabled"
+                    },
+                    what
+                );
+            }
+            Ok(Out {
+                json: serde_json::Value::Array(list),
+                text,
+            })
+        }
+        AdminCommand::Feature(f) => {
+            let (name, enabled) = match f {
+                FeatureCmd::Enable { name } => (name, true),
+                FeatureCmd::Disable { name } => (name, false),
+                FeatureCmd::List => return Err(Failure("internal: list handled above".into())),
+            };
+            if !settings::FEATURES.iter().any(|(n, _)| *n == name) {
+                return Err(Failure(format!(
+                    "unknown feature '{name}': use one of {}",
+                    settings::FEATURES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            settings::set_feature(db, &name, enabled).await?;
+            Ok(Out {
+                json: json!({"feature": name, "enabled": enabled}),
+                text: format!(
+                    "feature {name} {}",
+                    if enabled { "enabled" } else { "disabled" }
+                ),
+            })
+        }
+    }
+}
+
+async fn change_credits(db: &Db, is_grant: bool, a: AmountArgs) -> Result<Out, Failure> {
+    let acc = accounts::get(db, &a.account).await?;
+    let amt = amount("--amount", &a.amount)?;
+    let idem = ledger::user_key(a.idempotency_key.as_deref());
+    let applied = if is_grant {
+        ledger::grant(db, &acc.id, amt, a.reason.as_deref(), &idem).await?
+    } else {
+        ledger::deduct(db, &acc.id, amt, a.reason.as_deref(), &idem).await?
+    };
+    let v = json!({"entryId": applied.entry_id, "balance": applied.balance, "available": applied.available()});
+    let verb = if is_grant { "granted" } else { "deducted" };
+    let text = if applied.replayed {
+        format!(
+            "already applied (same idempotency key): entry {}; balance {}, available {}",
+            applied.entry_id,
+            applied.balance,
+            applied.available()
+        )
+    } else {
+        format!(
+            "{verb} {amt} credits: entry {}; balance {}, available {}",
+            applied.entry_id,
+            applied.balance,
+            applied.available()
+        )
+    };
+    Ok(Out { json: v, text })
+}
