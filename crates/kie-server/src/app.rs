@@ -23,6 +23,8 @@ use crate::store::{self, Db, OpenOptions};
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
+    /// File bytes (local directory or S3).
+    pub blobs: crate::blobs::Blobs,
     pub auth: Arc<Authenticator>,
     pub settings: LiveSettings,
     /// Flips to `true` when the server starts shutting down (ends long polls).
@@ -36,6 +38,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::OpenError),
+    #[error("cannot open storage: {0}")]
+    Blobs(#[from] crate::blobs::BlobError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
     #[error("{0}")]
@@ -180,6 +184,7 @@ impl Server {
             ..Default::default()
         };
         let db = Db::open(&config.database, &opts).await?;
+        let blobs = crate::blobs::Blobs::open(&config.storage)?;
         let listener = TcpListener::bind(&config.bind)
             .await
             .map_err(|e| StartError::Listen {
@@ -218,6 +223,7 @@ impl Server {
         let state = AppState {
             config: Arc::new(config),
             db,
+            blobs,
             auth,
             settings: LiveSettings::new(snapshot),
             shutdown: shutdown_rx,

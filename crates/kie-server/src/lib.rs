@@ -8,6 +8,8 @@
 //! * `settings` — maintenance mode and feature switches shared by all nodes
 //! * `api` — the public endpoints, documented in OpenAPI
 //! * `store` — the metadata store boundary (SQLite or PostgreSQL)
+//! * `blobs` — the object-store boundary (local directory or S3) for file bytes
+//! * `files` — stored files and their public URLs
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;
@@ -15,8 +17,10 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

@@ -1,0 +1,275 @@
+//! Stored files and their public URLs: `{public_url}/files/{file_id}/{file_name}`.
+//!
+//! A file's bytes are written to the object store first and its record inserted after,
+//! so a record never points at missing bytes; bytes whose record never got written are
+//! orphans the sweeper removes.
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::blobs::{BlobError, Blobs};
+use crate::store::{now_ms, Db};
+use crate::{with_read, with_tx};
+
+/// Why a file exists; decides its retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Produced by a task (kept `retention_generated`, 14 days by default).
+    Generated,
+    /// Uploaded through the File Upload API (kept `retention_uploads`, 3 days).
+    Upload,
+    /// Added by an operator with `kie admin file add` (kept like generated files).
+    Admin,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Generated => "generated",
+            FileKind::Upload => "upload",
+            FileKind::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileRecord {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    pub kind: String,
+    pub upload_path: Option<String>,
+    pub task_id: Option<String>,
+    pub storage_key: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+impl FileRecord {
+    /// The file's public URL under `public_url`.
+    pub fn url(&self, public_url: &url::Url) -> String {
+        file_url(public_url, &self.id, &self.name)
+    }
+
+    /// Strong ETag: the content digest.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", &self.sha256)
+    }
+}
+
+/// `{public_url}/files/{id}/{percent-encoded name}`.
+pub fn file_url(public_url: &url::Url, id: &str, name: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let base = public_url.as_str().trim_end_matches('/');
+    format!("{base}/files/{id}/{}", utf8_percent_encode(name, KEEP))
+}
+
+/// A new file id: 32 base62 characters (~190 bits) of OS randomness.
+pub fn new_file_id() -> String {
+    kie_wire::apikey::random_base62(32)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to store.
+pub struct NewFile<'a> {
+    pub account_id: &'a str,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub kind: FileKind,
+    pub upload_path: Option<&'a str>,
+    pub task_id: Option<&'a str>,
+    pub retention: Duration,
+    pub max_size: u64,
+}
+
+/// A file name safe to store and to put in a URL path segment: no separators, no
+/// control characters, not empty, at most 255 bytes.
+pub fn validate_file_name(name: &str) -> Result<(), FileError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        return Err(FileError::Invalid(format!(
+            "invalid file name '{}'",
+            name.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Streams a new file into the store and records it. For uploads with an
+/// `upload_path`, an existing file at the same path of the same account is replaced
+/// (its record marked deleted and its bytes removed) in the same transaction.
+pub async fn create<S, E>(
+    db: &Db,
+    blobs: &Blobs,
+    f: NewFile<'_>,
+    body: S,
+) -> Result<FileRecord, FileError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    validate_file_name(f.name)?;
+    let id = new_file_id();
+    // The id alone keys the bytes: names never reach the store's paths.
+    let storage_key = format!("{}/{}", &id[..2], id);
+    let written = blobs.put_stream(&storage_key, body, f.max_size).await?;
+    let now = now_ms();
+    let expires_at = now + f.retention.as_millis() as i64;
+    let mut replaced: Vec<String> = Vec::new();
+    let insert = async {
+        with_tx!(db, |tx| {
+            if let Some(p) = f.upload_path {
+                let old: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT id, storage_key FROM files WHERE account_id = $1 AND upload_path = $2 AND deleted_at IS NULL",
+                )
+                .bind(f.account_id)
+                .bind(p)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (old_id, key) in old {
+                    sqlx::query("UPDATE files SET deleted_at = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(&old_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    replaced.push(key);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO files (id, account_id, name, content_type, size, sha256, kind, upload_path, task_id, \
+                 storage_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(&id)
+            .bind(f.account_id)
+            .bind(f.name)
+            .bind(f.content_type)
+            .bind(written.size as i64)
+            .bind(&written.sha256)
+            .bind(f.kind.as_str())
+            .bind(f.upload_path)
+            .bind(f.task_id)
+            .bind(&storage_key)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        });
+        Ok::<(), sqlx::Error>(())
+    };
+    if let Err(e) = insert.await {
+        // the record was not written: the bytes must not stay behind
+        let _ = blobs.delete(&storage_key).await;
+        return Err(e.into());
+    }
+    for key in replaced {
+        if let Err(e) = blobs.delete(&key).await {
+            tracing::warn!(error = %e, "could not delete replaced file bytes; the sweeper will retry");
+        }
+    }
+    Ok(FileRecord {
+        id,
+        account_id: f.account_id.to_string(),
+        name: f.name.to_string(),
+        content_type: f.content_type.to_string(),
+        size: written.size as i64,
+        sha256: written.sha256,
+        kind: f.kind.as_str().to_string(),
+        upload_path: f.upload_path.map(str::to_string),
+        task_id: f.task_id.map(str::to_string),
+        storage_key,
+        created_at: now,
+        expires_at,
+        deleted_at: None,
+    })
+}
+
+const FILE_COLUMNS: &str =
+    "id, account_id, name, content_type, size, sha256, kind, upload_path, task_id, \
+                            storage_key, created_at, expires_at, deleted_at";
+
+type FileRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn to_record(r: FileRow) -> FileRecord {
+    FileRecord {
+        id: r.0,
+        account_id: r.1,
+        name: r.2,
+        content_type: r.3,
+        size: r.4,
+        sha256: r.5,
+        kind: r.6,
+        upload_path: r.7,
+        task_id: r.8,
+        storage_key: r.9,
+        created_at: r.10,
+        expires_at: r.11,
+        deleted_at: r.12,
+    }
+}
+
+/// A file record by id (deleted or not: callers decide what a deleted file means).
+pub async fn get(db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
+    let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1");
+    let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(p)
+        .await?);
+    Ok(row.map(to_record))
+}
+
+/// Files of a task, in creation order.
+pub async fn of_task(db: &Db, task_id: &str) -> Result<Vec<FileRecord>, sqlx::Error> {
+    let sql =
+        format!("SELECT {FILE_COLUMNS} FROM files WHERE task_id = $1 ORDER BY created_at, id");
+    let rows: Vec<FileRow> = with_read!(db, |p| sqlx::query_as(&sql)
+        .bind(task_id)
+        .fetch_all(p)
+        .await?);
+    Ok(rows.into_iter().map(to_record).collect())
+}
+
+/// True when the record names live bytes: not deleted and not past retention.
+pub fn is_live(f: &FileRecord, now: i64) -> bool {
+    f.deleted_at.is_none() && f.expires_at > now
+}
