@@ -9,7 +9,7 @@
 //! let c = |s: &str| s.parse::<Credits>().unwrap();
 //! let mut m = BalanceMonitor::new(Thresholds { warn: Some(c("50")), critical: Some(c("10")) });
 //! let t0 = Instant::now();
-//! let at = |mins| t0 + Duration::from_secs(60 * mins);
+//! let at = |mins: u64| t0 + Duration::from_secs(60 * mins);
 //!
 //! assert_eq!(m.observe(at(0), c("100")).alert, None);
 //! let o = m.observe(at(60), c("40")); // 60 credits burnt in an hour
