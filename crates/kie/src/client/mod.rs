@@ -35,6 +35,9 @@ pub struct ApiArgs {
     /// First retry backoff, doubled on each retry (with jitter)
     #[arg(long, env = "KIE_RETRY_BASE", default_value = "250ms", value_parser = parse_duration, hide = true)]
     pub retry_base: Duration,
+    /// Longest wait a `Retry-After` header may impose before a retry
+    #[arg(long, env = "KIE_RETRY_AFTER_CAP", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub retry_after_cap: Duration,
 }
 
 impl ApiArgs {
@@ -46,6 +49,7 @@ impl ApiArgs {
         let mut b = Client::builder().base_url(&self.base_url).retry_policy(RetryPolicy {
             max_retries: self.max_retries,
             base_delay: self.retry_base,
+            max_retry_after: self.retry_after_cap,
             ..RetryPolicy::default()
         });
         if let Some(k) = self.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
