@@ -172,12 +172,17 @@ impl Downloader {
     /// Downloads every item, at most `concurrency` at a time. Reports come back in the
     /// order of `items`; one failure does not stop the others.
     pub async fn download_all(&self, items: &[DownloadItem]) -> Vec<DownloadReport> {
-        let mut reports: Vec<(usize, DownloadReport)> =
-            futures::stream::iter(items.iter().enumerate())
-                .map(|(i, item)| async move { (i, self.download(i, item).await) })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
+        // built into a Vec first: a lazily mapped stream of async blocks borrowing
+        // `items` makes the whole future !Send (rust-lang/rust#102211)
+        let jobs: Vec<_> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| async move { (i, self.download(i, item).await) })
+            .collect();
+        let mut reports: Vec<(usize, DownloadReport)> = futures::stream::iter(jobs)
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
         reports.sort_by_key(|(i, _)| *i);
         reports.into_iter().map(|(_, r)| r).collect()
     }

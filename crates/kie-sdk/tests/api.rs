@@ -509,3 +509,24 @@ async fn base_url_with_a_path_prefix() {
     let c = client(&format!("{}/kie/", mock.base), 0);
     assert_eq!(c.credits().await.unwrap(), Credits::from_hundredths(10000));
 }
+
+/// Callers spawn these futures on multi-threaded runtimes: they must be `Send`.
+#[test]
+fn futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let c = Client::builder().build().unwrap();
+    let req = CreateTaskRequest {
+        model: "m".into(),
+        input: json!({}),
+        call_back_url: None,
+    };
+    send(c.credits());
+    send(c.download_url("x"));
+    send(c.create_task(&req));
+    send(c.record_info("t"));
+    send(c.wait_task("t", &WaitOptions::default()));
+    send(c.upload_file(std::path::Path::new("x"), "p", None));
+    let d = kie_sdk::Downloader::new(c.clone()).on_progress(|_| {});
+    let items = Vec::new();
+    send(d.download_all(&items));
+}
