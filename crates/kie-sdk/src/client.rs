@@ -65,7 +65,10 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base_url", &self.inner.base_url.as_str())
             .field("upload_base_url", &self.inner.upload_base_url.as_str())
-            .field("api_key", &self.inner.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "api_key",
+                &self.inner.api_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("retry", &self.inner.retry)
             .finish()
     }
@@ -117,7 +120,11 @@ impl ClientBuilder {
     /// Takes `KIE_API_KEY` and `KIE_BASE_URL` from the environment when set (and not
     /// empty); values set on the builder before or after still win.
     pub fn from_env(mut self) -> Self {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
         if self.api_key.is_none() {
             self.api_key = var(ENV_API_KEY);
         }
@@ -184,7 +191,9 @@ impl ClientBuilder {
             // a key with a newline would be rejected by the HTTP layer with a message
             // that could echo it; refuse it here without showing it
             if k.trim().is_empty() || k.chars().any(|c| c.is_control()) {
-                return Err(Error::Config("the API key is empty or contains control characters".into()));
+                return Err(Error::Config(
+                    "the API key is empty or contains control characters".into(),
+                ));
             }
         }
         let http = reqwest::Client::builder()
@@ -212,7 +221,9 @@ fn parse_base(s: &str) -> Result<Url> {
     let u = Url::parse(s.trim())
         .map_err(|e| Error::Config(format!("base URL {s:?} is not a URL: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err(Error::Config(format!("base URL {s:?} must be an http(s) URL with a host")));
+        return Err(Error::Config(format!(
+            "base URL {s:?} must be an http(s) URL with a host"
+        )));
     }
     Ok(u)
 }
@@ -340,7 +351,9 @@ impl Client {
 
     fn key(&self) -> Result<&str> {
         self.inner.api_key.as_deref().ok_or_else(|| {
-            Error::Config(format!("no API key: set {ENV_API_KEY} or pass one (--api-key)"))
+            Error::Config(format!(
+                "no API key: set {ENV_API_KEY} or pass one (--api-key)"
+            ))
         })
     }
 
@@ -386,7 +399,10 @@ impl Client {
     /// The account's available balance (`GET /api/v1/chat/credit`).
     pub async fn credits(&self) -> Result<Credits> {
         let url = Self::endpoint(&self.inner.base_url, "/api/v1/chat/credit");
-        self.execute("credits", true, || async { self.authed(self.inner.http.get(&url)) }).await
+        self.execute("credits", true, || async {
+            self.authed(self.inner.http.get(&url))
+        })
+        .await
     }
 
     /// A temporary download link for a generated file URL
@@ -415,11 +431,16 @@ impl Client {
 
     /// A task's record (`GET /api/v1/jobs/recordInfo?taskId=`).
     pub async fn record_info(&self, task_id: &str) -> Result<RecordInfo> {
-        let mut url = Url::parse(&Self::endpoint(&self.inner.base_url, "/api/v1/jobs/recordInfo"))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut url = Url::parse(&Self::endpoint(
+            &self.inner.base_url,
+            "/api/v1/jobs/recordInfo",
+        ))
+        .map_err(|e| Error::Config(e.to_string()))?;
         url.query_pairs_mut().append_pair("taskId", task_id);
         let w: WireRecordInfo = self
-            .execute("recordInfo", true, || async { self.authed(self.inner.http.get(url.clone())) })
+            .execute("recordInfo", true, || async {
+                self.authed(self.inner.http.get(url.clone()))
+            })
             .await?;
         Ok(w.into())
     }
@@ -471,7 +492,9 @@ impl Client {
                 .map(|n| n.to_string_lossy().into_owned())
                 .ok_or_else(|| Error::Config(format!("{} has no file name", path.display())))?,
         };
-        let mime = mime_guess::from_path(&name).first_or_octet_stream().to_string();
+        let mime = mime_guess::from_path(&name)
+            .first_or_octet_stream()
+            .to_string();
         let url = Self::endpoint(&self.inner.upload_base_url, "/api/file-stream-upload");
         self.execute("file-stream-upload", true, || async {
             let file = tokio::fs::File::open(path)
@@ -491,7 +514,12 @@ impl Client {
                 .part("file", part)
                 .text("uploadPath", upload_path.to_string())
                 .text("fileName", name.clone());
-            let rb = self.inner.http.post(&url).bearer_auth(self.key()?).multipart(form);
+            let rb = self
+                .inner
+                .http
+                .post(&url)
+                .bearer_auth(self.key()?)
+                .multipart(form);
             Ok(rb)
         })
         .await

@@ -66,7 +66,12 @@ impl DownloadReport {
 pub enum Progress {
     /// A transfer (re)starts at `offset` of `total` bytes (`None` when unknown). Sent
     /// again after a resume or restart, with the new offset.
-    Started { index: usize, path: PathBuf, total: Option<u64>, offset: u64 },
+    Started {
+        index: usize,
+        path: PathBuf,
+        total: Option<u64>,
+        offset: u64,
+    },
     /// `bytes` more bytes were written.
     Advanced { index: usize, bytes: u64 },
     /// The file is done, well or not.
@@ -125,7 +130,13 @@ impl Downloader {
     /// allows requests, and up to two fresh links.
     pub fn new(client: Client) -> Self {
         let attempts = client.retry_policy().max_retries + 1;
-        Downloader { client, concurrency: 4, attempts, max_link_refreshes: 2, progress: None }
+        Downloader {
+            client,
+            concurrency: 4,
+            attempts,
+            max_link_refreshes: 2,
+            progress: None,
+        }
     }
 
     /// How many files are transferred at once (at least 1).
@@ -161,25 +172,42 @@ impl Downloader {
     /// Downloads every item, at most `concurrency` at a time. Reports come back in the
     /// order of `items`; one failure does not stop the others.
     pub async fn download_all(&self, items: &[DownloadItem]) -> Vec<DownloadReport> {
-        let mut reports: Vec<(usize, DownloadReport)> =
-            futures::stream::iter(items.iter().enumerate())
-                .map(|(i, item)| async move { (i, self.download(i, item).await) })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
+        // built into a Vec first: a lazily mapped stream of async blocks borrowing
+        // `items` makes the whole future !Send (rust-lang/rust#102211)
+        let jobs: Vec<_> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| async move { (i, self.download(i, item).await) })
+            .collect();
+        let mut reports: Vec<(usize, DownloadReport)> = futures::stream::iter(jobs)
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
         reports.sort_by_key(|(i, _)| *i);
         reports.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Downloads one item; `index` only labels its [`Progress`] events.
     pub async fn download(&self, index: usize, item: &DownloadItem) -> DownloadReport {
-        let mut job = Job { dl: self, index, item, link: item.url.clone(), refreshes: 0 };
+        let mut job = Job {
+            dl: self,
+            index,
+            item,
+            link: item.url.clone(),
+            refreshes: 0,
+        };
         let result = job.run().await;
         let bytes = match &result {
             Ok((n, _)) => *n,
-            Err(_) => tokio::fs::metadata(part_path(&item.dest)).await.map(|m| m.len()).unwrap_or(0),
+            Err(_) => tokio::fs::metadata(part_path(&item.dest))
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0),
         };
-        self.emit(Progress::Finished { index, ok: result.is_ok() });
+        self.emit(Progress::Finished {
+            index,
+            ok: result.is_ok(),
+        });
         DownloadReport {
             url: item.url.clone(),
             path: item.dest.clone(),
@@ -269,7 +297,10 @@ impl Job<'_> {
     /// Swaps the link for a fresh one after a 403.
     async fn refresh_link(&mut self) -> Result<()> {
         if self.refreshes >= self.dl.max_link_refreshes {
-            return Err(Error::Http { status: 403, url: redact_url(&self.link) });
+            return Err(Error::Http {
+                status: 403,
+                url: redact_url(&self.link),
+            });
         }
         self.refreshes += 1;
         match self.dl.client.download_url(&self.item.url).await {
@@ -278,13 +309,22 @@ impl Job<'_> {
                 self.link = link;
                 Ok(())
             }
-            Err(cause) => Err(Error::LinkExpired { cause: Box::new(cause) }),
+            Err(cause) => Err(Error::LinkExpired {
+                cause: Box::new(cause),
+            }),
         }
     }
 
     async fn remote_length(&mut self) -> Result<Option<u64>> {
         loop {
-            let resp = self.dl.client.http().head(&self.link).send().await.map_err(Error::transport)?;
+            let resp = self
+                .dl
+                .client
+                .http()
+                .head(&self.link)
+                .send()
+                .await
+                .map_err(Error::transport)?;
             match resp.status() {
                 s if s.is_success() => return Ok(header_u64(resp.headers(), &CONTENT_LENGTH)),
                 StatusCode::FORBIDDEN => self.refresh_link().await?,
@@ -295,7 +335,11 @@ impl Job<'_> {
 
     async fn resume_point(&self) -> Option<(u64, String)> {
         let part = part_path(&self.item.dest);
-        let len = tokio::fs::metadata(&part).await.ok().filter(|m| m.is_file())?.len();
+        let len = tokio::fs::metadata(&part)
+            .await
+            .ok()
+            .filter(|m| m.is_file())?
+            .len();
         if len == 0 {
             return None;
         }
@@ -309,7 +353,9 @@ impl Job<'_> {
         loop {
             let mut rb = self.dl.client.http().get(&self.link);
             if let Some((offset, validator)) = &resume {
-                rb = rb.header(RANGE, format!("bytes={offset}-")).header(IF_RANGE, validator);
+                rb = rb
+                    .header(RANGE, format!("bytes={offset}-"))
+                    .header(IF_RANGE, validator);
             }
             let resp = rb.send().await.map_err(Error::transport)?;
             let status = resp.status();
@@ -332,11 +378,15 @@ impl Job<'_> {
                             } else {
                                 DownloadStatus::Downloaded
                             };
-                            self.write_body(resp, offset, Some(total), None, kind).await?
+                            self.write_body(resp, offset, Some(total), None, kind)
+                                .await?
                         }
                         _ => {
                             if resume.is_none() {
-                                return Err(Error::Http { status: 206, url: redact_url(&self.link) });
+                                return Err(Error::Http {
+                                    status: 206,
+                                    url: redact_url(&self.link),
+                                });
                             }
                             resume = None;
                             Answer::Retry
@@ -349,7 +399,12 @@ impl Job<'_> {
                     self.write_body(resp, 0, total, Some(validator), DownloadStatus::Downloaded)
                         .await?
                 }
-                s => return Err(Error::Http { status: s.as_u16(), url: redact_url(&self.link) }),
+                s => {
+                    return Err(Error::Http {
+                        status: s.as_u16(),
+                        url: redact_url(&self.link),
+                    })
+                }
             };
             match answer {
                 Answer::Done(n, kind) => return Ok((n, kind)),
@@ -374,7 +429,8 @@ impl Job<'_> {
         let mut file = if offset == 0 {
             match validator.flatten() {
                 Some(v) => {
-                    let json = serde_json::to_vec(&PartMeta { validator: v }).expect("plain struct");
+                    let json =
+                        serde_json::to_vec(&PartMeta { validator: v }).expect("plain struct");
                     tokio::fs::write(&meta, json)
                         .await
                         .map_err(|e| Error::io("cannot write", &meta, e))?;
@@ -382,7 +438,9 @@ impl Job<'_> {
                 // without a validator a later resume could splice two versions
                 None => remove_if_exists(&meta).await?,
             }
-            tokio::fs::File::create(&part).await.map_err(|e| Error::io("cannot create", &part, e))?
+            tokio::fs::File::create(&part)
+                .await
+                .map_err(|e| Error::io("cannot create", &part, e))?
         } else {
             let f = tokio::fs::OpenOptions::new()
                 .write(true)
@@ -390,37 +448,59 @@ impl Job<'_> {
                 .await
                 .map_err(|e| Error::io("cannot open", &part, e))?;
             // exactly the bytes the Range asked to continue from
-            f.set_len(offset).await.map_err(|e| Error::io("cannot resize", &part, e))?;
+            f.set_len(offset)
+                .await
+                .map_err(|e| Error::io("cannot resize", &part, e))?;
             let mut f = f;
             tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::End(0))
                 .await
                 .map_err(|e| Error::io("cannot seek", &part, e))?;
             f
         };
-        self.dl.emit(Progress::Started { index: self.index, path: dest.clone(), total, offset });
+        self.dl.emit(Progress::Started {
+            index: self.index,
+            path: dest.clone(),
+            total,
+            offset,
+        });
 
         let mut written = offset;
         let streamed: Result<()> = async {
             while let Some(chunk) = resp.chunk().await.map_err(Error::transport)? {
-                file.write_all(&chunk).await.map_err(|e| Error::io("cannot write", &part, e))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::io("cannot write", &part, e))?;
                 written += chunk.len() as u64;
-                self.dl.emit(Progress::Advanced { index: self.index, bytes: chunk.len() as u64 });
+                self.dl.emit(Progress::Advanced {
+                    index: self.index,
+                    bytes: chunk.len() as u64,
+                });
             }
             Ok(())
         }
         .await;
         // flush whatever arrived, also after an error: it is the resume point
-        let flushed = file.flush().await.map_err(|e| Error::io("cannot write", &part, e));
+        let flushed = file
+            .flush()
+            .await
+            .map_err(|e| Error::io("cannot write", &part, e));
         streamed?;
         flushed?;
         if let Some(t) = total {
             if written != t {
-                return Err(Error::Incomplete { received: written, expected: t });
+                return Err(Error::Incomplete {
+                    received: written,
+                    expected: t,
+                });
             }
         }
-        file.sync_all().await.map_err(|e| Error::io("cannot write", &part, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| Error::io("cannot write", &part, e))?;
         drop(file);
-        tokio::fs::rename(&part, dest).await.map_err(|e| Error::io("cannot rename into", dest, e))?;
+        tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|e| Error::io("cannot rename into", dest, e))?;
         remove_if_exists(&meta).await?;
         Ok(Answer::Done(written, kind))
     }
@@ -454,7 +534,9 @@ fn validator_of(h: &HeaderMap) -> Option<String> {
     if let Some(e) = etag.filter(|e| e.starts_with('"')) {
         return Some(e.to_string());
     }
-    h.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+    h.get(LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL); `*` as total → END + 1.
@@ -480,13 +562,19 @@ pub fn file_name_from_url(url: &str) -> String {
         .ok()
         .and_then(|u| {
             u.path_segments()
-                .and_then(|s| s.filter(|s| !s.is_empty()).last().map(str::to_string))
+                .and_then(|mut s| s.rfind(|s| !s.is_empty()).map(str::to_string))
         })
         .unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(&seg).decode_utf8_lossy();
     let mut name: String = decoded
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c == ':' || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c == ':' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     name = name.trim().trim_start_matches('.').to_string();
     // keep names within common file system limits (255 bytes), on a char boundary
@@ -523,7 +611,10 @@ pub fn plan_downloads<S: AsRef<str>>(urls: &[S], dir: &Path) -> Vec<DownloadItem
             };
         }
         taken.insert(name.clone());
-        items.push(DownloadItem { url: u.to_string(), dest: dir.join(name) });
+        items.push(DownloadItem {
+            url: u.to_string(),
+            dest: dir.join(name),
+        });
     }
     items
 }
@@ -534,9 +625,18 @@ mod tests {
 
     #[test]
     fn names_from_urls_are_safe() {
-        assert_eq!(file_name_from_url("https://h/files/abc/x.png?sig=1"), "x.png");
-        assert_eq!(file_name_from_url("https://h/files/abc/caf%C3%A9%20au%20lait.png"), "café au lait.png");
-        assert_eq!(file_name_from_url("https://h/files/abc/..%2F..%2Fetc%2Fpasswd"), "_.._etc_passwd");
+        assert_eq!(
+            file_name_from_url("https://h/files/abc/x.png?sig=1"),
+            "x.png"
+        );
+        assert_eq!(
+            file_name_from_url("https://h/files/abc/caf%C3%A9%20au%20lait.png"),
+            "café au lait.png"
+        );
+        assert_eq!(
+            file_name_from_url("https://h/files/abc/..%2F..%2Fetc%2Fpasswd"),
+            "_.._etc_passwd"
+        );
         assert_eq!(file_name_from_url("https://h/files/abc/"), "abc");
         assert_eq!(file_name_from_url("https://h/"), "download");
         assert_eq!(file_name_from_url("https://h/.."), "download");
@@ -545,9 +645,20 @@ mod tests {
 
     #[test]
     fn plan_drops_blanks_and_duplicates_and_dedupes_names() {
-        let urls = ["https://h/a/x.png", "", "  ", "https://h/b/x.png", "https://h/a/x.png ", "https://h/c/x.png", "https://h/d/README"];
+        let urls = [
+            "https://h/a/x.png",
+            "",
+            "  ",
+            "https://h/b/x.png",
+            "https://h/a/x.png ",
+            "https://h/c/x.png",
+            "https://h/d/README",
+        ];
         let items = plan_downloads(&urls, Path::new("out"));
-        let got: Vec<_> = items.iter().map(|i| (i.url.as_str(), i.dest.to_str().unwrap())).collect();
+        let got: Vec<_> = items
+            .iter()
+            .map(|i| (i.url.as_str(), i.dest.to_str().unwrap()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -574,8 +685,14 @@ mod tests {
     fn weak_etags_are_not_validators() {
         let mut h = HeaderMap::new();
         h.insert(ETAG, "W/\"x\"".parse().unwrap());
-        h.insert(LAST_MODIFIED, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(validator_of(&h).as_deref(), Some("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            LAST_MODIFIED,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            validator_of(&h).as_deref(),
+            Some("Wed, 21 Oct 2015 07:28:00 GMT")
+        );
         h.insert(ETAG, "\"abc\"".parse().unwrap());
         assert_eq!(validator_of(&h).as_deref(), Some("\"abc\""));
     }

@@ -31,7 +31,10 @@ pub enum Error {
     NotFound { msg: String },
     /// Body code 429; `retry_after` from the `Retry-After` header when sent.
     #[error("rate limited{}: {msg}", RetryAfter(*.retry_after))]
-    RateLimited { retry_after: Option<Duration>, msg: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+        msg: String,
+    },
     /// Body code 455: the service is under maintenance.
     #[error("service under maintenance: {msg}")]
     Maintenance { msg: String },
@@ -41,7 +44,10 @@ pub enum Error {
     /// Body code 500 (or another 5xx): `request_id` from `X-Request-Id` or the message,
     /// to quote when reporting the problem.
     #[error("server error{}: {msg}", RequestId(.request_id.as_deref()))]
-    Server { request_id: Option<String>, msg: String },
+    Server {
+        request_id: Option<String>,
+        msg: String,
+    },
     /// Any other body code (405, a future code, …).
     #[error("API error {code}: {msg}")]
     Api { code: i64, msg: String },
@@ -59,7 +65,11 @@ pub enum Error {
     Config(String),
     /// `wait_task` gave up.
     #[error("task {task_id} did not finish within {} (last state: {state})", Secs(*.timeout))]
-    TaskTimeout { task_id: String, timeout: Duration, state: String },
+    TaskTimeout {
+        task_id: String,
+        timeout: Duration,
+        state: String,
+    },
     /// A file download answered an HTTP status other than 200/206 (URL without its query,
     /// which may hold a signature).
     #[error("HTTP {status} from {url}")]
@@ -160,7 +170,11 @@ impl Error {
         Error::Transport(e.without_url())
     }
 
-    pub(crate) fn io(context: impl Into<String>, path: &std::path::Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        context: impl Into<String>,
+        path: &std::path::Path,
+        source: std::io::Error,
+    ) -> Self {
         // ENOSPC (28) / EDQUOT (122 on Linux, 69 on macOS): reported as "disk full" so a
         // batch download says what to fix instead of a bare errno.
         const ENOSPC: i32 = 28;
@@ -169,8 +183,13 @@ impl Error {
         #[cfg(not(target_os = "linux"))]
         const EDQUOT: i32 = 69;
         match source.raw_os_error() {
-            Some(ENOSPC) | Some(EDQUOT) => Error::DiskFull { path: path.to_path_buf() },
-            _ => Error::Io { context: format!("{} {}", context.into(), path.display()), source },
+            Some(ENOSPC) | Some(EDQUOT) => Error::DiskFull {
+                path: path.to_path_buf(),
+            },
+            _ => Error::Io {
+                context: format!("{} {}", context.into(), path.display()),
+                source,
+            },
         }
     }
 }
@@ -239,12 +258,16 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
         // the File Upload API reports missing parameters as 400
         400 | codes::VALIDATION => Err(Error::Validation { msg }),
         codes::NOT_FOUND => Err(Error::NotFound { msg }),
-        codes::RATE_LIMITED => Err(Error::RateLimited { retry_after: retry_after(headers), msg }),
+        codes::RATE_LIMITED => Err(Error::RateLimited {
+            retry_after: retry_after(headers),
+            msg,
+        }),
         codes::MAINTENANCE => Err(Error::Maintenance { msg }),
         codes::FEATURE_DISABLED => Err(Error::FeatureDisabled { msg }),
-        c if (500..600).contains(&c) => {
-            Err(Error::Server { request_id: request_id(headers, &msg), msg })
-        }
+        c if (500..600).contains(&c) => Err(Error::Server {
+            request_id: request_id(headers, &msg),
+            msg,
+        }),
         code => Err(Error::Api { code, msg }),
     }
 }
@@ -263,7 +286,10 @@ fn unexpected(status: StatusCode, body: &[u8]) -> Error {
     if snippet.is_empty() {
         snippet = "(empty body)".into();
     }
-    Error::UnexpectedResponse { status: status.as_u16(), snippet }
+    Error::UnexpectedResponse {
+        status: status.as_u16(),
+        snippet,
+    }
 }
 
 #[cfg(test)]
@@ -280,12 +306,18 @@ mod tests {
 
     #[test]
     fn request_id_from_header_then_message() {
-        assert_eq!(request_id(&hm(&[("x-request-id", "abc-1")]), "x").as_deref(), Some("abc-1"));
+        assert_eq!(
+            request_id(&hm(&[("x-request-id", "abc-1")]), "x").as_deref(),
+            Some("abc-1")
+        );
         assert_eq!(
             request_id(&HeaderMap::new(), "Server error (request id: 7f3a_b9)").as_deref(),
             Some("7f3a_b9")
         );
-        assert_eq!(request_id(&HeaderMap::new(), "requestId=q1").as_deref(), Some("q1"));
+        assert_eq!(
+            request_id(&HeaderMap::new(), "requestId=q1").as_deref(),
+            Some("q1")
+        );
         assert_eq!(request_id(&HeaderMap::new(), "Server error"), None);
     }
 
@@ -297,13 +329,18 @@ mod tests {
             b"error code: 1010",
         )
         .unwrap_err();
-        assert!(matches!(&e, Error::UnexpectedResponse { status: 403, snippet } if snippet == "error code: 1010"));
+        assert!(
+            matches!(&e, Error::UnexpectedResponse { status: 403, snippet } if snippet == "error code: 1010")
+        );
         assert!(e.to_string().contains("Cloudflare"), "{e}");
     }
 
     #[test]
     fn redacts_query() {
-        assert_eq!(redact_url("https://h/x.png?sig=secret#f"), "https://h/x.png");
+        assert_eq!(
+            redact_url("https://h/x.png?sig=secret#f"),
+            "https://h/x.png"
+        );
         assert_eq!(redact_url("not a url?sig=1"), "not a url");
     }
 }

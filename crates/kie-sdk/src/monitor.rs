@@ -124,7 +124,12 @@ pub struct BalanceMonitor {
 impl BalanceMonitor {
     /// A monitor averaging the burn rate over the last hour.
     pub fn new(thresholds: Thresholds) -> Self {
-        BalanceMonitor { thresholds, window: Duration::from_secs(3600), samples: VecDeque::new(), level: None }
+        BalanceMonitor {
+            thresholds,
+            window: Duration::from_secs(3600),
+            samples: VecDeque::new(),
+            level: None,
+        }
     }
 
     /// The span the burn rate is averaged over.
@@ -158,7 +163,14 @@ impl BalanceMonitor {
             (_, Level::Warn) => Some(Alert::Warn),
             (_, Level::Critical) => Some(Alert::Critical),
         };
-        Observation { balance, level, previous, alert, burn_per_hour, time_to_exhaustion }
+        Observation {
+            balance,
+            level,
+            previous,
+            alert,
+            burn_per_hour,
+            time_to_exhaustion,
+        }
     }
 
     fn rate(&self, balance: Credits) -> (Option<f64>, Option<Duration>) {
@@ -177,7 +189,10 @@ impl BalanceMonitor {
         // round numbers
         let per_hour = spent * 36.0 / secs;
         let left = balance.hundredths().max(0) as f64;
-        (Some(per_hour), Some(Duration::from_secs_f64(left * secs / spent)))
+        (
+            Some(per_hour),
+            Some(Duration::from_secs_f64(left * secs / spent)),
+        )
     }
 }
 
@@ -191,23 +206,47 @@ mod tests {
 
     #[test]
     fn alerts_once_per_crossing_and_once_on_recovery() {
-        let mut m = BalanceMonitor::new(Thresholds { warn: Some(c("50")), critical: Some(c("10")) });
+        let mut m = BalanceMonitor::new(Thresholds {
+            warn: Some(c("50")),
+            critical: Some(c("10")),
+        });
         let t0 = Instant::now();
-        let seq = ["100", "60", "49.99", "45", "9", "8", "20", "30", "50", "70", "5"];
+        let seq = [
+            "100", "60", "49.99", "45", "9", "8", "20", "30", "50", "70", "5",
+        ];
         let alerts: Vec<_> = seq
             .iter()
             .enumerate()
-            .map(|(i, b)| m.observe(t0 + Duration::from_secs(i as u64), c(b)).alert.map(Alert::as_str))
+            .map(|(i, b)| {
+                m.observe(t0 + Duration::from_secs(i as u64), c(b))
+                    .alert
+                    .map(Alert::as_str)
+            })
             .collect();
         assert_eq!(
             alerts,
-            vec![None, None, Some("warn"), None, Some("critical"), None, Some("warn"), None, Some("recovered"), None, Some("critical")]
+            vec![
+                None,
+                None,
+                Some("warn"),
+                None,
+                Some("critical"),
+                None,
+                Some("warn"),
+                None,
+                Some("recovered"),
+                None,
+                Some("critical")
+            ]
         );
     }
 
     #[test]
     fn first_poll_below_threshold_alerts() {
-        let mut m = BalanceMonitor::new(Thresholds { warn: Some(c("50")), critical: None });
+        let mut m = BalanceMonitor::new(Thresholds {
+            warn: Some(c("50")),
+            critical: None,
+        });
         assert_eq!(m.observe(Instant::now(), c("3")).alert, Some(Alert::Warn));
     }
 

@@ -57,17 +57,28 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries at all.
     pub fn none() -> Self {
-        RetryPolicy { max_retries: 0, maintenance_retries: 0, ..Self::default() }
+        RetryPolicy {
+            max_retries: 0,
+            maintenance_retries: 0,
+            ..Self::default()
+        }
     }
 
     /// The wait before retry number `attempt` (0-based): a random duration in
     /// `[d/2, d]` with `d = min(base * 2^attempt, max_delay)`. The jitter spreads the
     /// retries of many clients that failed at the same moment.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let d = self.base_delay.saturating_mul(1u32 << attempt.min(20)).min(self.max_delay);
+        let d = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_delay);
         let half = d / 2;
         let nanos = u64::try_from((d - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if nanos == 0 { 0 } else { rand::thread_rng().gen_range(0..=nanos) })
+        half + Duration::from_nanos(if nanos == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..=nanos)
+        })
     }
 
     /// How long to wait before retrying after `err` on retry number `attempt`
@@ -120,10 +131,19 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_and_capped() {
         let p = RetryPolicy::default();
-        let rl = |s| Error::RateLimited { retry_after: Some(Duration::from_secs(s)), msg: String::new() };
+        let rl = |s| Error::RateLimited {
+            retry_after: Some(Duration::from_secs(s)),
+            msg: String::new(),
+        };
         assert_eq!(p.delay_for(&rl(10), 0, true), Some(Duration::from_secs(10)));
-        assert_eq!(p.delay_for(&rl(10), 0, false), Some(Duration::from_secs(10)));
-        assert_eq!(p.delay_for(&rl(3600), 0, true), Some(Duration::from_secs(60)));
+        assert_eq!(
+            p.delay_for(&rl(10), 0, false),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.delay_for(&rl(3600), 0, true),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(p.delay_for(&rl(10), 3, true), None, "retries exhausted");
     }
 
@@ -137,8 +157,14 @@ mod tests {
             Error::Validation { msg: m() },
             Error::NotFound { msg: m() },
             Error::FeatureDisabled { msg: m() },
-            Error::Api { code: 405, msg: m() },
-            Error::UnexpectedResponse { status: 403, snippet: m() },
+            Error::Api {
+                code: 405,
+                msg: m(),
+            },
+            Error::UnexpectedResponse {
+                status: 403,
+                snippet: m(),
+            },
         ] {
             assert_eq!(p.delay_for(&e, 0, true), None, "{e}");
         }
@@ -151,7 +177,10 @@ mod tests {
         assert!(p.delay_for(&maint, 0, true).is_some());
         assert!(p.delay_for(&maint, 1, false).is_some());
         assert_eq!(p.delay_for(&maint, 2, true), None);
-        let server = Error::Server { request_id: None, msg: String::new() };
+        let server = Error::Server {
+            request_id: None,
+            msg: String::new(),
+        };
         assert!(p.delay_for(&server, 0, true).is_some());
         assert_eq!(p.delay_for(&server, 0, false), None);
     }

@@ -45,8 +45,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use kie_wire::webhook::{
-    task_id_of, verify_kie, verify_standard, VerifyError, DEFAULT_TOLERANCE_SECS, HDR_KIE_SIGNATURE,
-    HDR_KIE_TIMESTAMP, HDR_STD_ID, HDR_STD_SIGNATURE, HDR_STD_TIMESTAMP,
+    task_id_of, verify_kie, verify_standard, VerifyError, DEFAULT_TOLERANCE_SECS,
+    HDR_KIE_SIGNATURE, HDR_KIE_TIMESTAMP, HDR_STD_ID, HDR_STD_SIGNATURE, HDR_STD_TIMESTAMP,
 };
 
 /// Default number of delivery ids remembered for replay protection.
@@ -121,14 +121,24 @@ impl WebhookVerifier {
 
     /// Verifies a delivery against the current time.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         self.verify_at(headers, body, now)
     }
 
     /// Verifies a delivery as if the time were `now` (unix seconds).
-    pub fn verify_at(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Verified, VerifyError> {
+    pub fn verify_at(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, VerifyError> {
         let h = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok());
-        let kie = scheme(&[(HDR_KIE_TIMESTAMP, h(HDR_KIE_TIMESTAMP)), (HDR_KIE_SIGNATURE, h(HDR_KIE_SIGNATURE))])?;
+        let kie = scheme(&[
+            (HDR_KIE_TIMESTAMP, h(HDR_KIE_TIMESTAMP)),
+            (HDR_KIE_SIGNATURE, h(HDR_KIE_SIGNATURE)),
+        ])?;
         let std = scheme(&[
             (HDR_STD_ID, h(HDR_STD_ID)),
             (HDR_STD_TIMESTAMP, h(HDR_STD_TIMESTAMP)),
@@ -136,7 +146,11 @@ impl WebhookVerifier {
         ])?;
         if std.is_none() && (self.require_standard || kie.is_none()) {
             // name the header a sender that meant to sign would have set
-            let missing = if self.require_standard { HDR_STD_SIGNATURE } else { HDR_KIE_SIGNATURE };
+            let missing = if self.require_standard {
+                HDR_STD_SIGNATURE
+            } else {
+                HDR_KIE_SIGNATURE
+            };
             return Err(VerifyError::MissingHeader(missing));
         }
 
@@ -173,8 +187,15 @@ impl WebhookVerifier {
         };
         // remembered only once the signature holds, so forged requests cannot fill the
         // memory; kept until the timestamp itself would be refused
-        self.seen.check_and_insert(&replay_key, newest_ts.saturating_add(self.tolerance), now)?;
-        Ok(Verified { task_id, webhook_id, kie: kie.is_some(), standard: std.is_some(), replay_key })
+        self.seen
+            .check_and_insert(&replay_key, newest_ts.saturating_add(self.tolerance), now)?;
+        Ok(Verified {
+            task_id,
+            webhook_id,
+            kie: kie.is_some(),
+            standard: std.is_some(),
+            replay_key,
+        })
     }
 
     /// Lets a delivery with this replay key in again (after the handler failed on it).
@@ -210,7 +231,10 @@ struct Seen {
 
 impl ReplayGuard {
     fn new(capacity: usize) -> Self {
-        ReplayGuard { capacity, inner: Mutex::new(Seen::default()) }
+        ReplayGuard {
+            capacity,
+            inner: Mutex::new(Seen::default()),
+        }
     }
 
     fn check_and_insert(&self, key: &str, expires_at: i64, now: i64) -> Result<(), VerifyError> {
@@ -340,9 +364,9 @@ mod extractor {
                 WebhookRejection::Invalid(e) => {
                     let status = match e {
                         VerifyError::Replay => StatusCode::CONFLICT,
-                        VerifyError::BadBody | VerifyError::MissingTaskId | VerifyError::TaskIdMismatch => {
-                            StatusCode::BAD_REQUEST
-                        }
+                        VerifyError::BadBody
+                        | VerifyError::MissingTaskId
+                        | VerifyError::TaskIdMismatch => StatusCode::BAD_REQUEST,
                         _ => StatusCode::UNAUTHORIZED,
                     };
                     (status, e.to_string()).into_response()
@@ -361,8 +385,12 @@ mod extractor {
         async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
             let verifier = WebhookVerifier::from_ref(state);
             let headers = req.headers().clone();
-            let body = Bytes::from_request(req, state).await.map_err(WebhookRejection::Body)?;
-            let verified = verifier.verify(&headers, &body).map_err(WebhookRejection::Invalid)?;
+            let body = Bytes::from_request(req, state)
+                .await
+                .map_err(WebhookRejection::Body)?;
+            let verified = verifier
+                .verify(&headers, &body)
+                .map_err(WebhookRejection::Invalid)?;
             Ok(VerifiedWebhook { verified, body })
         }
     }

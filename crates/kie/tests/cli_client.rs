@@ -41,23 +41,34 @@ struct Out {
 }
 
 async fn run(c: &mut Command) -> Out {
-    let o = tokio::time::timeout(Duration::from_secs(60), c.output()).await.expect("kie did not finish").unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(60), c.output())
+        .await
+        .expect("kie did not finish")
+        .unwrap();
     let out = Out {
         code: o.status.code().expect("exited"),
         stdout: String::from_utf8(o.stdout).unwrap(),
         stderr: String::from_utf8(o.stderr).unwrap(),
     };
-    assert!(!out.stdout.contains(KEY) && !out.stderr.contains(KEY), "the API key leaked");
+    assert!(
+        !out.stdout.contains(KEY) && !out.stderr.contains(KEY),
+        "the API key leaked"
+    );
     out
 }
 
 async fn run_with_stdin(c: &mut Command, input: &str) -> Out {
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).await.unwrap();
     drop(stdin);
-    let o = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     Out {
         code: o.status.code().unwrap(),
         stdout: String::from_utf8(o.stdout).unwrap(),
@@ -73,11 +84,17 @@ fn json_of(s: &str) -> Value {
 async fn credits_text_json_and_errors() {
     let mock = Mock::start().await;
     mock.script("GET", CREDIT, vec![Reply::fixture("credit_fractional")]);
-    let o = run(&mut with_key(kie(&mock.base)).arg("credits")).await;
-    assert_eq!((o.code, o.stdout.as_str(), o.stderr.as_str()), (0, "87.42\n", ""));
+    let o = run(with_key(kie(&mock.base)).arg("credits")).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str(), o.stderr.as_str()),
+        (0, "87.42\n", "")
+    );
     let o = run(kie(&mock.base).args(["credits", "--json", "--api-key", KEY])).await;
     assert_eq!(o.stdout, "{\"balance\":87.42}\n");
-    assert_eq!(mock.requests("GET", CREDIT)[1].header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(
+        mock.requests("GET", CREDIT)[1].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
 
     mock.script("GET", CREDIT, vec![Reply::fixture("credit_ok")]);
     let o = run(with_key(kie(&mock.base)).args(["credits", "--json"])).await;
@@ -86,7 +103,10 @@ async fn credits_text_json_and_errors() {
     mock.script("GET", CREDIT, vec![Reply::fixture("unauthorized")]);
     let o = run(with_key(kie(&mock.base)).arg("credits")).await;
     assert_eq!((o.code, o.stdout.as_str()), (1, ""));
-    assert_eq!(o.stderr, "kie: unauthorized: You do not have access permissions\n");
+    assert_eq!(
+        o.stderr,
+        "kie: unauthorized: You do not have access permissions\n"
+    );
 
     mock.script("GET", CREDIT, vec![Reply::fixture("cloudflare_block")]);
     let o = run(with_key(kie(&mock.base)).arg("credits")).await;
@@ -101,7 +121,10 @@ async fn credits_text_json_and_errors() {
     assert_eq!(o.stderr.lines().count(), 1);
 
     let o = run(kie(&mock.base).arg("credits")).await;
-    assert_eq!(o.stderr, "kie: configuration: no API key: set KIE_API_KEY or pass one (--api-key)\n");
+    assert_eq!(
+        o.stderr,
+        "kie: configuration: no API key: set KIE_API_KEY or pass one (--api-key)\n"
+    );
 }
 
 #[tokio::test]
@@ -110,7 +133,11 @@ async fn retries_are_visible_in_request_counts() {
     mock.script(
         "GET",
         CREDIT,
-        vec![Reply::fixture("server_error"), Reply::fixture("rate_limited"), Reply::fixture("credit_ok")],
+        vec![
+            Reply::fixture("server_error"),
+            Reply::fixture("rate_limited"),
+            Reply::fixture("credit_ok"),
+        ],
     );
     let o = run(with_key(kie(&mock.base)).arg("credits")).await;
     assert_eq!((o.code, o.stdout.as_str()), (0, "100\n"));
@@ -118,7 +145,10 @@ async fn retries_are_visible_in_request_counts() {
 
     mock.script("GET", CREDIT, vec![Reply::fixture("insufficient_credits")]);
     let o = run(with_key(kie(&mock.base)).args(["credits", "--max-retries", "5"])).await;
-    assert_eq!(o.stderr, "kie: insufficient credits: Credits insufficient\n");
+    assert_eq!(
+        o.stderr,
+        "kie: insufficient credits: Credits insufficient\n"
+    );
     assert_eq!(mock.count("GET", CREDIT), 4, "a 402 is asked once");
 }
 
@@ -127,27 +157,40 @@ async fn link_prints_the_temporary_link() {
     let mock = Mock::start().await;
     let file_url = format!("{}/files/a.png", mock.base);
     let o = run(with_key(kie(&mock.base)).args(["link", &file_url, "--json"])).await;
-    assert_eq!(json_of(&o.stdout), json!({"url": format!("{}/links/t1/a.png", mock.base)}));
+    assert_eq!(
+        json_of(&o.stdout),
+        json!({"url": format!("{}/links/t1/a.png", mock.base)})
+    );
     let o = run(with_key(kie(&mock.base)).args(["link", &file_url])).await;
     assert_eq!(o.stdout, format!("{}/links/t2/a.png\n", mock.base));
 
-    mock.script("POST", "/api/v1/common/download-url", vec![Reply::fixture("download_url_external")]);
+    mock.script(
+        "POST",
+        "/api/v1/common/download-url",
+        vec![Reply::fixture("download_url_external")],
+    );
     let o = run(with_key(kie(&mock.base)).args(["link", "https://elsewhere.example/x.png"])).await;
     assert_eq!(
         (o.code, o.stderr.as_str()),
-        (1, "kie: invalid request: Invalid URL: external file URLs are not supported\n")
+        (
+            1,
+            "kie: invalid request: Invalid URL: external file URLs are not supported\n"
+        )
     );
 }
 
 #[tokio::test]
 async fn download_respects_jobs_and_prints_the_json_array() {
     let mock = Mock::start().await;
-    let urls: Vec<String> = (0..4).map(|i| mock.add_file(&format!("f{i}.bin"), content(2000 + i, i as u8))).collect();
+    let urls: Vec<String> = (0..4)
+        .map(|i| mock.add_file(&format!("f{i}.bin"), content(2000 + i, i as u8)))
+        .collect();
     mock.hold_file_gets_in_groups_of(2);
     let dir = TempDir::new("cli-dl-jobs");
     let out = dir.path().join("out");
     let mut c = kie(&mock.base);
-    c.args(["download", "-j", "2", "--json", "-o", out.to_str().unwrap()]).args(&urls);
+    c.args(["download", "-j", "2", "--json", "-o", out.to_str().unwrap()])
+        .args(&urls);
     let o = run(&mut c).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(mock.max_in_flight(), 2);
@@ -164,9 +207,15 @@ async fn download_respects_jobs_and_prints_the_json_array() {
         .collect();
     assert_eq!(json_of(&o.stdout), Value::Array(want));
     for i in 0..4 {
-        assert_eq!(std::fs::read(out.join(format!("f{i}.bin"))).unwrap(), content(2000 + i, i as u8));
+        assert_eq!(
+            std::fs::read(out.join(format!("f{i}.bin"))).unwrap(),
+            content(2000 + i, i as u8)
+        );
     }
-    assert_eq!(o.stderr, "", "no progress bars when stderr is not a terminal");
+    assert_eq!(
+        o.stderr, "",
+        "no progress bars when stderr is not a terminal"
+    );
 }
 
 #[tokio::test]
@@ -178,7 +227,14 @@ async fn download_list_with_blanks_duplicates_and_a_failure() {
     let list = format!("{a}\n\n   \n# a comment\n{missing}\n{b}\n{a}\n");
     let dir = TempDir::new("cli-dl-list");
     let mut c = kie(&mock.base);
-    c.args(["download", "-i", "-", "--json", "-o", dir.path().to_str().unwrap()]);
+    c.args([
+        "download",
+        "-i",
+        "-",
+        "--json",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
     let o = run_with_stdin(&mut c, &list).await;
     assert_eq!(o.code, 1);
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
@@ -191,9 +247,18 @@ async fn download_list_with_blanks_duplicates_and_a_failure() {
             {"url": b, "path": p("b.bin"), "bytes": 2500, "ok": true, "error": null},
         ])
     );
-    assert_eq!(o.stderr, format!("kie: {missing}: HTTP 404 from {missing}\nkie: 1 of 3 files failed\n"));
-    assert_eq!(mock.count("GET", "/files/a.bin"), 1, "duplicates fetched once");
-    assert!(!dir.path().join("missing.bin").exists() && !dir.path().join("missing.bin.part").exists());
+    assert_eq!(
+        o.stderr,
+        format!("kie: {missing}: HTTP 404 from {missing}\nkie: 1 of 3 files failed\n")
+    );
+    assert_eq!(
+        mock.count("GET", "/files/a.bin"),
+        1,
+        "duplicates fetched once"
+    );
+    assert!(
+        !dir.path().join("missing.bin").exists() && !dir.path().join("missing.bin.part").exists()
+    );
 
     // a second run skips what is complete
     let mut c = kie(&mock.base);
@@ -202,9 +267,19 @@ async fn download_list_with_blanks_duplicates_and_a_failure() {
     assert_eq!(o.code, 0);
     assert_eq!(
         o.stdout,
-        format!("{}\t1500 bytes\talready complete\n{}\t2500 bytes\talready complete\n", p("a.bin"), p("b.bin"))
+        format!(
+            "{}\t1500 bytes\talready complete\n{}\t2500 bytes\talready complete\n",
+            p("a.bin"),
+            p("b.bin")
+        )
     );
-    assert_eq!((mock.count("GET", "/files/a.bin"), mock.count("GET", "/files/b.bin")), (1, 1));
+    assert_eq!(
+        (
+            mock.count("GET", "/files/a.bin"),
+            mock.count("GET", "/files/b.bin")
+        ),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
@@ -215,9 +290,21 @@ async fn download_refreshes_expired_links_and_resumes_cut_transfers() {
     mock.cut("v.mp4", 1, 10_000);
     let expired = mock.expired_link("v.mp4");
     let dir = TempDir::new("cli-dl-refresh");
-    let o = run(with_key(kie(&mock.base)).args(["download", "-o", dir.path().to_str().unwrap(), &expired])).await;
+    let o = run(with_key(kie(&mock.base)).args([
+        "download",
+        "-o",
+        dir.path().to_str().unwrap(),
+        &expired,
+    ]))
+    .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert_eq!(o.stdout, format!("{}\t40000 bytes\tresumed\n", dir.path().join("v.mp4").display()));
+    assert_eq!(
+        o.stdout,
+        format!(
+            "{}\t40000 bytes\tresumed\n",
+            dir.path().join("v.mp4").display()
+        )
+    );
     assert_eq!(std::fs::read(dir.path().join("v.mp4")).unwrap(), data);
     let gets = mock.requests("GET", "/links/t1/v.mp4");
     assert_eq!(gets.len(), 2);
@@ -236,7 +323,10 @@ async fn download_reports_a_full_disk() {
     assert_eq!(o.code, 1);
     assert_eq!(
         o.stderr,
-        format!("kie: {url}: disk full while writing {}\nkie: 1 of 1 files failed\n", part.display())
+        format!(
+            "kie: {url}: disk full while writing {}\nkie: 1 of 1 files failed\n",
+            part.display()
+        )
     );
     assert!(!dir.path().join("big.bin").exists());
 }
@@ -246,7 +336,10 @@ async fn download_without_urls_is_an_error() {
     let o = run(kie("http://127.0.0.1:1").args(["download", "-o", "/nonexistent"])).await;
     assert_eq!(
         (o.code, o.stderr.as_str()),
-        (1, "kie: no URLs to download (give them as arguments or with -i FILE)\n")
+        (
+            1,
+            "kie: no URLs to download (give them as arguments or with -i FILE)\n"
+        )
     );
 }
 
@@ -275,21 +368,57 @@ async fn monitor_once_exit_status_follows_the_level() {
         assert_eq!(o.code, code, "stdout {} stderr {}", o.stdout, o.stderr);
     }
     mock.script("GET", CREDIT, vec![Reply::ok(json!(40))]);
-    let o = run(with_key(kie(&mock.base)).args(["monitor", "--once", "--json", "--warn", "50"])).await;
+    let o =
+        run(with_key(kie(&mock.base)).args(["monitor", "--once", "--json", "--warn", "50"])).await;
     let mut v = json_of(&o.stdout);
-    v.as_object_mut().unwrap().remove("time").expect("time field");
-    assert_eq!(v, json!({"balance": 40, "level": "warn", "burnPerHour": null, "etaSeconds": null, "alert": "warn"}));
+    v.as_object_mut()
+        .unwrap()
+        .remove("time")
+        .expect("time field");
+    assert_eq!(
+        v,
+        json!({"balance": 40, "level": "warn", "burnPerHour": null, "etaSeconds": null, "alert": "warn"})
+    );
     // a bad configuration is an error, not a level
-    let o = run(with_key(kie(&mock.base)).args(["monitor", "--once", "--warn", "5", "--critical", "10"])).await;
-    assert_eq!((o.code, o.stderr.as_str()), (1, "kie: --critical (10) must not be above --warn (5)\n"));
+    let o = run(with_key(kie(&mock.base)).args([
+        "monitor",
+        "--once",
+        "--warn",
+        "5",
+        "--critical",
+        "10",
+    ]))
+    .await;
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (1, "kie: --critical (10) must not be above --warn (5)\n")
+    );
 }
 
 #[tokio::test]
 async fn monitor_alerts_once_per_crossing_and_once_on_recovery() {
     let mock = Mock::start().await;
-    let balances = [json!(100), json!(60), json!(40), Value::Null, json!(30), json!(5), json!(4), json!(50), json!(70)];
-    let replies =
-        balances.iter().map(|b| if b.is_null() { Reply::fixture("server_error") } else { Reply::ok(b.clone()) }).collect();
+    let balances = [
+        json!(100),
+        json!(60),
+        json!(40),
+        Value::Null,
+        json!(30),
+        json!(5),
+        json!(4),
+        json!(50),
+        json!(70),
+    ];
+    let replies = balances
+        .iter()
+        .map(|b| {
+            if b.is_null() {
+                Reply::fixture("server_error")
+            } else {
+                Reply::ok(b.clone())
+            }
+        })
+        .collect();
     mock.script("GET", CREDIT, replies);
     let dir = TempDir::new("cli-monitor");
     let log = dir.path().join("alerts.log");
@@ -299,7 +428,17 @@ async fn monitor_alerts_once_per_crossing_and_once_on_recovery() {
     );
     let alert_url = format!("{}/alerts", mock.base);
     let mut c = with_key(kie(&mock.base));
-    c.args(["monitor", "--interval", "1ms", "--max-polls", "9", "--max-retries", "0", "--json"]).args([
+    c.args([
+        "monitor",
+        "--interval",
+        "1ms",
+        "--max-polls",
+        "9",
+        "--max-retries",
+        "0",
+        "--json",
+    ])
+    .args([
         "--warn",
         "50",
         "--critical",
@@ -314,8 +453,14 @@ async fn monitor_alerts_once_per_crossing_and_once_on_recovery() {
 
     let lines: Vec<Value> = o.stdout.lines().map(json_of).collect();
     let levels: Vec<&str> = lines.iter().map(|l| l["level"].as_str().unwrap()).collect();
-    assert_eq!(levels, ["ok", "ok", "warn", "unknown", "warn", "critical", "critical", "ok", "ok"]);
-    let alerts: Vec<Value> = lines.iter().map(|l| l.get("alert").cloned().unwrap_or(Value::Null)).collect();
+    assert_eq!(
+        levels,
+        ["ok", "ok", "warn", "unknown", "warn", "critical", "critical", "ok", "ok"]
+    );
+    let alerts: Vec<Value> = lines
+        .iter()
+        .map(|l| l.get("alert").cloned().unwrap_or(Value::Null))
+        .collect();
     assert_eq!(
         alerts,
         [
@@ -330,7 +475,10 @@ async fn monitor_alerts_once_per_crossing_and_once_on_recovery() {
             Value::Null
         ]
     );
-    assert_eq!(o.stderr, "kie: cannot read the balance: server error: Server error\n");
+    assert_eq!(
+        o.stderr,
+        "kie: cannot read the balance: server error: Server error\n"
+    );
 
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
@@ -339,7 +487,13 @@ async fn monitor_alerts_once_per_crossing_and_once_on_recovery() {
     let posted: Vec<(String, Value, String)> = mock
         .posted()
         .iter()
-        .map(|p| (p["event"].as_str().unwrap().to_string(), p["balance"].clone(), p["level"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["event"].as_str().unwrap().to_string(),
+                p["balance"].clone(),
+                p["level"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         posted,
@@ -367,34 +521,76 @@ async fn webhook_verify_against_the_vectors() {
     let (key, ts, task) = (vs(&v, "/key"), vs(&v, "/timestamp"), vs(&v, "/taskId"));
     let verify = |extra: &[&str]| {
         let mut c = kie("http://127.0.0.1:1");
-        c.args(["webhook", "verify", "--key", &key, "--timestamp", &ts, "--now", &ts]).args(extra);
+        c.args([
+            "webhook",
+            "verify",
+            "--key",
+            &key,
+            "--timestamp",
+            &ts,
+            "--now",
+            &ts,
+        ])
+        .args(extra);
         c
     };
     let body_s = body.to_str().unwrap();
     let kie_sig = vs(&v, "/kie_signature");
 
     let o = run(&mut verify(&["--signature", &kie_sig, "--body", body_s])).await;
-    assert_eq!((o.code, o.stdout.as_str()), (0, format!("valid (kie, task {task})\n").as_str()));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, format!("valid (kie, task {task})\n").as_str())
+    );
     let o = run(&mut verify(&["--signature", &kie_sig, "--task-id", &task])).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     let (id, std_sig) = (vs(&v, "/webhook_id"), vs(&v, "/standard_signature"));
-    let std_args = ["--webhook-id", id.as_str(), "--standard-signature", std_sig.as_str()];
+    let std_args = [
+        "--webhook-id",
+        id.as_str(),
+        "--standard-signature",
+        std_sig.as_str(),
+    ];
     let o = run(verify(&["--body", body_s]).args(std_args)).await;
-    assert_eq!((o.code, o.stdout.as_str()), (0, format!("valid (standard, task {task})\n").as_str()));
-    let o = run(verify(&["--signature", &kie_sig, "--body", body_s, "--json"]).args(std_args)).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, format!("valid (standard, task {task})\n").as_str())
+    );
+    let o =
+        run(verify(&["--signature", &kie_sig, "--body", body_s, "--json"]).args(std_args)).await;
     assert_eq!(o.code, 0);
     assert_eq!(
         json_of(&o.stdout),
         json!({"valid": true, "taskId": task, "schemes": ["kie", "standard"], "error": null})
     );
     // the body from standard input
-    let o = run_with_stdin(&mut verify(&["--signature", &kie_sig, "--body", "-"]), &vs(&v, "/body")).await;
+    let o = run_with_stdin(
+        &mut verify(&["--signature", &kie_sig, "--body", "-"]),
+        &vs(&v, "/body"),
+    )
+    .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
 
     let neg = |n: &str| vs(&v, &format!("/negative/{n}"));
     for (args, reason) in [
-        (vec!["--signature".to_string(), neg("kie_signature_other_task"), "--body".into(), body_s.into()], "signature does not match"),
-        (vec!["--signature".to_string(), neg("kie_signature_other_timestamp"), "--task-id".into(), task.clone()], "signature does not match"),
+        (
+            vec![
+                "--signature".to_string(),
+                neg("kie_signature_other_task"),
+                "--body".into(),
+                body_s.into(),
+            ],
+            "signature does not match",
+        ),
+        (
+            vec![
+                "--signature".to_string(),
+                neg("kie_signature_other_timestamp"),
+                "--task-id".into(),
+                task.clone(),
+            ],
+            "signature does not match",
+        ),
         (
             vec![
                 "--body".to_string(),
@@ -407,11 +603,21 @@ async fn webhook_verify_against_the_vectors() {
             "signature does not match",
         ),
         (
-            vec!["--signature".to_string(), kie_sig.clone(), "--body".into(), body_s.into(), "--task-id".into(), "other".into()],
+            vec![
+                "--signature".to_string(),
+                kie_sig.clone(),
+                "--body".into(),
+                body_s.into(),
+                "--task-id".into(),
+                "other".into(),
+            ],
             "task ids in the body disagree",
         ),
     ] {
-        let o = run(&mut verify(&args.iter().map(String::as_str).collect::<Vec<_>>())).await;
+        let o = run(&mut verify(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+        .await;
         assert_eq!(
             (o.code, o.stdout.as_str(), o.stderr.as_str()),
             (1, "", format!("kie: invalid: {reason}\n").as_str()),
@@ -420,9 +626,23 @@ async fn webhook_verify_against_the_vectors() {
     }
     // today is far from the recorded timestamp
     let mut c = kie("http://127.0.0.1:1");
-    c.args(["webhook", "verify", "--key", &key, "--timestamp", &ts, "--signature", &kie_sig, "--body", body_s]);
+    c.args([
+        "webhook",
+        "verify",
+        "--key",
+        &key,
+        "--timestamp",
+        &ts,
+        "--signature",
+        &kie_sig,
+        "--body",
+        body_s,
+    ]);
     let o = run(&mut c).await;
-    assert_eq!((o.code, o.stderr.as_str()), (1, "kie: invalid: timestamp outside the tolerance\n"));
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (1, "kie: invalid: timestamp outside the tolerance\n")
+    );
     c.arg("--json");
     let o = run(&mut c).await;
     assert_eq!(
@@ -444,10 +664,24 @@ async fn webhook_listen_verifies_and_prints_each_delivery() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let wait = Duration::from_secs(30);
-    let first = tokio::time::timeout(wait, stderr.next_line()).await.unwrap().unwrap().unwrap();
-    let url = first.strip_prefix("kie: listening on ").unwrap().split(' ').next().unwrap().to_string();
+    let first = tokio::time::timeout(wait, stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("kie: listening on ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
 
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let body = vs(&v, "/body");
     let task = vs(&v, "/taskId");
     let http = reqwest::Client::new();
@@ -457,24 +691,55 @@ async fn webhook_listen_verifies_and_prints_each_delivery() {
             .header("x-webhook-signature", kie_sig)
             .header("webhook-id", id)
             .header("webhook-timestamp", &ts)
-            .header("webhook-signature", kie_wire::webhook::standard_signature(&key, id, &ts, body.as_bytes()))
+            .header(
+                "webhook-signature",
+                kie_wire::webhook::standard_signature(&key, id, &ts, body.as_bytes()),
+            )
             .body(body.clone())
             .send()
     };
     let good = kie_wire::webhook::kie_signature(&key, &task, &ts);
     assert_eq!(post(good.clone(), "msg_a").await.unwrap().status(), 200);
-    let line = tokio::time::timeout(wait, stdout.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(wait, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let got = json_of(&line);
     assert_eq!(
-        (got["taskId"].clone(), got["webhookId"].clone(), got["schemes"].clone(), got["body"]["data"]["state"].clone()),
-        (json!(task), json!("msg_a"), json!(["kie", "standard"]), json!("success"))
+        (
+            got["taskId"].clone(),
+            got["webhookId"].clone(),
+            got["schemes"].clone(),
+            got["body"]["data"]["state"].clone()
+        ),
+        (
+            json!(task),
+            json!("msg_a"),
+            json!(["kie", "standard"]),
+            json!("success")
+        )
     );
     assert_eq!(post(good.clone(), "msg_a").await.unwrap().status(), 409);
     assert_eq!(post("AAAA".into(), "msg_b").await.unwrap().status(), 401);
-    let rejected = tokio::time::timeout(wait, stderr.next_line()).await.unwrap().unwrap().unwrap();
-    assert_eq!(rejected, "kie: rejected a delivery: webhook-id already seen (replay)");
-    let rejected = tokio::time::timeout(wait, stderr.next_line()).await.unwrap().unwrap().unwrap();
-    assert_eq!(rejected, "kie: rejected a delivery: signature does not match");
+    let rejected = tokio::time::timeout(wait, stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rejected,
+        "kie: rejected a delivery: webhook-id already seen (replay)"
+    );
+    let rejected = tokio::time::timeout(wait, stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rejected,
+        "kie: rejected a delivery: signature does not match"
+    );
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
@@ -489,7 +754,11 @@ fn record(base: &Value, state: &str, result_json: &str) -> Reply {
 #[tokio::test]
 async fn task_create_get_wait_and_download() {
     let mock = Mock::start().await;
-    mock.script("POST", "/api/v1/jobs/createTask", vec![Reply::fixture("create_task_ok")]);
+    mock.script(
+        "POST",
+        "/api/v1/jobs/createTask",
+        vec![Reply::fixture("create_task_ok")],
+    );
     let o = run(with_key(kie(&mock.base)).args([
         "task",
         "create",
@@ -499,16 +768,34 @@ async fn task_create_get_wait_and_download() {
         r#"{"prompt":"a fox"}"#,
     ]))
     .await;
-    assert_eq!((o.code, o.stdout.as_str()), (0, "task_google_1765178608584\n"));
-    let sent: Value = serde_json::from_slice(&mock.requests("POST", "/api/v1/jobs/createTask")[0].body).unwrap();
-    assert_eq!(sent, json!({"model": "demo/image", "input": {"prompt": "a fox"}}));
-    let o = run(with_key(kie(&mock.base)).args(["task", "create", "--model", "m", "--input", "[1]"])).await;
-    assert_eq!((o.code, o.stderr.as_str()), (1, "kie: --input must be a JSON object\n"));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "task_google_1765178608584\n")
+    );
+    let sent: Value =
+        serde_json::from_slice(&mock.requests("POST", "/api/v1/jobs/createTask")[0].body).unwrap();
+    assert_eq!(
+        sent,
+        json!({"model": "demo/image", "input": {"prompt": "a fox"}})
+    );
+    let o =
+        run(with_key(kie(&mock.base)).args(["task", "create", "--model", "m", "--input", "[1]"]))
+            .await;
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (1, "kie: --input must be a JSON object\n")
+    );
 
     let path = "/api/v1/jobs/recordInfo";
     let base_rec = common::fixtures()["record_info_success"]["body"].clone();
     mock.script("GET", path, vec![Reply::fixture("record_info_success")]);
-    let o = run(with_key(kie(&mock.base)).args(["task", "get", "e989621f54392584b05867f87b160672", "--json"])).await;
+    let o = run(with_key(kie(&mock.base)).args([
+        "task",
+        "get",
+        "e989621f54392584b05867f87b160672",
+        "--json",
+    ]))
+    .await;
     let mut want = base_rec["data"].clone();
     want["creditsConsumed"] = json!(100);
     want["remainedCredits"] = json!(0);
@@ -520,7 +807,11 @@ async fn task_create_get_wait_and_download() {
     mock.script(
         "GET",
         path,
-        vec![record(&base_rec, "waiting", ""), record(&base_rec, "generating", ""), record(&base_rec, "success", &result)],
+        vec![
+            record(&base_rec, "waiting", ""),
+            record(&base_rec, "generating", ""),
+            record(&base_rec, "success", &result),
+        ],
     );
     let dir = TempDir::new("cli-task");
     let o = run(with_key(kie(&mock.base)).args([
@@ -535,18 +826,39 @@ async fn task_create_get_wait_and_download() {
     .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("state    success\n"), "{}", o.stdout);
-    assert!(o.stdout.ends_with(&format!("saved {}\n", dir.path().join("fox.png").display())), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .ends_with(&format!("saved {}\n", dir.path().join("fox.png").display())),
+        "{}",
+        o.stdout
+    );
     assert_eq!(std::fs::read(dir.path().join("fox.png")).unwrap(), data);
 
     mock.script("GET", path, vec![Reply::fixture("record_info_fail")]);
-    let o = run(with_key(kie(&mock.base)).args(["task", "wait", "bd3a0000", "--interval", "1ms"])).await;
-    assert_eq!((o.code, o.stderr.as_str()), (1, "kie: task bd3a0000 failed: 500 Internal server error\n"));
-
-    mock.script("GET", path, vec![record(&base_rec, "generating", "")]);
-    let o = run(with_key(kie(&mock.base)).args(["task", "wait", "slow", "--interval", "1ms", "--timeout", "20ms"])).await;
+    let o = run(with_key(kie(&mock.base)).args(["task", "wait", "bd3a0000", "--interval", "1ms"]))
+        .await;
     assert_eq!(
         (o.code, o.stderr.as_str()),
-        (1, "kie: task slow did not finish within 0.02s (last state: generating)\n")
+        (1, "kie: task bd3a0000 failed: 500 Internal server error\n")
+    );
+
+    mock.script("GET", path, vec![record(&base_rec, "generating", "")]);
+    let o = run(with_key(kie(&mock.base)).args([
+        "task",
+        "wait",
+        "slow",
+        "--interval",
+        "1ms",
+        "--timeout",
+        "20ms",
+    ]))
+    .await;
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            1,
+            "kie: task slow did not finish within 0.02s (last state: generating)\n"
+        )
     );
 }
 
@@ -557,27 +869,66 @@ async fn upload_variants() {
     let file = dir.path().join("cat.png");
     std::fs::write(&file, b"not really a png").unwrap();
     let f = file.to_str().unwrap();
-    let o = run(with_key(kie(&mock.base)).args(["upload", f, "--path", "/images/user-uploads/"])).await;
-    assert_eq!((o.code, o.stdout.as_str()), (0, "https://tempfile.redpandaai.co/xxx/images/user-uploads/x.png\n"));
-    let fields: Value = serde_json::from_slice(&mock.requests("POST", "/api/file-stream-upload")[0].body).unwrap();
+    let o =
+        run(with_key(kie(&mock.base)).args(["upload", f, "--path", "/images/user-uploads/"])).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (
+            0,
+            "https://tempfile.redpandaai.co/xxx/images/user-uploads/x.png\n"
+        )
+    );
+    let fields: Value =
+        serde_json::from_slice(&mock.requests("POST", "/api/file-stream-upload")[0].body).unwrap();
     assert_eq!(
         fields,
         json!({"file": "not really a png", "file.filename": "cat.png", "uploadPath": "images/user-uploads", "fileName": "cat.png"})
     );
 
-    let o = run(with_key(kie(&mock.base)).args(["upload", f, "--path", "p", "--name", "n.png", "--base64", "--json"])).await;
-    assert_eq!(json_of(&o.stdout), common::fixtures()["upload_ok"]["body"]["data"]);
-    let sent: Value = serde_json::from_slice(&mock.requests("POST", "/api/file-base64-upload")[0].body).unwrap();
-    assert_eq!(sent, json!({"base64Data": "bm90IHJlYWxseSBhIHBuZw==", "uploadPath": "p", "fileName": "n.png"}));
+    let o = run(with_key(kie(&mock.base)).args([
+        "upload", f, "--path", "p", "--name", "n.png", "--base64", "--json",
+    ]))
+    .await;
+    assert_eq!(
+        json_of(&o.stdout),
+        common::fixtures()["upload_ok"]["body"]["data"]
+    );
+    let sent: Value =
+        serde_json::from_slice(&mock.requests("POST", "/api/file-base64-upload")[0].body).unwrap();
+    assert_eq!(
+        sent,
+        json!({"base64Data": "bm90IHJlYWxseSBhIHBuZw==", "uploadPath": "p", "fileName": "n.png"})
+    );
 
-    let o = run(with_key(kie(&mock.base)).args(["upload", "https://example.com/x.jpg", "--path", "p", "--url"])).await;
+    let o = run(with_key(kie(&mock.base)).args([
+        "upload",
+        "https://example.com/x.jpg",
+        "--path",
+        "p",
+        "--url",
+    ]))
+    .await;
     assert_eq!(o.code, 0);
-    let sent: Value = serde_json::from_slice(&mock.requests("POST", "/api/file-url-upload")[0].body).unwrap();
-    assert_eq!(sent, json!({"fileUrl": "https://example.com/x.jpg", "uploadPath": "p"}));
+    let sent: Value =
+        serde_json::from_slice(&mock.requests("POST", "/api/file-url-upload")[0].body).unwrap();
+    assert_eq!(
+        sent,
+        json!({"fileUrl": "https://example.com/x.jpg", "uploadPath": "p"})
+    );
 
-    mock.script("POST", "/api/file-stream-upload", vec![Reply::fixture("upload_missing_path")]);
+    mock.script(
+        "POST",
+        "/api/file-stream-upload",
+        vec![Reply::fixture("upload_missing_path")],
+    );
     let o = run(with_key(kie(&mock.base)).args(["upload", f, "--path", "p"])).await;
-    assert_eq!((o.code, o.stderr.as_str()), (1, "kie: invalid request: Missing required parameter: uploadPath\n"));
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            1,
+            "kie: invalid request: Missing required parameter: uploadPath\n"
+        )
+    );
 }
 
 #[tokio::test]

@@ -32,7 +32,10 @@ pub fn fixtures() -> &'static Value {
 }
 
 pub fn webhook_vectors() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/webhook-vectors.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/webhook-vectors.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -47,7 +50,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, v: Value) -> Reply {
-        Reply { status, headers: vec![], content_type: "application/json".into(), body: v.to_string().into_bytes() }
+        Reply {
+            status,
+            headers: vec![],
+            content_type: "application/json".into(),
+            body: v.to_string().into_bytes(),
+        }
     }
 
     pub fn ok(data: Value) -> Reply {
@@ -61,7 +69,11 @@ impl Reply {
         let status = f["http"].as_u64().unwrap_or(200) as u16;
         let headers = f["headers"]
             .as_object()
-            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         match f.get("raw") {
             Some(raw) => Reply {
@@ -70,7 +82,10 @@ impl Reply {
                 content_type: f["content_type"].as_str().unwrap_or("text/plain").into(),
                 body: raw.as_str().unwrap().as_bytes().to_vec(),
             },
-            None => Reply { headers, ..Reply::json(status, f["body"].clone()) },
+            None => Reply {
+                headers,
+                ..Reply::json(status, f["body"].clone())
+            },
         }
     }
 
@@ -92,7 +107,9 @@ impl Reply {
     }
 
     fn into_response(self) -> Response {
-        let mut b = Response::builder().status(self.status).header(header::CONTENT_TYPE, self.content_type);
+        let mut b = Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, self.content_type);
         for (k, v) in self.headers {
             b = b.header(k, v);
         }
@@ -159,7 +176,11 @@ impl Mock {
 
     /// Answers for `METHOD PATH`, in order; the last one repeats.
     pub fn script(&self, method: &str, path: &str, replies: Vec<Reply>) {
-        self.state.scripts.lock().unwrap().insert(format!("{method} {path}"), replies.into());
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(format!("{method} {path}"), replies.into());
     }
 
     /// Serves `data` at `/files/NAME` (and at links); returns the file URL.
@@ -167,7 +188,13 @@ impl Mock {
         let etag = format!("\"etag-{}-{}\"", name, data.len());
         self.state.files.lock().unwrap().insert(
             name.to_string(),
-            MockFile { data, etag, last_modified: "Wed, 21 Oct 2015 07:28:00 GMT".into(), cut_next: 0, cut_at: 0 },
+            MockFile {
+                data,
+                etag,
+                last_modified: "Wed, 21 Oct 2015 07:28:00 GMT".into(),
+                cut_next: 0,
+                cut_at: 0,
+            },
         );
         format!("{}/files/{name}", self.base)
     }
@@ -204,7 +231,10 @@ impl Mock {
 
     /// Requests of METHOD to PATH.
     pub fn requests(&self, method: &str, path: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.method == method && s.path == path).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.path == path)
+            .collect()
     }
 
     pub fn count(&self, method: &str, path: &str) -> usize {
@@ -225,7 +255,9 @@ async fn handle(State(st): State<Arc<MockState>>, req: Request) -> Response {
     let body = if path == "/api/file-stream-upload" {
         multipart_fields(req).await
     } else {
-        axum::body::to_bytes(req.into_body(), 64 << 20).await.unwrap()
+        axum::body::to_bytes(req.into_body(), 64 << 20)
+            .await
+            .unwrap()
     };
     let resp = route(&st, &method, &path, &headers, &body).await;
     st.seen.lock().unwrap().push(Seen {
@@ -254,11 +286,23 @@ async fn multipart_fields(req: Request) -> Bytes {
     Bytes::from(Value::Object(fields).to_string())
 }
 
-async fn route(st: &MockState, method: &Method, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+async fn route(
+    st: &MockState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let key = format!("{method} {path}");
     let scripted = {
         let mut scripts = st.scripts.lock().unwrap();
-        scripts.get_mut(&key).map(|q| if q.len() > 1 { q.pop_front().unwrap() } else { q[0].clone() })
+        scripts.get_mut(&key).map(|q| {
+            if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q[0].clone()
+            }
+        })
     };
     if let Some(r) = scripted {
         return r.into_response();
@@ -269,13 +313,19 @@ async fn route(st: &MockState, method: &Method, path: &str, headers: &HeaderMap,
     if let Some(rest) = path.strip_prefix("/links/") {
         let (token, name) = rest.split_once('/').unwrap_or((rest, ""));
         if !st.links.lock().unwrap().contains(token) {
-            return Response::builder().status(403).body(Body::from("link expired")).unwrap();
+            return Response::builder()
+                .status(403)
+                .body(Body::from("link expired"))
+                .unwrap();
         }
         return serve_file(st, method, headers, name).await;
     }
     match (method.as_str(), path) {
         ("POST", "/alerts") => {
-            st.posted.lock().unwrap().push(serde_json::from_slice(body).unwrap());
+            st.posted
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(body).unwrap());
             Response::new(Body::from("ok"))
         }
         ("POST", "/api/v1/common/download-url") => {
@@ -284,12 +334,19 @@ async fn route(st: &MockState, method: &Method, path: &str, headers: &HeaderMap,
             let name = url.rsplit('/').next().unwrap();
             let token = format!("t{}", st.link_counter.fetch_add(1, Ordering::SeqCst) + 1);
             st.links.lock().unwrap().insert(token.clone());
-            Reply::ok(json!(format!("{}/links/{token}/{name}", st.base.get().unwrap()))).into_response()
+            Reply::ok(json!(format!(
+                "{}/links/{token}/{name}",
+                st.base.get().unwrap()
+            )))
+            .into_response()
         }
-        ("POST", "/api/file-stream-upload" | "/api/file-base64-upload" | "/api/file-url-upload") => {
-            Reply::fixture("upload_ok").into_response()
+        (
+            "POST",
+            "/api/file-stream-upload" | "/api/file-base64-upload" | "/api/file-url-upload",
+        ) => Reply::fixture("upload_ok").into_response(),
+        _ => {
+            Reply::json(200, json!({"code": 404, "msg": "Not found", "data": null})).into_response()
         }
-        _ => Reply::json(200, json!({"code": 404, "msg": "Not found", "data": null})).into_response(),
     }
 }
 
@@ -297,7 +354,10 @@ async fn serve_file(st: &MockState, method: &Method, headers: &HeaderMap, name: 
     let file = {
         let mut files = st.files.lock().unwrap();
         let Some(f) = files.get_mut(name) else {
-            return Response::builder().status(404).body(Body::from("no such file")).unwrap();
+            return Response::builder()
+                .status(404)
+                .body(Body::from("no such file"))
+                .unwrap();
         };
         let cut = (*method == Method::GET && f.cut_next > 0).then(|| {
             f.cut_next -= 1;
@@ -345,14 +405,21 @@ async fn serve_file(st: &MockState, method: &Method, headers: &HeaderMap, name: 
     }
 
     let mut b = Response::builder()
-        .status(if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .status(if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ETAG, &etag)
         .header(header::LAST_MODIFIED, &last_modified)
         .header(header::ACCEPT_RANGES, "bytes");
     if partial {
-        b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", end - 1));
+        b = b.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{total}", end - 1),
+        );
     }
     if *method == Method::HEAD {
         return b.body(Body::empty()).unwrap();
@@ -364,12 +431,11 @@ async fn serve_file(st: &MockState, method: &Method, headers: &HeaderMap, name: 
             // send `at` bytes, let hyper flush them (the yield), then fail the body:
             // the connection closes short of Content-Length
             let first = slice.slice(..at.min(slice.len()));
-            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
-                futures::stream::once(async {
+            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                .chain(futures::stream::once(async {
                     tokio::task::yield_now().await;
                     Err(std::io::Error::other("cut by the test"))
-                }),
-            );
+                }));
             b.body(Body::from_stream(stream)).unwrap()
         }
     }
@@ -406,5 +472,7 @@ impl Drop for TempDir {
 
 /// Deterministic test content of `len` bytes.
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }

@@ -28,7 +28,12 @@ pub struct DownloadArgs {
     #[arg(short = 'i', long = "input", value_name = "FILE")]
     pub input: Option<String>,
     /// Directory to write into (created if missing)
-    #[arg(short = 'o', long = "output-dir", value_name = "DIR", default_value = ".")]
+    #[arg(
+        short = 'o',
+        long = "output-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
     pub output_dir: PathBuf,
     /// Files transferred at once
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4,

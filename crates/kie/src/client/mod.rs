@@ -46,12 +46,14 @@ impl ApiArgs {
     }
 
     pub fn builder(&self) -> kie_sdk::ClientBuilder {
-        let mut b = Client::builder().base_url(&self.base_url).retry_policy(RetryPolicy {
-            max_retries: self.max_retries,
-            base_delay: self.retry_base,
-            max_retry_after: self.retry_after_cap,
-            ..RetryPolicy::default()
-        });
+        let mut b = Client::builder()
+            .base_url(&self.base_url)
+            .retry_policy(RetryPolicy {
+                max_retries: self.max_retries,
+                base_delay: self.retry_base,
+                max_retry_after: self.retry_after_cap,
+                ..RetryPolicy::default()
+            });
         if let Some(k) = self.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
             b = b.api_key(k);
         }
@@ -95,7 +97,10 @@ pub enum ClientCommand {
 
 pub fn run(cmd: ClientCommand) -> ExitCode {
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kie: cannot start the async runtime: {e}");
@@ -148,7 +153,10 @@ async fn link(url: String, api: ApiArgs, json: bool) -> anyhow::Result<ExitCode>
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// One JSON document on one stdout line.

@@ -59,7 +59,10 @@ pub async fn run(a: MonitorArgs) -> anyhow::Result<ExitCode> {
     if let Some(u) = &a.alert_url {
         reqwest::Url::parse(u).with_context(|| format!("--alert-url {u:?} is not a URL"))?;
     }
-    let thresholds = Thresholds { warn: a.warn, critical: a.critical };
+    let thresholds = Thresholds {
+        warn: a.warn,
+        critical: a.critical,
+    };
     let client = match a.api.client() {
         Ok(c) => c,
         Err(e) if a.once => {
@@ -128,9 +131,16 @@ fn report(a: &MonitorArgs, o: &Observation) -> anyhow::Result<()> {
             "alert": o.alert,
         }))
     } else {
-        let mut line = format!("{}  balance {}  {}", now_rfc3339(), o.balance, o.level.as_str());
+        let mut line = format!(
+            "{}  balance {}  {}",
+            now_rfc3339(),
+            o.balance,
+            o.level.as_str()
+        );
         match (o.burn_per_hour, o.time_to_exhaustion) {
-            (Some(r), Some(eta)) => line += &format!("  burn {r:.2}/h  exhausted in ~{}", human(eta)),
+            (Some(r), Some(eta)) => {
+                line += &format!("  burn {r:.2}/h  exhausted in ~{}", human(eta))
+            }
             (Some(_), None) => line += "  burn 0/h",
             _ => {}
         }
@@ -153,8 +163,14 @@ fn report_error(a: &MonitorArgs, e: &kie_sdk::Error) -> anyhow::Result<()> {
 
 /// Runs the alert hooks; their failures are reported, never fatal to the monitor.
 async fn fire(a: &MonitorArgs, http: &reqwest::Client, alert: Alert, o: &Observation) {
-    let burn = o.burn_per_hour.map(|r| format!("{r:.2}")).unwrap_or_default();
-    let eta = o.time_to_exhaustion.map(|d| d.as_secs().to_string()).unwrap_or_default();
+    let burn = o
+        .burn_per_hour
+        .map(|r| format!("{r:.2}"))
+        .unwrap_or_default();
+    let eta = o
+        .time_to_exhaustion
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default();
     let previous = o.previous.map(|l| l.as_str()).unwrap_or("unknown");
     if let Some(cmd) = &a.exec {
         let status = tokio::process::Command::new("sh")
@@ -189,7 +205,10 @@ async fn fire(a: &MonitorArgs, http: &reqwest::Client, alert: Alert, o: &Observa
         match http.post(url).json(&body).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => eprintln!("kie: --alert-url answered HTTP {}", r.status().as_u16()),
-            Err(e) => eprintln!("kie: --alert-url failed: {}", one_line(&e.without_url().to_string())),
+            Err(e) => eprintln!(
+                "kie: --alert-url failed: {}",
+                one_line(&e.without_url().to_string())
+            ),
         }
     }
 }

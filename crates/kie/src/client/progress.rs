@@ -32,26 +32,43 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let total = multi.add(ProgressBar::new(0));
         total.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         total.set_prefix("total");
         total.set_message(format!("0/{files} files"));
-        Some(Arc::new(Bars { multi, total, files, state: Mutex::new(State::default()) }))
+        Some(Arc::new(Bars {
+            multi,
+            total,
+            files,
+            state: Mutex::new(State::default()),
+        }))
     }
 
     pub fn update(&self, p: &Progress) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match p {
-            Progress::Started { index, path, total, offset } => {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Progress::Started {
+                index,
+                path,
+                total,
+                offset,
+            } => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let bar = s.bars.entry(*index).or_insert_with(|| {
                     let b = self.multi.insert_before(&self.total, ProgressBar::new(0));
                     b.set_style(
-                        ProgressStyle::with_template("{prefix:>12.dim} [{bar:30}] {bytes}/{total_bytes} {msg}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{prefix:>12.dim} [{bar:30}] {bytes}/{total_bytes} {msg}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     );
                     b
                 });
@@ -61,8 +78,10 @@ impl Bars {
                 // a restart or resume moves this file's share of the total
                 let (old_pos, old_len) = s.counted.get(index).copied().unwrap_or((0, 0));
                 let new_len = total.unwrap_or(0);
-                self.total.set_length(self.total.length().unwrap_or(0).saturating_sub(old_len) + new_len);
-                self.total.set_position(self.total.position().saturating_sub(old_pos) + offset);
+                self.total
+                    .set_length(self.total.length().unwrap_or(0).saturating_sub(old_len) + new_len);
+                self.total
+                    .set_position(self.total.position().saturating_sub(old_pos) + offset);
                 s.counted.insert(*index, (*offset, new_len));
             }
             Progress::Advanced { index, bytes } => {
@@ -80,7 +99,8 @@ impl Bars {
                     self.multi.remove(&b);
                 }
                 s.finished += 1;
-                self.total.set_message(format!("{}/{} files", s.finished, self.files));
+                self.total
+                    .set_message(format!("{}/{} files", s.finished, self.files));
             }
         }
     }

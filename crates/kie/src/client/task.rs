@@ -77,10 +77,22 @@ pub struct WaitArgs {
 
 pub async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TaskCommand::Create { model, input, callback_url, wait, wait_args, api, json } => {
+        TaskCommand::Create {
+            model,
+            input,
+            callback_url,
+            wait,
+            wait_args,
+            api,
+            json,
+        } => {
             let input = read_input(&input)?;
             let client = api.client()?;
-            let req = CreateTaskRequest { model, input, call_back_url: callback_url };
+            let req = CreateTaskRequest {
+                model,
+                input,
+                call_back_url: callback_url,
+            };
             let task_id = client.create_task(&req).await?;
             if !wait {
                 if json {
@@ -104,21 +116,36 @@ pub async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::Wait { task_id, wait_args, api, json } => {
-            wait_for(&api.client()?, &task_id, &wait_args, json).await
-        }
+        TaskCommand::Wait {
+            task_id,
+            wait_args,
+            api,
+            json,
+        } => wait_for(&api.client()?, &task_id, &wait_args, json).await,
     }
 }
 
-async fn wait_for(client: &kie_sdk::Client, task_id: &str, w: &WaitArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let opts = WaitOptions { timeout: w.timeout, initial_interval: w.interval, ..WaitOptions::default() };
+async fn wait_for(
+    client: &kie_sdk::Client,
+    task_id: &str,
+    w: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let opts = WaitOptions {
+        timeout: w.timeout,
+        initial_interval: w.interval,
+        ..WaitOptions::default()
+    };
     let rec = client.wait_task(task_id, &opts).await?;
     let success = rec.state == kie_wire::task::STATE_SUCCESS;
     let mut downloads = Vec::new();
     let mut all_arrived = true;
     if let (true, Some(dir)) = (success, &w.download) {
         let items = plan_downloads(&rec.result_urls(), dir);
-        let reports = Downloader::new(client.clone()).concurrency(usize::from(w.jobs)).download_all(&items).await;
+        let reports = Downloader::new(client.clone())
+            .concurrency(usize::from(w.jobs))
+            .download_all(&items)
+            .await;
         for r in &reports {
             let error = r.result.as_ref().err().map(|e| one_line(&e.to_string()));
             if let Some(e) = &error {
@@ -140,10 +167,18 @@ async fn wait_for(client: &kie_sdk::Client, task_id: &str, w: &WaitArgs, json: b
         }
     }
     if !success {
-        eprintln!("kie: task {task_id} failed: {} {}", rec.fail_code, one_line(&rec.fail_msg));
+        eprintln!(
+            "kie: task {task_id} failed: {} {}",
+            rec.fail_code,
+            one_line(&rec.fail_msg)
+        );
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if all_arrived { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_arrived {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_record(rec: &RecordInfo) {
@@ -164,7 +199,8 @@ fn print_record(rec: &RecordInfo) {
 
 fn read_input(s: &str) -> anyhow::Result<serde_json::Value> {
     let text = if s == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read the input from standard input")?
+        std::io::read_to_string(std::io::stdin())
+            .context("cannot read the input from standard input")?
     } else if let Some(path) = s.strip_prefix('@') {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
     } else {

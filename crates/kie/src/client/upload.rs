@@ -48,14 +48,21 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let client = builder.build()?;
     let path = a.path.trim_matches('/');
     let uploaded = if a.url {
-        client.upload_url(&a.source, path, a.name.as_deref()).await?
+        client
+            .upload_url(&a.source, path, a.name.as_deref())
+            .await?
     } else {
         let file = PathBuf::from(&a.source);
         if a.base64 {
-            let bytes = tokio::fs::read(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let name = match &a.name {
                 Some(n) => n.clone(),
-                None => file.file_name().map(|n| n.to_string_lossy().into_owned()).context("FILE has no name")?,
+                None => file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .context("FILE has no name")?,
             };
             client.upload_base64(&bytes, path, Some(&name)).await?
         } else {

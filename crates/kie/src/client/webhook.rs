@@ -96,7 +96,9 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -108,7 +110,9 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         None => None,
         Some("-") => {
             let mut b = Vec::new();
-            std::io::stdin().read_to_end(&mut b).context("cannot read the body from standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .context("cannot read the body from standard input")?;
             Some(b)
         }
         Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read {path}"))?),
@@ -135,7 +139,9 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(task_id) => {
             if a.json {
-                print_json(&json!({"valid": true, "taskId": task_id, "schemes": schemes, "error": null}))?;
+                print_json(
+                    &json!({"valid": true, "taskId": task_id, "schemes": schemes, "error": null}),
+                )?;
             } else {
                 let task = task_id.map(|t| format!(", task {t}")).unwrap_or_default();
                 println!("valid ({}{task})", schemes.join(" + "));
@@ -144,7 +150,9 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             if a.json {
-                print_json(&json!({"valid": false, "taskId": null, "schemes": schemes, "error": e.to_string()}))?;
+                print_json(
+                    &json!({"valid": false, "taskId": null, "schemes": schemes, "error": e.to_string()}),
+                )?;
             }
             eprintln!("kie: invalid: {e}");
             Ok(ExitCode::FAILURE)
@@ -153,7 +161,12 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Checks every scheme given; returns the task id when one is known.
-fn check(a: &VerifyArgs, body: Option<&[u8]>, now: i64, tolerance: i64) -> Result<Option<String>, VerifyError> {
+fn check(
+    a: &VerifyArgs,
+    body: Option<&[u8]>,
+    now: i64,
+    tolerance: i64,
+) -> Result<Option<String>, VerifyError> {
     let mut task_id = a.task_id.clone();
     if let Some(b) = body {
         // the body's task ids must agree with one another and with --task-id
@@ -200,13 +213,19 @@ impl axum::extract::FromRef<ListenState> for WebhookVerifier {
 }
 
 async fn listen(a: ListenArgs) -> anyhow::Result<ExitCode> {
-    let verifier = WebhookVerifier::new(&a.key).tolerance(a.tolerance).require_standard(a.require_standard);
-    let state = ListenState { verifier, json: a.json };
+    let verifier = WebhookVerifier::new(&a.key)
+        .tolerance(a.tolerance)
+        .require_standard(a.require_standard);
+    let state = ListenState {
+        verifier,
+        json: a.json,
+    };
     // every path: senders are configured with whatever callback path they like
     let app = Router::new().fallback(receive).with_state(state);
     let addr = SocketAddr::new(a.bind, a.port);
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     eprintln!("kie: listening on http://{local}/ (Ctrl-C to stop)");
     axum::serve(listener, app)
@@ -224,7 +243,12 @@ async fn receive(
     hook: Result<VerifiedWebhook, WebhookRejection>,
 ) -> axum::response::Response {
     if method != Method::POST {
-        return (axum::http::StatusCode::METHOD_NOT_ALLOWED, [("allow", "POST")], "POST only\n").into_response();
+        return (
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            [("allow", "POST")],
+            "POST only\n",
+        )
+            .into_response();
     }
     let hook = match hook {
         Ok(h) => h,
@@ -245,9 +269,9 @@ async fn receive(
     if v.standard {
         schemes.push("standard");
     }
-    let body: serde_json::Value = hook
-        .json()
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&hook.body).into_owned()));
+    let body: serde_json::Value = hook.json().unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&hook.body).into_owned())
+    });
     if state.json {
         let _ = print_json(&json!({
             "taskId": v.task_id,
@@ -256,13 +280,19 @@ async fn receive(
             "body": body,
         }));
     } else {
-        let state_of = body.pointer("/data/state").and_then(|s| s.as_str()).unwrap_or("?");
+        let state_of = body
+            .pointer("/data/state")
+            .and_then(|s| s.as_str())
+            .unwrap_or("?");
         println!(
             "task {} {}  verified: {}{}",
             v.task_id.as_deref().unwrap_or("?"),
             state_of,
             schemes.join(" + "),
-            v.webhook_id.as_deref().map(|i| format!("  webhook-id {i}")).unwrap_or_default()
+            v.webhook_id
+                .as_deref()
+                .map(|i| format!("  webhook-id {i}"))
+                .unwrap_or_default()
         );
     }
     "ok\n".into_response()
