@@ -50,7 +50,12 @@ pub struct RecordInfo {
     pub update_time: Option<i64>,
     pub complete_time: Option<i64>,
     pub consume_credits: Credits,
+    /// Repeats `consumeCredits` (clients in the wild read this name); absent in some
+    /// KIE.AI answers.
+    #[serde(default)]
     pub credits_consumed: Credits,
+    /// The available balance; absent in some KIE.AI answers.
+    #[serde(default)]
     pub remained_credits: Credits,
 }
 
