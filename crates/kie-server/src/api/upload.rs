@@ -244,8 +244,12 @@ fn uploaded(state: &AppState, rec: &FileRecord, file_path: String) -> UploadedFi
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes.
-async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a JSON body of at most `limit` bytes; `over` is the answer when it is larger.
+async fn read_json_body(
+    req: Request,
+    limit: usize,
+    over: impl FnOnce() -> ApiError,
+) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     if !is_json_content_type(req.headers().get(CONTENT_TYPE)) {
         return Err(ApiError::validation(
@@ -257,7 +261,7 @@ async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         .await
     {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(over()),
         Err(_) => Err(ApiError::validation("Could not read the request body")),
     }
 }
@@ -462,7 +466,7 @@ async fn base64_upload(state: AppState, req: Request) -> UploadResult {
     let limit = state.config.max_upload;
     // base64 is 4/3 of the bytes; room for the JSON around it and a data URL prefix
     let body_limit = (limit as usize / 3 + 1) * 4 + 64 * 1024;
-    let bytes = read_json_body(req, body_limit).await?;
+    let bytes = read_json_body(req, body_limit, || too_large(limit)).await?;
     let body: Base64UploadRequest<'_> = parse_json(&bytes)?;
     let data = body
         .base64_data
@@ -538,7 +542,8 @@ pub async fn file_url_upload(State(state): State<AppState>, req: Request) -> Res
 async fn url_upload(state: AppState, req: Request) -> UploadResult {
     let caller = authenticate(&state, req.headers(), req.extensions()).await?;
     let limit = state.config.max_upload;
-    let bytes = read_json_body(req, state.config.max_body).await?;
+    let max_body = state.config.max_body;
+    let bytes = read_json_body(req, max_body, || ApiError::too_large(max_body)).await?;
     let body: UrlUploadRequest = parse_json(&bytes)?;
     let file_url = text_field(body.file_url.as_ref(), "fileUrl")?;
     let upload_path = text_field(body.upload_path.as_ref(), "uploadPath")?;
