@@ -157,7 +157,7 @@ impl KeyCache {
         // A key retired longer ago than the longest link lifetime can sign no valid link.
         let max_ttl_ms = crate::config::MAX_LINK_TTL.as_millis() as i64;
         let key = row
-            .filter(|(_, _, retired)| retired.map_or(true, |r| r + max_ttl_ms > now_ms()))
+            .filter(|(_, _, retired)| !matches!(retired, Some(r) if *r + max_ttl_ms <= now_ms()))
             .and_then(|(id, s, _)| decode_secret(id, &s));
         match &key {
             Some(k) => {

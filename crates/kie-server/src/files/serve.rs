@@ -418,7 +418,7 @@ mod tests {
             format!("{id}/"),
             format!("{id}/%ff"),
             "short/x".to_string(),
-            format!("{id}"),
+            id.clone(),
         ] {
             assert_eq!(parse_id_and_name(&bad), None, "{bad}");
         }

@@ -661,7 +661,10 @@ async fn sweeper_deletes_expired_files_and_orphan_bytes() {
 
 // ------------------------------------------------------------------ uploads
 
-fn multipart(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+/// One multipart part: field name, file name, content type, bytes.
+type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
     let boundary = "----kie-test-boundary-7d1f";
     let mut body = Vec::new();
     for (name, filename, ctype, data) in parts {
