@@ -27,6 +27,8 @@ pub struct AppState {
     pub blobs: crate::blobs::Blobs,
     pub auth: Arc<Authenticator>,
     pub settings: LiveSettings,
+    /// Download links, URL-upload client (see `files::FilesState`).
+    pub files: Arc<crate::files::FilesState>,
     /// Flips to `true` when the server starts shutting down (ends long polls).
     pub shutdown: watch::Receiver<bool>,
 }
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
     Router::new()
         .merge(api)
+        .merge(crate::files::serve::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -153,6 +156,13 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
             .clone()
             .refresh_loop(state.db.clone(), shutdown.clone()),
     );
+    tasks.spawn(crate::files::sweep::run(
+        state.db.clone(),
+        state.blobs.clone(),
+        state.config.sweep_interval,
+        state.config.orphan_grace,
+        shutdown.clone(),
+    ));
     let auth = state.auth.clone();
     let mut stop = shutdown.clone();
     tasks.spawn(async move {
@@ -213,6 +223,12 @@ impl Server {
         settings::set(&db, "server.public_url", config.public_url.as_str())
             .await
             .map_err(store_err)?;
+        // The link signing key ring has a key before the first link is asked for.
+        crate::files::links::active_key(&db)
+            .await
+            .map_err(store_err)?;
+        let files = crate::files::FilesState::new(&config)
+            .map_err(|e| StartError::Other(format!("cannot build the HTTP client: {e}")))?;
         let snapshot = settings::load(&db).await.map_err(store_err)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let auth = Arc::new(Authenticator::new(
@@ -226,6 +242,7 @@ impl Server {
             blobs,
             auth,
             settings: LiveSettings::new(snapshot),
+            files: Arc::new(files),
             shutdown: shutdown_rx,
         };
         Ok(Server {

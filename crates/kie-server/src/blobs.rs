@@ -35,6 +35,9 @@ pub enum BlobKind {
 pub struct Blobs {
     pub kind: BlobKind,
     pub store: Arc<dyn ObjectStore>,
+    /// Makes presigned GET URLs (S3); `None` for the local store, whose links this
+    /// server signs and serves itself.
+    pub signer: Option<Arc<dyn object_store::signer::Signer>>,
 }
 
 /// What a completed write produced.
@@ -55,6 +58,7 @@ impl Blobs {
             return Ok(Blobs {
                 kind: BlobKind::Local(dir),
                 store: Arc::new(store),
+                signer: None,
             });
         }
         Err(BlobError::Config(format!(
@@ -128,6 +132,36 @@ impl Blobs {
             BlobKind::Local(dir) => Some(dir.join(key)),
             BlobKind::S3 { .. } => None,
         }
+    }
+
+    /// A presigned GET URL valid for `ttl`, when the store makes them (S3).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<url::Url>, BlobError> {
+        match &self.signer {
+            Some(s) => Ok(Some(
+                s.signed_url(http::Method::GET, &ObjPath::from(key), ttl)
+                    .await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored object as (key, last modified in Unix ms). Objects still being
+    /// written are not listed (local: staged under another name; S3: incomplete
+    /// multipart uploads are not objects).
+    pub fn list_all(
+        &self,
+    ) -> futures::stream::BoxStream<'static, Result<(String, i64), BlobError>> {
+        self.store
+            .list(None)
+            .map(|r| {
+                r.map(|m| (m.location.to_string(), m.last_modified.timestamp_millis()))
+                    .map_err(BlobError::from)
+            })
+            .boxed()
     }
 
     /// Readiness: the store answers a listing.

@@ -122,6 +122,8 @@ struct FileConfig {
     retention_generated: Option<String>,
     retention_uploads: Option<String>,
     sweep_interval: Option<String>,
+    orphan_grace: Option<String>,
+    allowed_private_targets: Option<Vec<String>>,
     task_rate: Option<u32>,
     task_rate_window: Option<String>,
     task_timeout: Option<String>,
@@ -194,6 +196,11 @@ pub struct Config {
     pub retention_generated: Duration,
     pub retention_uploads: Duration,
     pub sweep_interval: Duration,
+    /// Stored bytes without a live record older than this are deleted by the sweeper.
+    pub orphan_grace: Duration,
+    /// Addresses URL uploads and callbacks may reach although they are private
+    /// (exact IPs; `allow_private_targets` opens everything instead).
+    pub allowed_private_targets: Vec<std::net::IpAddr>,
     pub task_rate: u32,
     pub task_rate_window: Duration,
     pub task_timeout: Duration,
@@ -410,6 +417,20 @@ impl Config {
             Some(p) => parse_credits("pricing.download_url", p)?,
         };
 
+        let allowed_private_targets = f
+            .allowed_private_targets
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::IpAddr>().map_err(|_| {
+                    bad(format!(
+                        "invalid allowed_private_targets entry '{s}': expected an IP address"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Config {
             bind,
             public_url,
@@ -432,6 +453,8 @@ impl Config {
             retention_generated: dur("retention_generated", &f.retention_generated, "14d")?,
             retention_uploads: dur("retention_uploads", &f.retention_uploads, "3d")?,
             sweep_interval: dur("sweep_interval", &f.sweep_interval, "1m")?,
+            orphan_grace: dur("orphan_grace", &f.orphan_grace, "15m")?,
+            allowed_private_targets,
             task_rate: f.task_rate.unwrap_or(20),
             task_rate_window: dur("task_rate_window", &f.task_rate_window, "10s")?,
             task_timeout: dur("task_timeout", &f.task_timeout, "10m")?,

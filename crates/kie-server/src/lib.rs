@@ -9,7 +9,8 @@
 //! * `api` — the public endpoints, documented in OpenAPI
 //! * `store` — the metadata store boundary (SQLite or PostgreSQL)
 //! * `blobs` — the object-store boundary (local directory or S3) for file bytes
-//! * `files` — stored files and their public URLs
+//! * `files` — stored files, their public URLs, download links and retention
+//! * `net_guard` — the SSRF guard for outgoing requests (URL uploads, callbacks)
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;
@@ -24,6 +25,7 @@ pub mod files;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod net_guard;
 pub mod openapi;
 pub mod settings;
 pub mod store;

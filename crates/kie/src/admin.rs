@@ -49,6 +49,39 @@ enum AdminCommand {
     /// Enable or disable a feature (disabled features answer code 505)
     #[command(subcommand)]
     Feature(FeatureCmd),
+    /// Stored files
+    #[command(subcommand)]
+    File(FileCmd),
+    /// The key ring that signs temporary download links
+    #[command(name = "signing-key", subcommand)]
+    SigningKey(SigningKeyCmd),
+}
+
+#[derive(Subcommand)]
+enum FileCmd {
+    /// Store a local file for an account and print its file URL
+    Add {
+        /// Account id or name
+        #[arg(long)]
+        account: String,
+        /// The file to store
+        path: std::path::PathBuf,
+        /// File name in the URL [default: the file's own name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Content type [default: guessed from the name]
+        #[arg(long, value_name = "MIME")]
+        content_type: Option<String>,
+        /// Base of the printed URL when no server has recorded its public URL yet
+        #[arg(long, env = "KIE_PUBLIC_URL", value_name = "URL")]
+        public_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCmd {
+    /// Add a new active key and retire the old ones (their links stay valid until they expire)
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -226,7 +259,10 @@ pub fn run(args: AdminArgs) -> ExitCode {
         let db = kie_server::admin::open(&args.store)
             .await
             .map_err(|e| Failure(e.to_string()))?;
-        let r = execute(&db, args.command).await;
+        let r = match args.command {
+            AdminCommand::File(cmd) => file_cmd(&db, &args.store, cmd).await,
+            other => execute(&db, other).await,
+        };
         db.close().await;
         r
     });
@@ -437,6 +473,20 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 text,
             })
         }
+        AdminCommand::SigningKey(SigningKeyCmd::Rotate) => {
+            let r = kie_server::files::links::rotate(db).await?;
+            let text = format!(
+                "new signing key {} is active; retired: {}",
+                r.id,
+                if r.retired.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.retired.join(", ")
+                }
+            );
+            Ok(out(&r, text))
+        }
+        AdminCommand::File(_) => Err(Failure("internal: file commands handled above".into())),
         AdminCommand::Feature(f) => {
             let (name, enabled) = match f {
                 FeatureCmd::Enable { name } => (name, true),
@@ -491,5 +541,74 @@ async fn change_credits(db: &Db, is_grant: bool, a: AmountArgs) -> Result<Out, F
             applied.available()
         )
     };
+    Ok(Out { json: v, text })
+}
+
+async fn file_cmd(db: &Db, store: &StoreArgs, cmd: FileCmd) -> Result<Out, Failure> {
+    use kie_server::files::{self, FileKind, NewFile};
+    let FileCmd::Add {
+        account,
+        path,
+        name,
+        content_type,
+        public_url,
+    } = cmd;
+    // the server's own settings (retention, public URL) from the same flags and config
+    let serve_args = kie_server::ServeArgs {
+        store: store.clone(),
+        public_url,
+        ..Default::default()
+    };
+    let config = kie_server::Config::from_args(&serve_args).map_err(|e| Failure(e.to_string()))?;
+    let acc = accounts::get(db, &account).await?;
+    let name = match name {
+        Some(n) => n,
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Failure(format!(
+                    "{}: no usable file name; pass --name",
+                    path.display()
+                ))
+            })?,
+    };
+    files::validate_file_name(&name).map_err(|e| Failure(e.to_string()))?;
+    let content_type = content_type.unwrap_or_else(|| {
+        mime_guess::from_path(&name)
+            .first_or_octet_stream()
+            .essence_str()
+            .to_string()
+    });
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
+    let blobs = kie_server::admin::open_blobs(store).map_err(|e| Failure(e.to_string()))?;
+    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    let rec = files::create(
+        db,
+        &blobs,
+        NewFile {
+            account_id: &acc.id,
+            name: &name,
+            content_type: &content_type,
+            kind: FileKind::Admin,
+            upload_path: None,
+            task_id: None,
+            retention: config.retention_generated,
+            max_size: u64::MAX,
+        },
+        body,
+    )
+    .await
+    .map_err(|e| Failure(format!("cannot store the file: {e}")))?;
+    let base = kie_server::admin::public_url(db, &config.public_url).await;
+    let url = rec.url(&base);
+    let v = json!({"id": rec.id, "url": url, "size": rec.size, "contentType": rec.content_type});
+    let text = format!(
+        "{url}\n({} bytes, {}, account {})",
+        rec.size, rec.content_type, acc.id
+    );
     Ok(Out { json: v, text })
 }

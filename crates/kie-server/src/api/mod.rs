@@ -2,6 +2,8 @@
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 pub mod credit;
+pub mod download_url;
+pub mod upload;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,7 +20,10 @@ use crate::app::AppState;
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "common", description = "Common API"))
+    tags(
+        (name = "common", description = "Common API"),
+        (name = "upload", description = "File Upload API (answers also carry \"success\")")
+    )
 )]
 pub struct ApiDoc;
 
@@ -36,5 +41,15 @@ impl Modify for BearerAuth {
 
 /// Every public API route with its documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(credit::get_credit))
+    // The upload routes bound their bodies themselves (`max_upload` while streaming
+    // into the store), instead of the 1 MiB JSON limit the router applies elsewhere.
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(upload::file_stream_upload))
+        .routes(routes!(upload::file_base64_upload))
+        .routes(routes!(upload::file_url_upload))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(credit::get_credit))
+        .routes(routes!(download_url::download_url))
+        .merge(uploads)
 }

@@ -3,6 +3,14 @@
 //! A file's bytes are written to the object store first and its record inserted after,
 //! so a record never points at missing bytes; bytes whose record never got written are
 //! orphans the sweeper removes.
+//!
+//! * `links` — signed temporary download links and the signing key ring
+//! * `serve` — serving bytes: links (attachment) and public file URLs (inline)
+//! * `sweep` — the retention sweeper (expired files, orphan bytes)
+
+pub mod links;
+pub mod serve;
+pub mod sweep;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -12,6 +20,33 @@ use std::time::Duration;
 use crate::blobs::{BlobError, Blobs};
 use crate::store::{now_ms, Db};
 use crate::{with_read, with_tx};
+
+/// Per-server state of the files capability, shared by handlers.
+pub struct FilesState {
+    /// Verification keys of download links, by key id.
+    pub keys: links::KeyCache,
+    /// The SSRF policy for URL uploads.
+    pub fetch_policy: crate::net_guard::Policy,
+    /// The guarded client for URL uploads (no redirects, guarded DNS, no proxy).
+    pub fetch_client: reqwest::Client,
+}
+
+impl FilesState {
+    pub fn new(config: &crate::config::Config) -> reqwest::Result<FilesState> {
+        let policy = crate::net_guard::Policy::new(
+            config.allow_private_targets,
+            config.allowed_private_targets.clone(),
+        );
+        let builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("kie-common/", env!("CARGO_PKG_VERSION")));
+        Ok(FilesState {
+            keys: links::KeyCache::default(),
+            fetch_client: crate::net_guard::client(builder, policy.clone())?,
+            fetch_policy: policy,
+        })
+    }
+}
 
 /// Why a file exists; decides its retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +157,47 @@ pub fn validate_file_name(name: &str) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Bytes written to the store for a file that has no record yet (see [`put_bytes`]).
+#[derive(Debug)]
+pub struct StoredBytes {
+    pub id: String,
+    pub storage_key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Streams a body into the store under a fresh file id, refusing more than
+/// `max_size` bytes (nothing is visible then). The first half of [`create`], for
+/// callers that learn the file's name only after its bytes (multipart uploads whose
+/// `file` part comes first): pass the result to [`record`], or [`discard`] it.
+pub async fn put_bytes<S, E>(
+    blobs: &Blobs,
+    body: S,
+    max_size: u64,
+) -> Result<StoredBytes, FileError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let id = new_file_id();
+    // The id alone keys the bytes: names never reach the store's paths.
+    let storage_key = format!("{}/{}", &id[..2], id);
+    let written = blobs.put_stream(&storage_key, body, max_size).await?;
+    Ok(StoredBytes {
+        id,
+        storage_key,
+        size: written.size,
+        sha256: written.sha256,
+    })
+}
+
+/// Removes bytes that will not get a record.
+pub async fn discard(blobs: &Blobs, stored: StoredBytes) {
+    if let Err(e) = blobs.delete(&stored.storage_key).await {
+        tracing::warn!(error = %e, "could not delete unrecorded bytes; the sweeper will remove them");
+    }
+}
+
 /// Streams a new file into the store and records it. For uploads with an
 /// `upload_path`, an existing file at the same path of the same account is replaced
 /// (its record marked deleted and its bytes removed) in the same transaction.
@@ -136,12 +212,30 @@ where
     E: std::fmt::Display,
 {
     validate_file_name(f.name)?;
-    let id = new_file_id();
-    // The id alone keys the bytes: names never reach the store's paths.
-    let storage_key = format!("{}/{}", &id[..2], id);
-    let written = blobs.put_stream(&storage_key, body, f.max_size).await?;
+    let stored = put_bytes(blobs, body, f.max_size).await?;
+    record(db, blobs, &f, stored).await
+}
+
+/// Records bytes stored by [`put_bytes`] as the file `f` (the second half of
+/// [`create`]). On failure the bytes are deleted.
+pub async fn record(
+    db: &Db,
+    blobs: &Blobs,
+    f: &NewFile<'_>,
+    stored: StoredBytes,
+) -> Result<FileRecord, FileError> {
+    if let Err(e) = validate_file_name(f.name) {
+        discard(blobs, stored).await;
+        return Err(e);
+    }
+    let StoredBytes {
+        id,
+        storage_key,
+        size,
+        sha256,
+    } = stored;
     let now = now_ms();
-    let expires_at = now + f.retention.as_millis() as i64;
+    let expires_at = now + f.retention.as_millis().min(i64::MAX as u128 / 2) as i64;
     let mut replaced: Vec<String> = Vec::new();
     let insert = async {
         with_tx!(db, |tx| {
@@ -170,8 +264,8 @@ where
             .bind(f.account_id)
             .bind(f.name)
             .bind(f.content_type)
-            .bind(written.size as i64)
-            .bind(&written.sha256)
+            .bind(size as i64)
+            .bind(&sha256)
             .bind(f.kind.as_str())
             .bind(f.upload_path)
             .bind(f.task_id)
@@ -198,8 +292,8 @@ where
         account_id: f.account_id.to_string(),
         name: f.name.to_string(),
         content_type: f.content_type.to_string(),
-        size: written.size as i64,
-        sha256: written.sha256,
+        size: size as i64,
+        sha256,
         kind: f.kind.as_str().to_string(),
         upload_path: f.upload_path.map(str::to_string),
         task_id: f.task_id.map(str::to_string),

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 
 use super::ApiError;
 use crate::app::AppState;
@@ -25,7 +25,7 @@ pub fn is_json_content_type(v: Option<&axum::http::HeaderValue>) -> bool {
 }
 
 /// Parses `bytes` as `T`, naming the offending field on a type error.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::validation(
             "Request body is empty: a JSON object is required",

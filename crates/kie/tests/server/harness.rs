@@ -122,6 +122,8 @@ pub struct Server {
     pub opts: Opts,
     _tmp: Option<std::sync::Arc<TempDir>>,
     pub stderr_log: PathBuf,
+    /// The TOML config the server was started with (passed to `kie admin` too).
+    pub config_path: Option<PathBuf>,
 }
 
 /// A temporary directory removed on drop.
@@ -172,10 +174,12 @@ impl Server {
         if opts.demo {
             cmd.arg("--demo");
         }
+        let mut config_path = None;
         if let Some(t) = &opts.config_toml {
             let p = tmp.path().join(format!("config-{}.toml", rand_suffix()));
             std::fs::write(&p, t).unwrap();
-            cmd.arg("--config").arg(p);
+            cmd.arg("--config").arg(&p);
+            config_path = Some(p);
         }
         cmd.args(&opts.args);
         for (k, v) in &opts.env {
@@ -229,6 +233,7 @@ impl Server {
             opts,
             _tmp: Some(tmp),
             stderr_log,
+            config_path,
         }
     }
 
@@ -281,6 +286,9 @@ impl Server {
         cmd.arg("admin").arg("--data-dir").arg(&self.data_dir);
         if let Some(u) = &self.db.url {
             cmd.arg("--database-url").arg(u);
+        }
+        if let Some(c) = &self.config_path {
+            cmd.arg("--config").arg(c);
         }
         cmd.args(args).stdin(Stdio::null());
         cmd

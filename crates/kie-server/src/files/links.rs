@@ -1,0 +1,331 @@
+//! Temporary download links for the local store, signed with a key ring kept in the
+//! database (`signing_keys`), so every node signs and verifies alike.
+//!
+//! Link format: `{public_url}/links/{file_id}/{file_name}?e={expiry}&k={key_id}&s={sig}`
+//! where `expiry` is Unix seconds and `sig` is base64url (no padding) of
+//! HMAC-SHA256(key, "kie-link-v1\n{key_id}\n{file_id}\n{expiry}\n{file_name}").
+//! The MAC covers the file id and expiry (SPEC §3) and also the key id and the file
+//! name, so that flipping any byte of the link's path or query invalidates it. The
+//! signature travels in the query string, which the request log drops.
+//!
+//! Rotation (`kie admin signing-key rotate`) retires the active keys and adds a new
+//! one; retired keys still verify (links signed with them stay valid until they
+//! expire, at most `MAX_LINK_TTL` later), they just never sign again.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+use crate::store::{now_ms, Db};
+use crate::{with_read, with_tx};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A signing key: its id is public (it is in every link), its secret is not.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub id: String,
+    secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the secret
+        f.debug_struct("SigningKey").field("id", &self.id).finish()
+    }
+}
+
+fn decode_secret(id: String, secret: &str) -> Option<SigningKey> {
+    let bytes = URL_SAFE_NO_PAD.decode(secret).ok()?;
+    (bytes.len() >= 32).then(|| SigningKey {
+        id,
+        secret: bytes.into(),
+    })
+}
+
+fn new_key_material() -> (String, String) {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    (
+        format!("k{}", kie_wire::apikey::random_base62(10)),
+        URL_SAFE_NO_PAD.encode(secret),
+    )
+}
+
+/// The newest active key, creating the first one if the ring is empty.
+pub async fn active_key(db: &Db) -> Result<SigningKey, sqlx::Error> {
+    let row: Option<(String, String)> = with_read!(db, |p| {
+        sqlx::query_as(
+        "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1"
+    )
+    .fetch_optional(p)
+    .await?
+    });
+    if let Some(k) = row.and_then(|(id, s)| decode_secret(id, &s)) {
+        return Ok(k);
+    }
+    // Empty ring (first start): create a key unless a concurrent node just did.
+    let (id, secret) = new_key_material();
+    let created: Option<(String, String)> = with_tx!(db, |tx| {
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if existing.is_none() {
+            sqlx::query("INSERT INTO signing_keys (id, secret, created_at) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(&secret)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        existing
+    });
+    let (id, secret) = created.unwrap_or((id, secret));
+    Ok(decode_secret(id, &secret).expect("generated key material decodes"))
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rotation {
+    /// The new active key id.
+    pub id: String,
+    /// Key ids retired now (they keep verifying links until those expire).
+    pub retired: Vec<String>,
+}
+
+/// Adds a new active key and retires the previous ones, in one transaction.
+pub async fn rotate(db: &Db) -> Result<Rotation, sqlx::Error> {
+    let (id, secret) = new_key_material();
+    let now = now_ms();
+    let retired: Vec<String> = with_tx!(db, |tx| {
+        let old: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM signing_keys WHERE retired_at IS NULL ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (id, secret, created_at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(&secret)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        old
+    });
+    Ok(Rotation { id, retired })
+}
+
+/// Verification keys by id, cached: a key's secret never changes, so an entry never
+/// goes stale. Unknown ids are looked up once in the database (another node may have
+/// rotated) and then remembered as unknown for a short while, so a flood of forged
+/// key ids cannot turn into a flood of queries.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    known: Arc<RwLock<HashMap<String, SigningKey>>>,
+    unknown: Arc<RwLock<HashMap<String, std::time::Instant>>>,
+}
+
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    pub async fn get(&self, db: &Db, id: &str) -> Result<Option<SigningKey>, sqlx::Error> {
+        if let Some(k) = self.known.read().expect("key cache").get(id) {
+            return Ok(Some(k.clone()));
+        }
+        if let Some(at) = self.unknown.read().expect("key cache").get(id) {
+            if at.elapsed() < UNKNOWN_TTL {
+                return Ok(None);
+            }
+        }
+        let row: Option<(String, String, Option<i64>)> = with_read!(db, |p| sqlx::query_as(
+            "SELECT id, secret, retired_at FROM signing_keys WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await?);
+        // A key retired longer ago than the longest link lifetime can sign no valid link.
+        let max_ttl_ms = crate::config::MAX_LINK_TTL.as_millis() as i64;
+        let key = row
+            .filter(|(_, _, retired)| !matches!(retired, Some(r) if *r + max_ttl_ms <= now_ms()))
+            .and_then(|(id, s, _)| decode_secret(id, &s));
+        match &key {
+            Some(k) => {
+                let mut m = self.known.write().expect("key cache");
+                if m.len() >= CACHE_MAX {
+                    m.clear();
+                }
+                m.insert(k.id.clone(), k.clone());
+            }
+            None => {
+                let mut m = self.unknown.write().expect("key cache");
+                if m.len() >= CACHE_MAX {
+                    m.clear();
+                }
+                m.insert(id.to_string(), std::time::Instant::now());
+            }
+        }
+        Ok(key)
+    }
+}
+
+fn mac(key: &SigningKey, file_id: &str, expiry: i64, name: &str) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes any key length");
+    m.update(format!("kie-link-v1\n{}\n{file_id}\n{expiry}\n{name}", key.id).as_bytes());
+    m.finalize().into_bytes().into()
+}
+
+/// The link for `file_id`/`name`, valid until `expiry` (Unix seconds).
+pub fn sign(
+    public_url: &url::Url,
+    key: &SigningKey,
+    file_id: &str,
+    name: &str,
+    expiry: i64,
+) -> String {
+    let sig = URL_SAFE_NO_PAD.encode(mac(key, file_id, expiry, name));
+    let base = super::file_url(public_url, file_id, name);
+    // file_url gives {base}/files/{id}/{name}; links live under /links/
+    let path_start = public_url.as_str().trim_end_matches('/').len();
+    format!(
+        "{}/links{}?e={expiry}&k={}&s={sig}",
+        &base[..path_start],
+        &base[path_start + "/files".len()..],
+        key.id
+    )
+}
+
+/// Expiry (Unix seconds) of a link issued now with `ttl`, rounded up so a link never
+/// lives shorter than `ttl`.
+pub fn expiry_for(ttl: Duration) -> i64 {
+    (now_ms() + ttl.as_millis() as i64 + 999) / 1000
+}
+
+/// Why a link was refused (answered with HTTP 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkRefused {
+    #[error("malformed link")]
+    Malformed,
+    #[error("invalid link signature")]
+    BadSignature,
+    #[error("link expired")]
+    Expired,
+}
+
+/// The query parameters of a link.
+#[derive(Debug, Default)]
+pub struct LinkQuery<'a> {
+    pub expiry: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub sig: Option<&'a str>,
+}
+
+/// Reads `e`, `k` and `s` from a raw query string; a repeated parameter makes the link
+/// malformed (there is exactly one way to spell a valid link).
+pub fn parse_query(q: Option<&str>) -> Result<LinkQuery<'_>, LinkRefused> {
+    let mut out = LinkQuery::default();
+    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or(LinkRefused::Malformed)?;
+        let slot = match k {
+            "e" => &mut out.expiry,
+            "k" => &mut out.key_id,
+            "s" => &mut out.sig,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(LinkRefused::Malformed);
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies a link's signature (constant-time) and expiry. `name` is the decoded file
+/// name from the link's path.
+pub async fn verify(
+    db: &Db,
+    cache: &KeyCache,
+    file_id: &str,
+    name: &str,
+    q: &LinkQuery<'_>,
+) -> Result<Result<(), LinkRefused>, sqlx::Error> {
+    let (Some(e), Some(k), Some(s)) = (q.expiry, q.key_id, q.sig) else {
+        return Ok(Err(LinkRefused::Malformed));
+    };
+    // canonical decimal only: "+5" or "05" would be another spelling of the same link
+    let expiry: i64 = match e.parse() {
+        Ok(v) if e.bytes().all(|b| b.is_ascii_digit()) && !e.starts_with('0') => v,
+        _ => return Ok(Err(LinkRefused::Malformed)),
+    };
+    let Ok(given) = URL_SAFE_NO_PAD.decode(s) else {
+        return Ok(Err(LinkRefused::BadSignature));
+    };
+    if k.is_empty() || k.len() > 32 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Ok(Err(LinkRefused::BadSignature));
+    }
+    let Some(key) = cache.get(db, k).await? else {
+        return Ok(Err(LinkRefused::BadSignature));
+    };
+    let expected = mac(&key, file_id, expiry, name);
+    if given.len() != expected.len() || !bool::from(expected.ct_eq(&given[..])) {
+        return Ok(Err(LinkRefused::BadSignature));
+    }
+    // checked after the signature, so an expired answer is only given for real links
+    if expiry * 1000 <= now_ms() {
+        return Ok(Err(LinkRefused::Expired));
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_shape_and_mac_binding() {
+        let key = SigningKey {
+            id: "kTEST".into(),
+            secret: vec![7u8; 32].into(),
+        };
+        let base = url::Url::parse("http://h:1/").unwrap();
+        let l = sign(&base, &key, "abc", "a b.png", 1700000000);
+        assert!(
+            l.starts_with("http://h:1/links/abc/a%20b.png?e=1700000000&k=kTEST&s="),
+            "{l}"
+        );
+        let base = url::Url::parse("https://h/prefix/").unwrap();
+        let l = sign(&base, &key, "abc", "x", 5);
+        assert!(
+            l.starts_with("https://h/prefix/links/abc/x?e=5&k=kTEST&s="),
+            "{l}"
+        );
+        assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abd", 5, "x"));
+        assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abc", 6, "x"));
+        assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abc", 5, "y"));
+        assert!(format!("{key:?}").contains("kTEST"));
+        assert!(!format!("{key:?}").contains('7'));
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query(Some("e=1&k=a&s=b&x=y")).unwrap();
+        assert_eq!(
+            (q.expiry, q.key_id, q.sig),
+            (Some("1"), Some("a"), Some("b"))
+        );
+        assert_eq!(
+            parse_query(Some("e=1&e=2")).unwrap_err(),
+            LinkRefused::Malformed
+        );
+        assert!(parse_query(None).unwrap().sig.is_none());
+    }
+}
