@@ -29,6 +29,8 @@ pub struct AppState {
     pub settings: LiveSettings,
     /// Flips to `true` when the server starts shutting down (ends long polls).
     pub shutdown: watch::Receiver<bool>,
+    /// Wake-ups of task workers and the webhook dispatcher.
+    pub jobs: crate::tasks::Runtime,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
     Router::new()
         .merge(api)
+        .merge(crate::workers::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -153,6 +156,16 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
             .clone()
             .refresh_loop(state.db.clone(), shutdown.clone()),
     );
+    tasks.spawn(crate::tasks::reaper_loop(
+        state.db.clone(),
+        state.jobs.clone(),
+        state.config.task_timeout,
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::webhooks::dispatch::run(state.clone(), shutdown.clone()));
+    for i in 0..state.config.demo_workers {
+        tasks.spawn(crate::workers::demo::worker_loop(state.clone(), i));
+    }
     let auth = state.auth.clone();
     let mut stop = shutdown.clone();
     tasks.spawn(async move {
@@ -215,6 +228,10 @@ impl Server {
             .map_err(store_err)?;
         let snapshot = settings::load(&db).await.map_err(store_err)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let config_first_delay_ms = config
+            .webhook_retry_schedule
+            .first()
+            .map_or(0, |d| d.as_millis() as i64);
         let auth = Arc::new(Authenticator::new(
             db.clone(),
             config.auth_cache_ttl,
@@ -227,6 +244,10 @@ impl Server {
             auth,
             settings: LiveSettings::new(snapshot),
             shutdown: shutdown_rx,
+            jobs: crate::tasks::Runtime {
+                first_callback_delay_ms: config_first_delay_ms,
+                ..Default::default()
+            },
         };
         Ok(Server {
             state,

@@ -10,6 +10,9 @@
 //! * `store` — the metadata store boundary (SQLite or PostgreSQL)
 //! * `blobs` — the object-store boundary (local directory or S3) for file bytes
 //! * `files` — stored files and their public URLs
+//! * `tasks` — Jobs API tasks: creation with a credit hold, queue, settlement
+//! * `workers` — the worker protocol (internal API) and the in-process demo models
+//! * `webhooks` — callback payloads, the durable outbox, the dispatcher, SSRF guard
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;
@@ -27,6 +30,9 @@ pub mod metrics;
 pub mod openapi;
 pub mod settings;
 pub mod store;
+pub mod tasks;
+pub mod webhooks;
+pub mod workers;
 
 pub use app::{AppState, Server, StartError};
 pub use config::{Config, ServeArgs, StoreArgs};

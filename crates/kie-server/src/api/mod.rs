@@ -2,6 +2,7 @@
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 pub mod credit;
+pub mod jobs;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,7 +19,7 @@ use crate::app::AppState;
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "common", description = "Common API"))
+    tags((name = "common", description = "Common API"), (name = "jobs", description = "Jobs API: tasks that create files and spend credits"))
 )]
 pub struct ApiDoc;
 
@@ -36,5 +37,8 @@ impl Modify for BearerAuth {
 
 /// Every public API route with its documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(credit::get_credit))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(credit::get_credit))
+        .routes(routes!(jobs::create_task))
+        .routes(routes!(jobs::record_info))
 }
