@@ -162,7 +162,10 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
         state.config.task_timeout,
         shutdown.clone(),
     ));
-    tasks.spawn(crate::webhooks::dispatch::run(state.clone(), shutdown.clone()));
+    tasks.spawn(crate::webhooks::dispatch::run(
+        state.clone(),
+        shutdown.clone(),
+    ));
     for i in 0..state.config.demo_workers {
         tasks.spawn(crate::workers::demo::worker_loop(state.clone(), i));
     }

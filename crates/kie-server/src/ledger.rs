@@ -342,7 +342,12 @@ pub async fn hold_with(
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        let ctx = TxCtx { hold_id: &hold_id, account_id, charged: Credits::ZERO, applied: &applied };
+        let ctx = TxCtx {
+            hold_id: &hold_id,
+            account_id,
+            charged: Credits::ZERO,
+            applied: &applied,
+        };
         also.run(TxConn::from(&mut *tx), &ctx).await?;
         applied
     });
@@ -417,7 +422,12 @@ pub async fn resolve_with(
             idempotency_key: &idem,
         };
         let applied = apply_in_tx!(tx, &c);
-        let ctx = TxCtx { hold_id, account_id: &account_id, charged: Credits(charged), applied: &applied };
+        let ctx = TxCtx {
+            hold_id,
+            account_id: &account_id,
+            charged: Credits(charged),
+            applied: &applied,
+        };
         also.run(TxConn::from(&mut *tx), &ctx).await?;
         (applied, Credits(charged))
     });

@@ -13,8 +13,8 @@ use kie_server::accounts::{self, AccountError};
 use kie_server::config::parse_duration;
 use kie_server::ledger::{self, LedgerError};
 use kie_server::store::{now_ms, Db};
-use kie_server::{tasks, webhooks};
 use kie_server::{settings, StoreArgs};
+use kie_server::{tasks, webhooks};
 use kie_wire::Credits;
 
 #[derive(Args)]

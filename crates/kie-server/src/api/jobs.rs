@@ -133,7 +133,9 @@ pub async fn record_info(
     let task_id = q.task_id.unwrap_or_default();
     let task_id = task_id.trim();
     if task_id.is_empty() {
-        return Err(ApiError::validation("Invalid query parameter 'taskId': required"));
+        return Err(ApiError::validation(
+            "Invalid query parameter 'taskId': required",
+        ));
     }
     let valid = task_id.len() <= 128
         && task_id

@@ -241,7 +241,11 @@ pub async fn list(db: &Db, account_id: Option<&str>, limit: i64) -> Result<Vec<T
 /// Claims the oldest waiting task of one of `models` for `worker`: `generating` from
 /// now on. One statement, conditional on the state, so exactly one claimer wins; on
 /// PostgreSQL `SKIP LOCKED` lets concurrent claimers pass each other.
-pub async fn claim_once(db: &Db, models: &[String], worker: &str) -> Result<Option<Task>, sqlx::Error> {
+pub async fn claim_once(
+    db: &Db,
+    models: &[String],
+    worker: &str,
+) -> Result<Option<Task>, sqlx::Error> {
     if models.is_empty() {
         return Ok(None);
     }
@@ -277,7 +281,10 @@ pub enum Outcome {
         result_json: String,
         cost: Option<Credits>,
     },
-    Fail { code: String, msg: String },
+    Fail {
+        code: String,
+        msg: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,8 +352,15 @@ impl InSameTx for FinishTask<'_> {
             done.completed_at = Some(self.now);
             done.updated_at = self.now;
             let body = webhooks::callback_body(&done, ctx.applied.available());
-            webhooks::enqueue(&mut conn, &done, url, &body, self.now, self.first_callback_at)
-                .await?;
+            webhooks::enqueue(
+                &mut conn,
+                &done,
+                url,
+                &body,
+                self.now,
+                self.first_callback_at,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -430,7 +444,14 @@ pub async fn fail(
     code: String,
     msg: String,
 ) -> Result<Task, FinishError> {
-    finish(db, wake, task_id, Outcome::Fail { code, msg }, "'generating'").await
+    finish(
+        db,
+        wake,
+        task_id,
+        Outcome::Fail { code, msg },
+        "'generating'",
+    )
+    .await
 }
 
 /// `failCode` of a task that ran out of time.

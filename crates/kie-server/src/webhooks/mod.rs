@@ -155,14 +155,16 @@ pub async fn deliveries(
     task_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
-    let rows: Vec<DeliveryRow> = with_read!(db, |p| sqlx::query_as(
+    let rows: Vec<DeliveryRow> = with_read!(db, |p| {
+        sqlx::query_as(
         "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
          FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) ORDER BY created_at DESC, id LIMIT $2"
     )
     .bind(task_id)
     .bind(limit)
     .fetch_all(p)
-    .await?);
+    .await?
+    });
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let log: Vec<AttemptInfo> = with_read!(db, |p| sqlx::query_as(

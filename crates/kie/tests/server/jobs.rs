@@ -17,7 +17,11 @@ const WORKER_TOKEN: &str = "wt-test-3f9a1c";
 
 fn opts() -> Opts {
     Opts::default()
-        .args(&["--allow-private-targets", "--webhook-retry-schedule", "0s,1s"])
+        .args(&[
+            "--allow-private-targets",
+            "--webhook-retry-schedule",
+            "0s,1s",
+        ])
         .config("task_timeout = \"2s\"\nwebhook_timeout = \"1s\"\n")
 }
 
@@ -77,9 +81,7 @@ async fn receiver() -> Receiver {
                 match (path.as_str(), n) {
                     ("/fail-once", 1) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                     ("/gone", _) => StatusCode::GONE.into_response(),
-                    ("/redirect", _) => {
-                        (StatusCode::FOUND, [("location", "/ok")]).into_response()
-                    }
+                    ("/redirect", _) => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
                     ("/hang-once", 1) => {
                         std::future::pending::<()>().await;
                         unreachable!()
@@ -225,7 +227,15 @@ fn assert_record_types(d: &Value) {
             "updateTime"
         ]
     );
-    for k in ["taskId", "model", "state", "param", "resultJson", "failCode", "failMsg"] {
+    for k in [
+        "taskId",
+        "model",
+        "state",
+        "param",
+        "resultJson",
+        "failCode",
+        "failMsg",
+    ] {
         assert!(d[k].is_string(), "{k} must be a string: {d}");
     }
     for k in ["costTime", "createTime", "updateTime", "completeTime"] {
@@ -414,15 +424,35 @@ async fn bad_requests_are_refused_and_create_nothing() {
     let (acc, key) = s.account_with_key("bad", "1");
     let (_, other_key) = s.account_with_key("other", "10");
     let cases = [
-        (json!({"model": "nope/x", "input": {"prompt": "p"}}), 422, "model"),
+        (
+            json!({"model": "nope/x", "input": {"prompt": "p"}}),
+            422,
+            "model",
+        ),
         (json!({"model": "demo/text", "input": "p"}), 422, "input"),
         (json!({"model": "demo/text", "input": [1]}), 422, "input"),
         (json!({"model": "demo/text"}), 422, "input"),
         (json!({"model": 3, "input": {}}), 422, "model"),
-        (json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "ftp://x/y"}), 422, "callBackUrl"),
-        (json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "not a url"}), 422, "callBackUrl"),
-        (json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": 7}), 422, "callBackUrl"),
-        (json!({"model": "demo/image", "input": {"prompt": "p"}}), 402, ""),
+        (
+            json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "ftp://x/y"}),
+            422,
+            "callBackUrl",
+        ),
+        (
+            json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "not a url"}),
+            422,
+            "callBackUrl",
+        ),
+        (
+            json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": 7}),
+            422,
+            "callBackUrl",
+        ),
+        (
+            json!({"model": "demo/image", "input": {"prompt": "p"}}),
+            402,
+            "",
+        ),
     ];
     for (body, code, field) in cases {
         let r = create(&s, &key, body.clone()).await;
@@ -430,7 +460,12 @@ async fn bad_requests_are_refused_and_create_nothing() {
         assert!(r["msg"].as_str().unwrap().contains(field), "{body} → {r}");
         assert_eq!(r["data"], Value::Null);
     }
-    let r = create(&s, &key, json!({"model": "demo/image", "input": {"prompt": "p"}})).await;
+    let r = create(
+        &s,
+        &key,
+        json!({"model": "demo/image", "input": {"prompt": "p"}}),
+    )
+    .await;
     assert_eq!(r["msg"], "Credits insufficient");
     // nothing was created or held
     assert_eq!(
@@ -458,7 +493,10 @@ async fn bad_requests_are_refused_and_create_nothing() {
     )
     .await;
     let r = record(&s, &key, &theirs).await;
-    assert_eq!(r, json!({"code": 404, "msg": "Task not found", "data": null}));
+    assert_eq!(
+        r,
+        json!({"code": 404, "msg": "Task not found", "data": null})
+    );
     assert_eq!(record(&s, &other_key, &theirs).await["code"], 200);
     let r = get_json(
         &s.url(&format!("/api/v1/jobs/recordInfo?taskId={theirs}")),
@@ -533,7 +571,12 @@ async fn creation_limit_answers_http_429_with_retry_after() {
     );
     // another account is not affected
     let (_, key2) = s.account_with_key("calm", "1");
-    create_ok(&s, &key2, json!({"model": "demo/text", "input": {"prompt": "hi"}})).await;
+    create_ok(
+        &s,
+        &key2,
+        json!({"model": "demo/text", "input": {"prompt": "hi"}}),
+    )
+    .await;
 }
 
 fn worker_opts() -> Opts {
@@ -553,12 +596,7 @@ fn worker_opts() -> Opts {
 }
 
 async fn worker_post(s: &Server, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let (st, _, v) = post_json(
-        &s.url(&format!("/internal/v1/worker{path}")),
-        token,
-        &body,
-    )
-    .await;
+    let (st, _, v) = post_json(&s.url(&format!("/internal/v1/worker{path}")), token, &body).await;
     (st, v)
 }
 
@@ -570,7 +608,9 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
     let claim = json!({"models": ["ext/echo"], "waitMs": 5000});
     assert_eq!(worker_post(&s, None, "/claim", claim.clone()).await.0, 401);
     assert_eq!(
-        worker_post(&s, Some("wrong"), "/claim", claim.clone()).await.0,
+        worker_post(&s, Some("wrong"), "/claim", claim.clone())
+            .await
+            .0,
         401
     );
     // nothing to do: the long poll ends empty
@@ -616,7 +656,9 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
     );
 
     let up = client()
-        .put(s.url(&format!("/internal/v1/worker/tasks/{id}/files?name=echo.txt")))
+        .put(s.url(&format!(
+            "/internal/v1/worker/tasks/{id}/files?name=echo.txt"
+        )))
         .bearer_auth(WORKER_TOKEN)
         .header("content-type", "text/plain")
         .body("hello from a worker")
@@ -660,9 +702,14 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
     .await;
     assert_eq!(st, 409);
     assert_eq!(
-        worker_post(&s, Some(WORKER_TOKEN), "/tasks/task_nope/complete", json!({}))
-            .await
-            .0,
+        worker_post(
+            &s,
+            Some(WORKER_TOKEN),
+            "/tasks/task_nope/complete",
+            json!({})
+        )
+        .await
+        .0,
         404
     );
     let show = ledger_of(&s, &acc);
@@ -687,13 +734,21 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
     )
     .await;
     assert_eq!(st, 200);
-    assert_eq!(record(&s, &key, &id2).await["data"]["consumeCredits"], json!(3));
+    assert_eq!(
+        record(&s, &key, &id2).await["data"]["consumeCredits"],
+        json!(3)
+    );
     let id3 = create_ok(&s, &key, json!({"model": "ext/echo", "input": {}})).await;
     // completing before claiming is refused
     assert_eq!(
-        worker_post(&s, Some(WORKER_TOKEN), &format!("/tasks/{id3}/complete"), json!({}))
-            .await
-            .0,
+        worker_post(
+            &s,
+            Some(WORKER_TOKEN),
+            &format!("/tasks/{id3}/complete"),
+            json!({})
+        )
+        .await
+        .0,
         409
     );
     worker_post(&s, Some(WORKER_TOKEN), "/claim", claim.clone()).await;
@@ -708,8 +763,18 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
     let f = record(&s, &key, &id3).await["data"].clone();
     assert_record_types(&f);
     assert_eq!(
-        (&f["state"], &f["failCode"], &f["failMsg"], &f["consumeCredits"]),
-        (&json!("fail"), &json!("422"), &json!("input not understood"), &json!(0))
+        (
+            &f["state"],
+            &f["failCode"],
+            &f["failMsg"],
+            &f["consumeCredits"]
+        ),
+        (
+            &json!("fail"),
+            &json!("422"),
+            &json!("input not understood"),
+            &json!(0)
+        )
     );
     let show = ledger_of(&s, &acc);
     assert_eq!(show["balance"], json!(5.5));
@@ -835,14 +900,21 @@ async fn callbacks_are_retried_stopped_and_never_followed() {
         retried[1].header("webhook-id"),
         "webhook-id is stable across retries"
     );
-    assert_eq!(retried[0].body, retried[1].body, "same body on every attempt");
+    assert_eq!(
+        retried[0].body, retried[1].body,
+        "same body on every attempt"
+    );
     ledger_of(&s, &acc);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pending_callback_is_delivered_after_a_restart() {
     let o = Opts::default()
-        .args(&["--allow-private-targets", "--webhook-retry-schedule", "0s,3s"])
+        .args(&[
+            "--allow-private-targets",
+            "--webhook-retry-schedule",
+            "0s,3s",
+        ])
         .config("webhook_timeout = \"1s\"\n");
     let s = Server::start(o);
     let (acc, key) = s.account_with_key("restart", "10");
