@@ -31,6 +31,8 @@ pub struct AppState {
     pub files: Arc<crate::files::FilesState>,
     /// Flips to `true` when the server starts shutting down (ends long polls).
     pub shutdown: watch::Receiver<bool>,
+    /// Wake-ups of task workers and the webhook dispatcher.
+    pub jobs: crate::tasks::Runtime,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -122,6 +124,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(crate::files::serve::routes())
+        .merge(crate::workers::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -163,6 +166,19 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
         state.config.orphan_grace,
         shutdown.clone(),
     ));
+    tasks.spawn(crate::tasks::reaper_loop(
+        state.db.clone(),
+        state.jobs.clone(),
+        state.config.task_timeout,
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::webhooks::dispatch::run(
+        state.clone(),
+        shutdown.clone(),
+    ));
+    for i in 0..state.config.demo_workers {
+        tasks.spawn(crate::workers::demo::worker_loop(state.clone(), i));
+    }
     let auth = state.auth.clone();
     let mut stop = shutdown.clone();
     tasks.spawn(async move {
@@ -231,6 +247,10 @@ impl Server {
             .map_err(|e| StartError::Other(format!("cannot build the HTTP client: {e}")))?;
         let snapshot = settings::load(&db).await.map_err(store_err)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let config_first_delay_ms = config
+            .webhook_retry_schedule
+            .first()
+            .map_or(0, |d| d.as_millis() as i64);
         let auth = Arc::new(Authenticator::new(
             db.clone(),
             config.auth_cache_ttl,
@@ -244,6 +264,10 @@ impl Server {
             settings: LiveSettings::new(snapshot),
             files: Arc::new(files),
             shutdown: shutdown_rx,
+            jobs: crate::tasks::Runtime {
+                first_callback_delay_ms: config_first_delay_ms,
+                ..Default::default()
+            },
         };
         Ok(Server {
             state,

@@ -127,6 +127,8 @@ struct FileConfig {
     task_rate: Option<u32>,
     task_rate_window: Option<String>,
     task_timeout: Option<String>,
+    webhook_timeout: Option<String>,
+    demo_workers: Option<u32>,
     auth_cache_ttl: Option<String>,
     db_max_connections: Option<u32>,
     db_statement_timeout: Option<String>,
@@ -204,6 +206,10 @@ pub struct Config {
     pub task_rate: u32,
     pub task_rate_window: Duration,
     pub task_timeout: Duration,
+    /// Per-attempt timeout of a webhook callback (SPEC §6: 15 s).
+    pub webhook_timeout: Duration,
+    /// In-process workers running the built-in demo models (0 = none).
+    pub demo_workers: u32,
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
     pub db_statement_timeout: Duration,
@@ -458,6 +464,8 @@ impl Config {
             task_rate: f.task_rate.unwrap_or(20),
             task_rate_window: dur("task_rate_window", &f.task_rate_window, "10s")?,
             task_timeout: dur("task_timeout", &f.task_timeout, "10m")?,
+            webhook_timeout: dur("webhook_timeout", &f.webhook_timeout, "15s")?,
+            demo_workers: f.demo_workers.unwrap_or(2),
             auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,

@@ -17,7 +17,7 @@
 use kie_wire::Credits;
 use serde::Serialize;
 
-use crate::store::{is_unique_violation, new_id, now_ms, Db};
+use crate::store::{is_unique_violation, new_id, now_ms, Db, TxConn};
 use crate::with_tx;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,10 @@ pub enum LedgerError {
     IdempotencyConflict,
     #[error("{0}")]
     Invalid(String),
+    /// Refused by work done in the same transaction (see [`InSameTx`]); nothing was
+    /// written.
+    #[error("{0}")]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -264,6 +268,36 @@ pub struct Hold {
     pub applied: Applied,
 }
 
+/// What a hold or its resolution did, for work done in the same transaction.
+#[derive(Debug)]
+pub struct TxCtx<'a> {
+    pub hold_id: &'a str,
+    pub account_id: &'a str,
+    /// What the resolution charged (0 for a hold or a void).
+    pub charged: Credits,
+    pub applied: &'a Applied,
+}
+
+/// Statements that must commit together with a hold or its resolution — the task a
+/// hold pays for, the task's final state and its callback — so that money and the
+/// record that explains it can never disagree. They run after the ledger change, with
+/// the account row already locked (PostgreSQL) or the single writer held (SQLite);
+/// an error rolls everything back.
+#[async_trait::async_trait]
+pub trait InSameTx: Sync {
+    async fn run(&self, conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError>;
+}
+
+/// Nothing else to write.
+pub struct Alone;
+
+#[async_trait::async_trait]
+impl InSameTx for Alone {
+    async fn run(&self, _conn: TxConn<'_>, _ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
+        Ok(())
+    }
+}
+
 /// Reserves `amount` of the available balance under a new hold id. A zero amount is
 /// allowed (free models) and still records a hold that resolves exactly once.
 pub async fn hold(
@@ -271,6 +305,17 @@ pub async fn hold(
     account_id: &str,
     amount: Credits,
     reason: Option<&str>,
+) -> Result<Hold, LedgerError> {
+    hold_with(db, account_id, amount, reason, &Alone).await
+}
+
+/// [`hold`], plus `also` in the same transaction.
+pub async fn hold_with(
+    db: &Db,
+    account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+    also: &dyn InSameTx,
 ) -> Result<Hold, LedgerError> {
     if amount.0 < 0 {
         return Err(LedgerError::Invalid(
@@ -297,6 +342,13 @@ pub async fn hold(
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
+        let ctx = TxCtx {
+            hold_id: &hold_id,
+            account_id,
+            charged: Credits::ZERO,
+            applied: &applied,
+        };
+        also.run(TxConn::from(&mut *tx), &ctx).await?;
         applied
     });
     Ok(Hold { hold_id, applied })
@@ -317,6 +369,18 @@ pub async fn resolve(
     hold_id: &str,
     how: Resolution,
     reason: Option<&str>,
+) -> Result<(Applied, Credits), LedgerError> {
+    resolve_with(db, hold_id, how, reason, &Alone).await
+}
+
+/// [`resolve`], plus `also` in the same transaction (run only when this call is the
+/// one that resolves the hold).
+pub async fn resolve_with(
+    db: &Db,
+    hold_id: &str,
+    how: Resolution,
+    reason: Option<&str>,
+    also: &dyn InSameTx,
 ) -> Result<(Applied, Credits), LedgerError> {
     let (state, kind, idem) = match how {
         Resolution::Post(_) => ("posted", Kind::Post, format!("post:{hold_id}")),
@@ -358,6 +422,13 @@ pub async fn resolve(
             idempotency_key: &idem,
         };
         let applied = apply_in_tx!(tx, &c);
+        let ctx = TxCtx {
+            hold_id,
+            account_id: &account_id,
+            charged: Credits(charged),
+            applied: &applied,
+        };
+        also.run(TxConn::from(&mut *tx), &ctx).await?;
         (applied, Credits(charged))
     });
     Ok(r)

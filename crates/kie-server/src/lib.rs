@@ -11,6 +11,9 @@
 //! * `blobs` — the object-store boundary (local directory or S3) for file bytes
 //! * `files` — stored files, their public URLs, download links and retention
 //! * `net_guard` — the SSRF guard for outgoing requests (URL uploads, callbacks)
+//! * `tasks` — Jobs API tasks: creation with a credit hold, queue, settlement
+//! * `workers` — the worker protocol (internal API) and the in-process demo models
+//! * `webhooks` — callback payloads, the durable outbox, the dispatcher, SSRF guard
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;
@@ -29,6 +32,9 @@ pub mod net_guard;
 pub mod openapi;
 pub mod settings;
 pub mod store;
+pub mod tasks;
+pub mod webhooks;
+pub mod workers;
 
 pub use app::{AppState, Server, StartError};
 pub use config::{Config, ServeArgs, StoreArgs};

@@ -36,3 +36,20 @@ pub fn record_request(method: &axum::http::Method, route: &str, code: i64, elaps
     metrics::counter!("kie_http_requests_total", &labels).increment(1);
     metrics::histogram!("kie_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
 }
+
+/// One webhook attempt: counted by outcome (HTTP status class or `error`).
+pub fn record_webhook_attempt(status: Option<u16>, duration_ms: i64) {
+    let outcome = match status {
+        Some(s) => format!("{}xx", s / 100),
+        None => "error".to_string(),
+    };
+    metrics::counter!("kie_webhook_attempts_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("kie_webhook_attempt_duration_seconds")
+        .record(duration_ms.max(0) as f64 / 1000.0);
+}
+
+/// A task reached a final state.
+pub fn record_task_finished(model: &str, state: &str) {
+    metrics::counter!("kie_tasks_finished_total", "model" => model.to_owned(), "state" => state.to_owned())
+        .increment(1);
+}

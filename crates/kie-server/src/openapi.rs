@@ -49,3 +49,66 @@ pub struct UploadEnvelope {
     #[schema(nullable)]
     pub data: Option<crate::api::upload::UploadedFile>,
 }
+
+/// `POST /api/v1/jobs/createTask` body.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct CreateTaskBody {
+    /// A model of the catalog, e.g. `demo/image`
+    pub model: String,
+    /// Model input; demo models need `prompt` (and take `width`/`height` for images)
+    pub input: serde_json::Value,
+    /// http(s) URL that receives the callback when the task finishes
+    #[schema(nullable)]
+    pub callBackUrl: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct TaskIdData {
+    pub taskId: String,
+}
+
+/// `{"code": 200, "msg": "success", "data": {"taskId": …}}`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreateTaskEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<TaskIdData>,
+}
+
+/// A task record (`param` and `resultJson` are JSON strings; times epoch ms).
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct RecordInfoData {
+    pub taskId: String,
+    pub model: String,
+    /// waiting | queuing | generating | success | fail
+    pub state: String,
+    pub param: String,
+    pub resultJson: String,
+    pub failCode: String,
+    pub failMsg: String,
+    #[schema(nullable)]
+    pub costTime: Option<i64>,
+    #[schema(nullable)]
+    pub createTime: Option<i64>,
+    #[schema(nullable)]
+    pub updateTime: Option<i64>,
+    #[schema(nullable)]
+    pub completeTime: Option<i64>,
+    pub consumeCredits: f64,
+    pub creditsConsumed: f64,
+    pub remainedCredits: f64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RecordInfoEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<RecordInfoData>,
+}

@@ -14,6 +14,7 @@ use kie_server::config::parse_duration;
 use kie_server::ledger::{self, LedgerError};
 use kie_server::store::{now_ms, Db};
 use kie_server::{settings, StoreArgs};
+use kie_server::{tasks, webhooks};
 use kie_wire::Credits;
 
 #[derive(Args)]
@@ -41,6 +42,12 @@ enum AdminCommand {
     /// Webhook HMAC keys (whsec_…) used to sign callbacks
     #[command(name = "webhook-key", subcommand)]
     WebhookKey(WebhookKeyCmd),
+    /// Tasks of the Jobs API
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Webhook callback deliveries and their attempts
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
     /// Maintenance mode: every /api request answers code 455 while on
     Maintenance {
         #[arg(value_parser = ["on", "off"])]
@@ -172,6 +179,32 @@ enum WebhookKeyCmd {
     Show {
         #[arg(long)]
         account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Latest tasks, newest first
+    List {
+        /// Only this account (id or name)
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One task with its settlement and callback state
+    Show { task: String },
+}
+
+#[derive(Subcommand)]
+enum WebhookCmd {
+    /// Deliveries (newest first) with every attempt: status, error, duration
+    Deliveries {
+        /// Only the delivery of this task
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
@@ -438,6 +471,80 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 None => format!("account {} has no webhook key (callbacks are sent unsigned); create one with: kie admin webhook-key generate --account {}", k.account, k.account),
             };
             Ok(out(&k, text))
+        }
+        AdminCommand::Task(TaskCmd::List { account, limit }) => {
+            let acc = match account {
+                Some(a) => Some(accounts::get(db, &a).await?.id),
+                None => None,
+            };
+            let list = tasks::list(db, acc.as_deref(), limit.clamp(1, 10_000)).await?;
+            let mut text = format!(
+                "{:<24} {:<24} {:<16} {:<10} {:>8}  {}\n",
+                "CREATED", "TASK", "MODEL", "STATE", "CHARGED", "ACCOUNT"
+            );
+            for t in &list {
+                text += &format!(
+                    "{:<24} {:<24} {:<16} {:<10} {:>8}  {}\n",
+                    iso(t.created_at),
+                    t.id,
+                    t.model,
+                    t.state,
+                    Credits(t.consume_credits).to_string(),
+                    t.account_id
+                );
+            }
+            Ok(out(&list, text))
+        }
+        AdminCommand::Task(TaskCmd::Show { task }) => {
+            let t = tasks::get(db, &task)
+                .await?
+                .ok_or_else(|| Failure(format!("unknown task '{task}'")))?;
+            let text = format!(
+                "task {} ({}) of {}: {}\nparam: {}\nresult: {}\nfail: {} {}\nprice {}, charged {}, hold {}\ncallback: {}",
+                t.id,
+                t.model,
+                t.account_id,
+                t.state,
+                t.param,
+                t.result_json,
+                t.fail_code,
+                t.fail_msg,
+                Credits(t.price),
+                Credits(t.consume_credits),
+                t.hold_id,
+                t.callback_url.as_deref().unwrap_or("-")
+            );
+            Ok(out(&t, text))
+        }
+        AdminCommand::Webhook(WebhookCmd::Deliveries { task, limit }) => {
+            let list = webhooks::deliveries(db, task.as_deref(), limit.clamp(1, 10_000)).await?;
+            let mut text = String::new();
+            for d in &list {
+                text += &format!(
+                    "{} task {} {} attempts {} last {}\n",
+                    d.id,
+                    d.task_id,
+                    d.state,
+                    d.attempts,
+                    d.last_status
+                        .map(|s| s.to_string())
+                        .or(d.last_error.clone())
+                        .unwrap_or_else(|| "-".into())
+                );
+                for a in &d.attempt_log {
+                    text += &format!(
+                        "  #{} {} {} ms {}\n",
+                        a.attempt,
+                        iso(a.started_at),
+                        a.duration_ms,
+                        a.status
+                            .map(|s| s.to_string())
+                            .or(a.error.clone())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(out(&list, text))
         }
         AdminCommand::Maintenance { state } => {
             let on = state == "on";

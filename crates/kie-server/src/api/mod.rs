@@ -4,6 +4,7 @@
 pub mod credit;
 pub mod download_url;
 pub mod upload;
+pub mod jobs;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -22,7 +23,8 @@ use crate::app::AppState;
     security(("bearer" = [])),
     tags(
         (name = "common", description = "Common API"),
-        (name = "upload", description = "File Upload API (answers also carry \"success\")")
+        (name = "upload", description = "File Upload API (answers also carry \"success\")"),
+        (name = "jobs", description = "Jobs API: tasks that create files and spend credits")
     )
 )]
 pub struct ApiDoc;
@@ -51,5 +53,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(credit::get_credit))
         .routes(routes!(download_url::download_url))
+        .routes(routes!(jobs::create_task))
+        .routes(routes!(jobs::record_info))
         .merge(uploads)
 }

@@ -229,3 +229,41 @@ pub fn new_id(prefix: &str) -> String {
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+/// A connection inside an open write transaction, on either backend: lets code outside
+/// a module add its statements to that module's transaction (see
+/// `ledger::hold_with`), so related writes commit or roll back together.
+pub enum TxConn<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+impl<'c> From<&'c mut sqlx::SqliteConnection> for TxConn<'c> {
+    fn from(c: &'c mut sqlx::SqliteConnection) -> Self {
+        TxConn::Sqlite(c)
+    }
+}
+
+impl<'c> From<&'c mut sqlx::PgConnection> for TxConn<'c> {
+    fn from(c: &'c mut sqlx::PgConnection) -> Self {
+        TxConn::Postgres(c)
+    }
+}
+
+/// Runs `$body` with `$c` bound to the backend connection of a [`TxConn`]
+/// (`&mut SqliteConnection` or `&mut PgConnection`).
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::TxConn::Sqlite(inner) => {
+                let $c: &mut sqlx::SqliteConnection = &mut **inner;
+                $body
+            }
+            $crate::store::TxConn::Postgres(inner) => {
+                let $c: &mut sqlx::PgConnection = &mut **inner;
+                $body
+            }
+        }
+    };
+}

@@ -5,3 +5,5 @@ mod harness;
 
 mod files;
 mod foundation;
+mod jobs;
+mod wire_bodies;

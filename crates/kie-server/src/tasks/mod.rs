@@ -1,0 +1,510 @@
+//! Tasks of the Jobs API: creation (with its credit hold), the worker queue, and the
+//! final state with its settlement and callback.
+//!
+//! Invariants:
+//! * A task and the hold that pays for it are created in one transaction
+//!   ([`ledger::hold_with`]): there is never a task without a hold or a hold without a
+//!   task. The per-account creation limit is counted in that same transaction, after
+//!   the account row is locked, so it holds across any number of nodes.
+//! * A task reaches `success` or `fail` in the same transaction that resolves its hold
+//!   ([`ledger::resolve_with`]) and enqueues its callback: a hold resolves exactly once,
+//!   so a task finishes exactly once (a second completion, or one after the timeout,
+//!   is refused and changes nothing), and no finished task can lack its callback.
+//! * Claiming is a conditional UPDATE on `state IN ('waiting','queuing')`: one worker
+//!   wins, on any number of nodes.
+
+use kie_wire::task::{RecordInfo, STATE_FAIL, STATE_SUCCESS};
+use kie_wire::Credits;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+use crate::config::Model;
+use crate::ledger::{self, InSameTx, LedgerError, Resolution, TxCtx};
+use crate::store::{new_id, now_ms, Db, TxConn};
+use crate::{on_conn, webhooks, with_read};
+
+/// In-process coordination of the jobs machinery. The notifiers wake waiters as soon
+/// as work appears: long-polling workers when a task is created, the webhook
+/// dispatcher when a callback is enqueued. Other nodes' work is found by polling.
+#[derive(Clone, Default)]
+pub struct Runtime {
+    pub tasks: Arc<Notify>,
+    pub webhooks: Arc<Notify>,
+    /// Delay of a callback's first attempt (the retry schedule's first entry).
+    pub first_callback_delay_ms: i64,
+}
+
+/// A task row.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: String,
+    pub account_id: String,
+    pub model: String,
+    pub state: String,
+    pub param: String,
+    pub callback_url: Option<String>,
+    pub hold_id: String,
+    pub price: i64,
+    pub result_json: String,
+    pub fail_code: String,
+    pub fail_msg: String,
+    pub consume_credits: i64,
+    pub worker: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub claimed_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub deadline_at: i64,
+}
+
+const TASK_COLUMNS: &str = "id, account_id, model, state, param, callback_url, hold_id, price, \
+     result_json, fail_code, fail_msg, consume_credits, worker, created_at, updated_at, \
+     claimed_at, completed_at, deadline_at";
+
+/// States a task can still leave.
+pub const OPEN_STATES: &str = "'waiting','queuing','generating'";
+
+impl Task {
+    pub fn is_finished(&self) -> bool {
+        self.state == STATE_SUCCESS || self.state == STATE_FAIL
+    }
+
+    /// Milliseconds spent generating (claim to completion; 0 when never claimed).
+    pub fn cost_time(&self) -> Option<i64> {
+        self.completed_at
+            .map(|c| c - self.claimed_at.unwrap_or(c).min(c))
+    }
+
+    /// The `recordInfo` view, with the account's current available balance.
+    pub fn record_info(&self, available: Credits) -> RecordInfo {
+        let consumed = Credits(self.consume_credits);
+        RecordInfo {
+            task_id: self.id.clone(),
+            model: self.model.clone(),
+            state: self.state.clone(),
+            param: self.param.clone(),
+            result_json: self.result_json.clone(),
+            fail_code: self.fail_code.clone(),
+            fail_msg: self.fail_msg.clone(),
+            cost_time: self.cost_time(),
+            create_time: Some(self.created_at),
+            update_time: Some(self.updated_at),
+            complete_time: self.completed_at,
+            consume_credits: consumed,
+            credits_consumed: consumed,
+            remained_credits: available,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("insufficient credits")]
+    InsufficientCredits,
+    #[error("task creation limit reached; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The per-account creation limit, refused inside the hold's transaction.
+#[derive(Debug, thiserror::Error)]
+#[error("task creation limit reached")]
+struct RateLimited {
+    retry_after: u64,
+}
+
+/// What a new task needs.
+pub struct NewTask<'a> {
+    pub account_id: &'a str,
+    pub model: &'a Model,
+    /// The original request as a JSON string.
+    pub param: String,
+    pub callback_url: Option<String>,
+    pub timeout: Duration,
+    /// `(limit, window)`; `None` or a zero limit means unlimited.
+    pub rate: Option<(u32, Duration)>,
+}
+
+struct InsertTask<'a> {
+    id: &'a str,
+    new: &'a NewTask<'a>,
+    now: i64,
+}
+
+#[async_trait::async_trait]
+impl InSameTx for InsertTask<'_> {
+    async fn run(&self, mut conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
+        let n = self.new;
+        on_conn!(&mut conn, |c| {
+            if let Some((limit, window)) = n.rate.filter(|(l, _)| *l > 0) {
+                let since = self.now - window.as_millis() as i64;
+                let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE account_id = $1 AND created_at > $2",
+                )
+                .bind(n.account_id)
+                .bind(since)
+                .fetch_one(&mut *c)
+                .await?;
+                if count >= i64::from(limit) {
+                    // A slot frees when the oldest task of the window leaves it.
+                    let free_at = oldest.unwrap_or(self.now) + window.as_millis() as i64;
+                    let wait_ms = (free_at - self.now).max(1) as u64;
+                    return Err(LedgerError::Refused(Box::new(RateLimited {
+                        retry_after: wait_ms.div_ceil(1000),
+                    })));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO tasks (id, account_id, model, state, param, callback_url, hold_id, price, \
+                 created_at, updated_at, deadline_at) VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $8, $9)",
+            )
+            .bind(self.id)
+            .bind(n.account_id)
+            .bind(&n.model.name)
+            .bind(&n.param)
+            .bind(n.callback_url.as_deref())
+            .bind(ctx.hold_id)
+            .bind(n.model.price.0)
+            .bind(self.now)
+            .bind(self.now + n.timeout.as_millis() as i64)
+            .execute(&mut *c)
+            .await?;
+        });
+        Ok(())
+    }
+}
+
+/// Creates a task in state `waiting` with its price held. Returns the task id.
+pub async fn create(db: &Db, new: &NewTask<'_>) -> Result<String, CreateError> {
+    let id = new_id("task");
+    let insert = InsertTask {
+        id: &id,
+        new,
+        now: now_ms(),
+    };
+    let reason = format!("task {id} ({})", new.model.name);
+    match ledger::hold_with(db, new.account_id, new.model.price, Some(&reason), &insert).await {
+        Ok(_) => Ok(id),
+        Err(LedgerError::InsufficientCredits) => Err(CreateError::InsufficientCredits),
+        Err(LedgerError::UnknownAccount) => Err(CreateError::UnknownAccount),
+        Err(LedgerError::Refused(e)) => match e.downcast::<RateLimited>() {
+            Ok(r) => Err(CreateError::RateLimited {
+                retry_after: r.retry_after,
+            }),
+            Err(e) => Err(CreateError::Internal(e.to_string())),
+        },
+        Err(e) => Err(CreateError::Internal(e.to_string())),
+    }
+}
+
+pub async fn get(db: &Db, task_id: &str) -> Result<Option<Task>, sqlx::Error> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+    Ok(with_read!(db, |p| sqlx::query_as::<_, Task>(&sql)
+        .bind(task_id)
+        .fetch_optional(p)
+        .await?))
+}
+
+/// A task of `account_id` (another account's task is `None`, like an unknown one).
+pub async fn get_for_account(
+    db: &Db,
+    account_id: &str,
+    task_id: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND account_id = $2");
+    Ok(with_read!(db, |p| sqlx::query_as::<_, Task>(&sql)
+        .bind(task_id)
+        .bind(account_id)
+        .fetch_optional(p)
+        .await?))
+}
+
+/// Tasks, newest first (for `kie admin task list`).
+pub async fn list(db: &Db, account_id: Option<&str>, limit: i64) -> Result<Vec<Task>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 IS NULL OR account_id = $1) \
+         ORDER BY created_at DESC, id LIMIT $2"
+    );
+    Ok(with_read!(db, |p| sqlx::query_as::<_, Task>(&sql)
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(p)
+        .await?))
+}
+
+/// Claims the oldest waiting task of one of `models` for `worker`: `generating` from
+/// now on. One statement, conditional on the state, so exactly one claimer wins; on
+/// PostgreSQL `SKIP LOCKED` lets concurrent claimers pass each other.
+pub async fn claim_once(
+    db: &Db,
+    models: &[String],
+    worker: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    if models.is_empty() {
+        return Ok(None);
+    }
+    let placeholders: Vec<String> = (0..models.len()).map(|i| format!("${}", i + 3)).collect();
+    let lock = match db {
+        Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        Db::Sqlite(_) => "",
+    };
+    let sql = format!(
+        "UPDATE tasks SET state = 'generating', worker = $1, claimed_at = $2, updated_at = $2 \
+         WHERE id = (SELECT id FROM tasks WHERE state IN ('waiting','queuing') AND deadline_at > $2 \
+         AND model IN ({}) ORDER BY created_at LIMIT 1{lock}) AND state IN ('waiting','queuing') \
+         RETURNING {TASK_COLUMNS}",
+        placeholders.join(", ")
+    );
+    let now = now_ms();
+    let r = crate::with_tx!(db, |tx| {
+        let mut q = sqlx::query_as::<_, Task>(&sql).bind(worker).bind(now);
+        for m in models {
+            q = q.bind(m);
+        }
+        q.fetch_optional(&mut *tx).await?
+    });
+    Ok(r)
+}
+
+/// How a task ends.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// `cost` is what the worker reports (default: the model's price); never more than
+    /// the hold is charged.
+    Success {
+        result_json: String,
+        cost: Option<Credits>,
+    },
+    Fail {
+        code: String,
+        msg: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("unknown task")]
+    UnknownTask,
+    /// Already `success`/`fail` (completed twice, or after its timeout).
+    #[error("task already finished")]
+    AlreadyFinished,
+    /// Still waiting: a worker must claim a task before completing it.
+    #[error("task is not being generated (claim it first)")]
+    NotClaimed,
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("task state changed")]
+struct StateChanged;
+
+/// The task's final state, written with the hold's resolution.
+struct FinishTask<'a> {
+    task: &'a Task,
+    first_callback_at: i64,
+    outcome: &'a Outcome,
+    /// States the task may be in for this transition to apply.
+    from: &'static str,
+    now: i64,
+}
+
+#[async_trait::async_trait]
+impl InSameTx for FinishTask<'_> {
+    async fn run(&self, mut conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
+        let (state, result_json, fail_code, fail_msg) = match self.outcome {
+            Outcome::Success { result_json, .. } => (STATE_SUCCESS, result_json.as_str(), "", ""),
+            Outcome::Fail { code, msg } => (STATE_FAIL, "", code.as_str(), msg.as_str()),
+        };
+        let sql = format!(
+            "UPDATE tasks SET state = $1, result_json = $2, fail_code = $3, fail_msg = $4, \
+             consume_credits = $5, completed_at = $6, updated_at = $6 \
+             WHERE id = $7 AND state IN ({})",
+            self.from
+        );
+        let changed = on_conn!(&mut conn, |c| sqlx::query(&sql)
+            .bind(state)
+            .bind(result_json)
+            .bind(fail_code)
+            .bind(fail_msg)
+            .bind(ctx.charged.0)
+            .bind(self.now)
+            .bind(&self.task.id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        if changed != 1 {
+            return Err(LedgerError::Refused(Box::new(StateChanged)));
+        }
+        if let Some(url) = &self.task.callback_url {
+            let mut done = self.task.clone();
+            done.state = state.into();
+            done.result_json = result_json.into();
+            done.fail_code = fail_code.into();
+            done.fail_msg = fail_msg.into();
+            done.consume_credits = ctx.charged.0;
+            done.completed_at = Some(self.now);
+            done.updated_at = self.now;
+            let body = webhooks::callback_body(&done, ctx.applied.available());
+            webhooks::enqueue(
+                &mut conn,
+                &done,
+                url,
+                &body,
+                self.now,
+                self.first_callback_at,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a task: resolves its hold (post on success, void on failure), records the
+/// final state and enqueues the callback, all in one transaction. `from` lists the
+/// states the task may be in (a worker completes only a `generating` task).
+async fn finish(
+    db: &Db,
+    wake: &Runtime,
+    task_id: &str,
+    outcome: Outcome,
+    from: &'static str,
+) -> Result<Task, FinishError> {
+    let task = get(db, task_id)
+        .await
+        .map_err(|e| FinishError::Internal(e.to_string()))?
+        .ok_or(FinishError::UnknownTask)?;
+    if task.is_finished() {
+        return Err(FinishError::AlreadyFinished);
+    }
+    let how = match &outcome {
+        Outcome::Success { cost, .. } => {
+            Resolution::Post(cost.unwrap_or(Credits(task.price)).min(Credits(task.price)))
+        }
+        Outcome::Fail { .. } => Resolution::Void,
+    };
+    let reason = format!("task {} ({})", task.id, task.model);
+    let now = now_ms();
+    let step = FinishTask {
+        task: &task,
+        first_callback_at: now + wake.first_callback_delay_ms,
+        outcome: &outcome,
+        from,
+        now,
+    };
+    match ledger::resolve_with(db, &task.hold_id, how, Some(&reason), &step).await {
+        Ok(_) => {}
+        Err(LedgerError::HoldResolved) => return Err(FinishError::AlreadyFinished),
+        Err(LedgerError::Refused(_)) => {
+            // The state moved under us: finished by someone else, or never claimed.
+            let now = get(db, task_id)
+                .await
+                .map_err(|e| FinishError::Internal(e.to_string()))?
+                .ok_or(FinishError::UnknownTask)?;
+            return Err(if now.is_finished() {
+                FinishError::AlreadyFinished
+            } else {
+                FinishError::NotClaimed
+            });
+        }
+        Err(e) => return Err(FinishError::Internal(e.to_string())),
+    }
+    if task.callback_url.is_some() {
+        wake.webhooks.notify_one();
+    }
+    get(db, task_id)
+        .await
+        .map_err(|e| FinishError::Internal(e.to_string()))?
+        .ok_or(FinishError::UnknownTask)
+}
+
+/// A worker's success report for a task it claimed.
+pub async fn complete(
+    db: &Db,
+    wake: &Runtime,
+    task_id: &str,
+    result_json: String,
+    cost: Option<Credits>,
+) -> Result<Task, FinishError> {
+    let outcome = Outcome::Success { result_json, cost };
+    finish(db, wake, task_id, outcome, "'generating'").await
+}
+
+/// A worker's failure report for a task it claimed.
+pub async fn fail(
+    db: &Db,
+    wake: &Runtime,
+    task_id: &str,
+    code: String,
+    msg: String,
+) -> Result<Task, FinishError> {
+    finish(
+        db,
+        wake,
+        task_id,
+        Outcome::Fail { code, msg },
+        "'generating'",
+    )
+    .await
+}
+
+/// `failCode` of a task that ran out of time.
+pub const TIMEOUT_FAIL_CODE: &str = "504";
+
+/// Fails every unfinished task past its deadline (voiding its hold). Safe to run on
+/// every node at once: each hold resolves once, the losers see `AlreadyFinished`.
+pub async fn reap_expired(db: &Db, wake: &Runtime) -> Result<usize, sqlx::Error> {
+    let sql = format!(
+        "SELECT id FROM tasks WHERE state IN ({OPEN_STATES}) AND deadline_at <= $1 \
+         ORDER BY deadline_at LIMIT 200"
+    );
+    let ids: Vec<String> = with_read!(db, |p| sqlx::query_scalar(&sql)
+        .bind(now_ms())
+        .fetch_all(p)
+        .await?);
+    let mut n = 0;
+    for id in ids {
+        let Some(t) = get(db, &id).await? else {
+            continue;
+        };
+        let secs = (t.deadline_at - t.created_at) / 1000;
+        let outcome = Outcome::Fail {
+            code: TIMEOUT_FAIL_CODE.into(),
+            msg: format!("Task timed out after {secs} s"),
+        };
+        match finish(db, wake, &id, outcome, OPEN_STATES).await {
+            Ok(_) => n += 1,
+            Err(FinishError::AlreadyFinished) => {}
+            Err(e) => tracing::warn!(task_id = %id, error = %e, "could not time out task"),
+        }
+    }
+    Ok(n)
+}
+
+/// Background loop: times out expired tasks, checking a few times per `timeout`.
+pub async fn reaper_loop(
+    db: Db,
+    wake: Runtime,
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = (timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = reap_expired(&db, &wake).await {
+                    tracing::warn!(error = %e, "task timeout reaper failed; retrying");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The dispatcher: leases due deliveries from the outbox and makes one HTTP attempt
+//! each, signing with both schemes when the account has a webhook key.
+//!
+//! * Leasing is one conditional UPDATE (`locked_until` in the past → in the future),
+//!   with `SKIP LOCKED` on PostgreSQL, so any number of nodes share the outbox and
+//!   each attempt is made once. A lease outlives the attempt timeout; a node that
+//!   dies mid-attempt leaves it to expire and another node (or the restarted one)
+//!   retries.
+//! * Woken at once when this process enqueues a callback; polls for the rest (other
+//!   nodes' callbacks, retries coming due).
+//! * 2xx = delivered, 410 = stopped, anything else (including a redirect, a timeout or
+//!   a connection error) is retried per the schedule, waiting at least `Retry-After`.
+//! * On shutdown no new attempt starts; attempts in flight finish and are recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::target::{self, TargetError};
+use crate::app::AppState;
+use crate::store::{now_ms, Db};
+use crate::with_tx;
+
+/// How many attempts one node runs at once.
+const MAX_IN_FLIGHT: usize = 128;
+/// How many deliveries one lease query takes.
+const LEASE_BATCH: i64 = 64;
+/// How often the outbox is polled when nothing wakes the dispatcher.
+const POLL: Duration = Duration::from_millis(250);
+/// Upper bound of a `Retry-After` we honour (longer answers are clamped).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// A leased delivery.
+#[derive(Debug, sqlx::FromRow)]
+struct Leased {
+    id: String,
+    task_id: String,
+    account_id: String,
+    url: String,
+    body: String,
+    attempts: i64,
+}
+
+/// The outcome of one attempt.
+struct Attempt {
+    status: Option<u16>,
+    error: Option<String>,
+    retry_after: Option<Duration>,
+    refused: bool,
+}
+
+async fn lease_due(db: &Db, limit: i64, lease: Duration) -> Result<Vec<Leased>, sqlx::Error> {
+    let now = now_ms();
+    let lock = match db {
+        Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        Db::Sqlite(_) => "",
+    };
+    let sql = format!(
+        "UPDATE webhook_deliveries SET locked_until = $1, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $2 \
+           AND (locked_until IS NULL OR locked_until <= $2) ORDER BY next_attempt_at LIMIT $3{lock}) \
+         AND state = 'pending' AND (locked_until IS NULL OR locked_until <= $2) \
+         RETURNING id, task_id, account_id, url, body, attempts"
+    );
+    let until = now + lease.as_millis() as i64;
+    Ok(with_tx!(db, |tx| sqlx::query_as::<_, Leased>(&sql)
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?))
+}
+
+/// Records an attempt and moves the delivery on (delivered, stopped, failed, refused,
+/// or pending with the next attempt time), releasing the lease.
+async fn record(
+    db: &Db,
+    d: &Leased,
+    started_at: i64,
+    duration_ms: i64,
+    a: &Attempt,
+    schedule: &[Duration],
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    let (state, next_at) = match a.status {
+        _ if a.refused => ("refused", now),
+        Some(s) if (200..300).contains(&s) => ("delivered", now),
+        Some(410) => ("stopped", now),
+        _ => match schedule.get(d.attempts as usize) {
+            Some(delay) => {
+                let wait = (*delay).max(a.retry_after.unwrap_or_default());
+                ("pending", now + wait.as_millis() as i64)
+            }
+            None => ("failed", now),
+        },
+    };
+    let finished = (state != "pending").then_some(now);
+    with_tx!(db, |tx| {
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, status, error) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(d.attempts)
+        .bind(started_at)
+        .bind(duration_ms)
+        .bind(a.status.map(i64::from))
+        .bind(a.error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, locked_until = NULL, \
+             last_status = $3, last_error = $4, finished_at = $5 WHERE id = $6 AND state = 'pending'",
+        )
+        .bind(state)
+        .bind(next_at)
+        .bind(a.status.map(i64::from))
+        .bind(a.error.as_deref())
+        .bind(finished)
+        .bind(&d.id)
+        .execute(&mut *tx)
+        .await?;
+    });
+    Ok(())
+}
+
+fn parse_retry_after(h: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let s = h?.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = humantime::parse_rfc3339_weak(s)
+        .ok()
+        .or_else(|| httpdate(s))?;
+    at.duration_since(std::time::SystemTime::now())
+        .ok()
+        .map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+/// `Retry-After` as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate(s: &str) -> Option<std::time::SystemTime> {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let dt = time::PrimitiveDateTime::parse(s, &fmt).ok()?;
+    let secs = dt.assume_utc().unix_timestamp();
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// The shared client: no redirects (a redirect is a failed attempt, never followed to
+/// a target the guard did not check), the per-attempt timeout.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .user_agent(concat!("kie-common/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("HTTP client builds")
+}
+
+/// Makes one attempt: SSRF check, signing, POST.
+async fn attempt(state: &AppState, shared: &reqwest::Client, d: &Leased) -> Attempt {
+    let cfg = &state.config;
+    let fail = |error: String, refused: bool| Attempt {
+        status: None,
+        error: Some(error),
+        retry_after: None,
+        refused,
+    };
+    // Literal IPs were checked when the task was created and need no DNS; with
+    // private targets allowed there is nothing to check. Otherwise resolve, check,
+    // and pin the connection to the checked addresses.
+    let client = match target::check_syntax(&d.url, cfg.allow_private_targets) {
+        Err(e) => return fail(e.to_string(), true),
+        Ok(u) if cfg.allow_private_targets || !matches!(u.host(), Some(url::Host::Domain(_))) => {
+            shared.clone()
+        }
+        Ok(u) => match target::check_callback_url(&d.url, false).await {
+            Ok((_, addrs)) => {
+                let host = u.host_str().unwrap_or_default().to_string();
+                match reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(cfg.webhook_timeout)
+                    .resolve_to_addrs(&host, &addrs)
+                    .build()
+                {
+                    Ok(c) => c,
+                    Err(e) => return fail(format!("client: {e}"), false),
+                }
+            }
+            Err(e @ TargetError::Refused) | Err(e @ TargetError::BadUrl) => {
+                return fail(e.to_string(), true)
+            }
+            Err(e) => return fail(e.to_string(), false),
+        },
+    };
+    let key = match crate::accounts::webhook_key(&state.db, &d.account_id).await {
+        Ok(k) => k.key,
+        Err(e) => return fail(format!("reading the webhook key: {e}"), false),
+    };
+    let ts = (now_ms() / 1000).to_string();
+    let mut rb = client
+        .post(&d.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(kie_wire::webhook::HDR_STD_ID, &d.id)
+        .header(kie_wire::webhook::HDR_STD_TIMESTAMP, &ts);
+    if let Some(k) = &key {
+        rb = rb
+            .header(kie_wire::webhook::HDR_KIE_TIMESTAMP, &ts)
+            .header(
+                kie_wire::webhook::HDR_KIE_SIGNATURE,
+                kie_wire::webhook::kie_signature(k, &d.task_id, &ts),
+            )
+            .header(
+                kie_wire::webhook::HDR_STD_SIGNATURE,
+                kie_wire::webhook::standard_signature(k, &d.id, &ts, d.body.as_bytes()),
+            );
+    }
+    match rb.body(d.body.clone()).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
+            let error = if resp.status().is_redirection() {
+                Some("redirect not followed".to_string())
+            } else if !resp.status().is_success() {
+                Some(format!("HTTP {status}"))
+            } else {
+                None
+            };
+            // Drain a little of the body so the connection can be reused; a receiver
+            // that keeps streaming is not waited for beyond the timeout.
+            let _ = tokio::time::timeout(cfg.webhook_timeout, resp.bytes()).await;
+            Attempt {
+                status: Some(status),
+                error,
+                retry_after,
+                refused: false,
+            }
+        }
+        Err(e) if e.is_timeout() => fail(
+            format!("timed out after {} ms", cfg.webhook_timeout.as_millis()),
+            false,
+        ),
+        Err(e) if e.is_connect() => fail("connection failed".into(), false),
+        Err(e) => fail(format!("request failed: {}", without_url(&e)), false),
+    }
+}
+
+/// A reqwest error without the URL (callback URLs may carry receiver secrets).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<callback url>");
+    }
+    s
+}
+
+/// Runs the dispatcher until `stop` flips, then lets attempts in flight finish.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let shared = http_client(state.config.webhook_timeout);
+    // A lease must outlive the attempt it covers, recording included.
+    let lease = state.config.webhook_timeout * 2 + Duration::from_secs(30);
+    let schedule: Arc<Vec<Duration>> = Arc::new(state.config.webhook_retry_schedule.clone());
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        while in_flight.try_join_next().is_some() {}
+        let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len()) as i64;
+        let enabled = !state.settings.current().is_disabled("callbacks");
+        let mut leased = 0;
+        if enabled && room > 0 {
+            match lease_due(&state.db, room.min(LEASE_BATCH), lease).await {
+                Ok(batch) => {
+                    leased = batch.len() as i64;
+                    for d in batch {
+                        let st = state.clone();
+                        let client = shared.clone();
+                        let schedule = schedule.clone();
+                        in_flight.spawn(async move {
+                            let started_at = now_ms();
+                            let t0 = Instant::now();
+                            let a = attempt(&st, &client, &d).await;
+                            let ms = t0.elapsed().as_millis() as i64;
+                            crate::metrics::record_webhook_attempt(a.status, ms);
+                            if let Err(e) = record(&st.db, &d, started_at, ms, &a, &schedule).await {
+                                // The lease expires and the delivery is attempted again.
+                                tracing::warn!(delivery = %d.id, error = %e, "could not record a webhook attempt");
+                            }
+                            tracing::debug!(delivery = %d.id, task_id = %d.task_id, status = ?a.status, error = ?a.error, "webhook attempt");
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not lease webhook deliveries"),
+            }
+        }
+        if leased == room.min(LEASE_BATCH) && leased > 0 {
+            continue; // there may be more due right now
+        }
+        let full = in_flight.len() >= MAX_IN_FLIGHT;
+        tokio::select! {
+            _ = state.jobs.webhooks.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => {}
+            Some(_) = in_flight.join_next(), if full => {}
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let h = |s: &str| reqwest::header::HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            parse_retry_after(Some(&h("7"))),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(parse_retry_after(Some(&h("soon"))), None);
+        assert_eq!(
+            parse_retry_after(Some(&h("Sun, 06 Nov 1994 08:49:37 GMT"))),
+            None
+        );
+        assert_eq!(parse_retry_after(None), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! Webhook callbacks (SPEC §6): the payload, the durable outbox and the dispatcher.
+//!
+//! A callback is enqueued in the same transaction as its task's final state (see
+//! `tasks::finish`), so it cannot be lost. The dispatcher ([`dispatch`]) leases due
+//! deliveries with a conditional UPDATE on `locked_until`, so each attempt is made by
+//! exactly one node; a node that dies mid-attempt leaves a lease that expires and the
+//! delivery is picked up again.
+//!
+//! Delivery states: `pending` (an attempt is due at `next_attempt_at`), `delivered`
+//! (a 2xx answer), `stopped` (the receiver answered 410 Gone), `failed` (the retry
+//! schedule is exhausted), `refused` (the target resolves to a forbidden address).
+
+pub mod dispatch;
+pub mod target;
+
+use kie_wire::task::STATE_SUCCESS;
+use kie_wire::Credits;
+use serde::Serialize;
+
+use crate::store::{new_id, Db, TxConn};
+use crate::tasks::Task;
+use crate::{on_conn, with_read};
+
+/// The callback body's `data`, in the order KIE.AI sends it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallbackData<'a> {
+    task_id: &'a str,
+    #[serde(rename = "task_id")]
+    task_id_snake: &'a str,
+    model: &'a str,
+    state: &'a str,
+    param: &'a str,
+    result_json: &'a str,
+    fail_code: &'a str,
+    fail_msg: &'a str,
+    consume_credits: Credits,
+    remained_credits: Credits,
+    cost_time: Option<i64>,
+    create_time: i64,
+    complete_time: Option<i64>,
+    update_time: i64,
+    callback_type: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Callback<'a> {
+    code: i64,
+    msg: &'a str,
+    task_id: &'a str,
+    data: CallbackData<'a>,
+}
+
+/// The JSON body POSTed for a finished task: code 200 on success, 501 on failure.
+pub fn callback_body(t: &Task, remained: Credits) -> String {
+    let ok = t.state == STATE_SUCCESS;
+    let cb = Callback {
+        code: if ok { 200 } else { 501 },
+        msg: if ok { "success" } else { "Task failed" },
+        task_id: &t.id,
+        data: CallbackData {
+            task_id: &t.id,
+            task_id_snake: &t.id,
+            model: &t.model,
+            state: &t.state,
+            param: &t.param,
+            result_json: &t.result_json,
+            fail_code: &t.fail_code,
+            fail_msg: &t.fail_msg,
+            consume_credits: Credits(t.consume_credits),
+            remained_credits: remained,
+            cost_time: t.cost_time(),
+            create_time: t.created_at,
+            complete_time: t.completed_at,
+            update_time: t.updated_at,
+            callback_type: if ok { "task_completed" } else { "task_failed" },
+        },
+    };
+    serde_json::to_string(&cb).expect("callback serialises")
+}
+
+/// Adds a delivery to the outbox inside the caller's transaction, its first attempt
+/// due at `first_at`.
+pub async fn enqueue(
+    conn: &mut TxConn<'_>,
+    task: &Task,
+    url: &str,
+    body: &str,
+    now: i64,
+    first_at: i64,
+) -> Result<(), sqlx::Error> {
+    let id = new_id("msg");
+    on_conn!(conn, |c| {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, task_id, account_id, url, body, state, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+        )
+        .bind(&id)
+        .bind(&task.id)
+        .bind(&task.account_id)
+        .bind(url)
+        .bind(body)
+        .bind(first_at)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+/// One delivery with its attempts, for operators (`kie admin webhook deliveries`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryInfo {
+    pub id: String,
+    pub task_id: String,
+    pub url: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub attempt_log: Vec<AttemptInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptInfo {
+    pub attempt: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+}
+
+type DeliveryRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+/// Deliveries of a task (or the latest ones), with their attempt logs.
+pub async fn deliveries(
+    db: &Db,
+    task_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
+    let rows: Vec<DeliveryRow> = with_read!(db, |p| {
+        sqlx::query_as(
+        "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
+         FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) ORDER BY created_at DESC, id LIMIT $2"
+    )
+    .bind(task_id)
+    .bind(limit)
+    .fetch_all(p)
+    .await?
+    });
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let log: Vec<AttemptInfo> = with_read!(db, |p| sqlx::query_as(
+            "SELECT attempt, started_at, duration_ms, status, error FROM webhook_attempts \
+             WHERE delivery_id = $1 ORDER BY attempt"
+        )
+        .bind(&r.0)
+        .fetch_all(p)
+        .await?);
+        let pending = r.3 == "pending";
+        out.push(DeliveryInfo {
+            id: r.0,
+            task_id: r.1,
+            url: r.2,
+            state: r.3,
+            attempts: r.4,
+            next_attempt_at: pending.then_some(r.5),
+            last_status: r.6,
+            last_error: r.7,
+            created_at: r.8,
+            finished_at: r.9,
+            attempt_log: log,
+        });
+    }
+    Ok(out)
+}
