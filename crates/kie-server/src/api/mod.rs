@@ -3,8 +3,8 @@
 
 pub mod credit;
 pub mod download_url;
-pub mod upload;
 pub mod jobs;
+pub mod upload;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

@@ -27,7 +27,10 @@ async fn json_bodies_are_checked_and_errors_name_the_problem() {
 
     let (_, v) = post_raw(&url, &key, ct, br#"{"url": 5}"#.to_vec()).await;
     assert_eq!(v["code"], 422);
-    assert!(v["msg"].as_str().unwrap().contains("url"), "names the field: {v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("url"),
+        "names the field: {v}"
+    );
 
     let (_, v) = post_raw(&url, &key, Some("text/plain"), br#"{"url":"x"}"#.to_vec()).await;
     assert_eq!(v["code"], 422);
@@ -43,15 +46,27 @@ async fn json_bodies_are_checked_and_errors_name_the_problem() {
     let (st, v) = post_raw(&url, &key, ct, big.into_bytes()).await;
     assert_eq!(st, 200, "compat: HTTP 200");
     assert_eq!(v["code"], 422);
-    assert!(v["msg"].as_str().unwrap().contains("1048576"), "names the limit: {v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("1048576"),
+        "names the limit: {v}"
+    );
 
     // unknown fields are ignored: the answer is about the URL, not the extra field
-    let (_, v) = post_raw(&url, &key, Some("application/json; charset=utf-8"), br#"{"url":"https://elsewhere.example/x.png","extra":1}"#.to_vec()).await;
+    let (_, v) = post_raw(
+        &url,
+        &key,
+        Some("application/json; charset=utf-8"),
+        br#"{"url":"https://elsewhere.example/x.png","extra":1}"#.to_vec(),
+    )
+    .await;
     assert_eq!(v["code"], 422);
     assert!(v["msg"].as_str().unwrap().contains("external"), "{v}");
 
     // still healthy, nothing charged
-    assert_eq!(get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await.2["data"], json!(10));
+    assert_eq!(
+        get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await.2["data"],
+        json!(10)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,10 +74,22 @@ async fn oversized_bodies_are_413_in_mirror_mode() {
     let s = Server::start(Opts::default().args(&["--status-mode", "mirror", "--max-body", "1000"]));
     let (_, key) = s.account_with_key("wb2", "10");
     let big = format!(r#"{{"url":"{}"}}"#, "a".repeat(5000));
-    let (st, v) = post_raw(&s.url("/api/v1/common/download-url"), &key, Some("application/json"), big.into_bytes()).await;
+    let (st, v) = post_raw(
+        &s.url("/api/v1/common/download-url"),
+        &key,
+        Some("application/json"),
+        big.into_bytes(),
+    )
+    .await;
     assert_eq!(st, 413);
     assert_eq!(v["code"], 422);
-    let (st, v) = post_raw(&s.url("/api/v1/common/download-url"), &key, Some("application/json"), b"[".to_vec()).await;
+    let (st, v) = post_raw(
+        &s.url("/api/v1/common/download-url"),
+        &key,
+        Some("application/json"),
+        b"[".to_vec(),
+    )
+    .await;
     assert_eq!((st, v["code"].clone()), (422, json!(422)));
 }
 
@@ -71,9 +98,17 @@ async fn insufficient_credits_is_402_and_changes_nothing() {
     let s = Server::start(Opts::default());
     let (acc, key) = s.account_with_key("poor", "1.99");
     // demo/image costs 2 credits
-    let (st, _, v) = post_json(&s.url("/api/v1/jobs/createTask"), Some(&key), &json!({"model": "demo/image", "input": {"prompt": "x"}})).await;
+    let (st, _, v) = post_json(
+        &s.url("/api/v1/jobs/createTask"),
+        Some(&key),
+        &json!({"model": "demo/image", "input": {"prompt": "x"}}),
+    )
+    .await;
     assert_eq!(st, 200);
-    assert_eq!(v, json!({"code": 402, "msg": "Credits insufficient", "data": null}));
+    assert_eq!(
+        v,
+        json!({"code": 402, "msg": "Credits insufficient", "data": null})
+    );
     let show = s.admin(&["credits", "show", "--account", &acc]);
     assert_eq!(show["held"], json!(0));
     assert_eq!(show["available"], json!(1.99));
