@@ -238,37 +238,43 @@ pub async fn list(db: &Db, account_id: Option<&str>, limit: i64) -> Result<Vec<T
         .await?))
 }
 
-/// Claims the oldest waiting task of one of `models` for `worker`: `generating` from
-/// now on. One statement, conditional on the state, so exactly one claimer wins; on
-/// PostgreSQL `SKIP LOCKED` lets concurrent claimers pass each other.
-pub async fn claim_once(
+/// Claims up to `limit` of the oldest waiting tasks of `models` for `worker`:
+/// `generating` from now on. One statement, conditional on the state, so each task
+/// goes to exactly one claimer; on PostgreSQL `SKIP LOCKED` lets concurrent claimers
+/// pass each other.
+pub async fn claim_batch(
     db: &Db,
     models: &[String],
     worker: &str,
-) -> Result<Option<Task>, sqlx::Error> {
+    limit: i64,
+) -> Result<Vec<Task>, sqlx::Error> {
     if models.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (0..models.len()).map(|i| format!("${}", i + 3)).collect();
+    let placeholders: Vec<String> = (0..models.len()).map(|i| format!("${}", i + 4)).collect();
     let lock = match db {
         Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         Db::Sqlite(_) => "",
     };
     let sql = format!(
         "UPDATE tasks SET state = 'generating', worker = $1, claimed_at = $2, updated_at = $2 \
-         WHERE id = (SELECT id FROM tasks WHERE state IN ('waiting','queuing') AND deadline_at > $2 \
-         AND model IN ({}) ORDER BY created_at LIMIT 1{lock}) AND state IN ('waiting','queuing') \
+         WHERE id IN (SELECT id FROM tasks WHERE state IN ('waiting','queuing') AND deadline_at > $2 \
+         AND model IN ({}) ORDER BY created_at LIMIT $3{lock}) AND state IN ('waiting','queuing') \
          RETURNING {TASK_COLUMNS}",
         placeholders.join(", ")
     );
     let now = now_ms();
-    let r = crate::with_tx!(db, |tx| {
-        let mut q = sqlx::query_as::<_, Task>(&sql).bind(worker).bind(now);
+    let mut r = crate::with_tx!(db, |tx| {
+        let mut q = sqlx::query_as::<_, Task>(&sql)
+            .bind(worker)
+            .bind(now)
+            .bind(limit.max(1));
         for m in models {
             q = q.bind(m);
         }
-        q.fetch_optional(&mut *tx).await?
+        q.fetch_all(&mut *tx).await?
     });
+    r.sort_by_key(|t| t.created_at);
     Ok(r)
 }
 
@@ -307,21 +313,23 @@ struct StateChanged;
 
 /// The task's final state, written with the hold's resolution.
 struct FinishTask<'a> {
-    task: &'a Task,
+    /// The task as it will be once finished.
+    done: &'a Task,
     first_callback_at: i64,
-    outcome: &'a Outcome,
     /// States the task may be in for this transition to apply.
     from: &'static str,
-    now: i64,
 }
 
 #[async_trait::async_trait]
 impl InSameTx for FinishTask<'_> {
     async fn run(&self, mut conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
-        let (state, result_json, fail_code, fail_msg) = match self.outcome {
-            Outcome::Success { result_json, .. } => (STATE_SUCCESS, result_json.as_str(), "", ""),
-            Outcome::Fail { code, msg } => (STATE_FAIL, "", code.as_str(), msg.as_str()),
-        };
+        let t = self.done;
+        // What the ledger charged is what the task records.
+        if ctx.charged.0 != t.consume_credits {
+            return Err(LedgerError::Invalid(
+                "charged amount disagrees with the task".into(),
+            ));
+        }
         let sql = format!(
             "UPDATE tasks SET state = $1, result_json = $2, fail_code = $3, fail_msg = $4, \
              consume_credits = $5, completed_at = $6, updated_at = $6 \
@@ -329,35 +337,27 @@ impl InSameTx for FinishTask<'_> {
             self.from
         );
         let changed = on_conn!(&mut conn, |c| sqlx::query(&sql)
-            .bind(state)
-            .bind(result_json)
-            .bind(fail_code)
-            .bind(fail_msg)
-            .bind(ctx.charged.0)
-            .bind(self.now)
-            .bind(&self.task.id)
+            .bind(&t.state)
+            .bind(&t.result_json)
+            .bind(&t.fail_code)
+            .bind(&t.fail_msg)
+            .bind(t.consume_credits)
+            .bind(t.updated_at)
+            .bind(&t.id)
             .execute(&mut *c)
             .await?
             .rows_affected());
         if changed != 1 {
             return Err(LedgerError::Refused(Box::new(StateChanged)));
         }
-        if let Some(url) = &self.task.callback_url {
-            let mut done = self.task.clone();
-            done.state = state.into();
-            done.result_json = result_json.into();
-            done.fail_code = fail_code.into();
-            done.fail_msg = fail_msg.into();
-            done.consume_credits = ctx.charged.0;
-            done.completed_at = Some(self.now);
-            done.updated_at = self.now;
-            let body = webhooks::callback_body(&done, ctx.applied.available());
+        if let Some(url) = &t.callback_url {
+            let body = webhooks::callback_body(t, ctx.applied.available());
             webhooks::enqueue(
                 &mut conn,
-                &done,
+                t,
                 url,
                 &body,
-                self.now,
+                t.updated_at,
                 self.first_callback_at,
             )
             .await?;
@@ -383,20 +383,32 @@ async fn finish(
     if task.is_finished() {
         return Err(FinishError::AlreadyFinished);
     }
-    let how = match &outcome {
-        Outcome::Success { cost, .. } => {
-            Resolution::Post(cost.unwrap_or(Credits(task.price)).min(Credits(task.price)))
+    let now = now_ms();
+    let mut done = task.clone();
+    done.completed_at = Some(now);
+    done.updated_at = now;
+    // The charge the ledger will make: the reported cost clamped to the hold.
+    let how = match outcome {
+        Outcome::Success { result_json, cost } => {
+            let charged = cost.unwrap_or(Credits(task.price)).0.clamp(0, task.price);
+            done.state = STATE_SUCCESS.into();
+            done.result_json = result_json;
+            done.consume_credits = charged;
+            Resolution::Post(Credits(charged))
         }
-        Outcome::Fail { .. } => Resolution::Void,
+        Outcome::Fail { code, msg } => {
+            done.state = STATE_FAIL.into();
+            done.fail_code = code;
+            done.fail_msg = msg;
+            done.consume_credits = 0;
+            Resolution::Void
+        }
     };
     let reason = format!("task {} ({})", task.id, task.model);
-    let now = now_ms();
     let step = FinishTask {
-        task: &task,
+        done: &done,
         first_callback_at: now + wake.first_callback_delay_ms,
-        outcome: &outcome,
         from,
-        now,
     };
     match ledger::resolve_with(db, &task.hold_id, how, Some(&reason), &step).await {
         Ok(_) => {}
@@ -415,13 +427,10 @@ async fn finish(
         }
         Err(e) => return Err(FinishError::Internal(e.to_string())),
     }
-    if task.callback_url.is_some() {
+    if done.callback_url.is_some() {
         wake.webhooks.notify_one();
     }
-    get(db, task_id)
-        .await
-        .map_err(|e| FinishError::Internal(e.to_string()))?
-        .ok_or(FinishError::UnknownTask)
+    Ok(done)
 }
 
 /// A worker's success report for a task it claimed.

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::target::{self, TargetError};
@@ -72,57 +72,85 @@ async fn lease_due(db: &Db, limit: i64, lease: Duration) -> Result<Vec<Leased>, 
         .await?))
 }
 
-/// Records an attempt and moves the delivery on (delivered, stopped, failed, refused,
-/// or pending with the next attempt time), releasing the lease.
-async fn record(
-    db: &Db,
-    d: &Leased,
+/// A finished attempt waiting to be recorded.
+struct Done {
+    d: Leased,
     started_at: i64,
     duration_ms: i64,
-    a: &Attempt,
-    schedule: &[Duration],
-) -> Result<(), sqlx::Error> {
+    a: Attempt,
+}
+
+/// Records attempts and moves their deliveries on (delivered, stopped, failed,
+/// refused, or pending with the next attempt time), releasing the leases — a batch in
+/// one transaction, so a busy dispatcher pays one commit for many attempts.
+async fn record(db: &Db, batch: &[Done], schedule: &[Duration]) -> Result<(), sqlx::Error> {
     let now = now_ms();
-    let (state, next_at) = match a.status {
-        _ if a.refused => ("refused", now),
-        Some(s) if (200..300).contains(&s) => ("delivered", now),
-        Some(410) => ("stopped", now),
-        _ => match schedule.get(d.attempts as usize) {
-            Some(delay) => {
-                let wait = (*delay).max(a.retry_after.unwrap_or_default());
-                ("pending", now + wait.as_millis() as i64)
-            }
-            None => ("failed", now),
-        },
-    };
-    let finished = (state != "pending").then_some(now);
     with_tx!(db, |tx| {
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, status, error) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&d.id)
-        .bind(d.attempts)
-        .bind(started_at)
-        .bind(duration_ms)
-        .bind(a.status.map(i64::from))
-        .bind(a.error.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, locked_until = NULL, \
-             last_status = $3, last_error = $4, finished_at = $5 WHERE id = $6 AND state = 'pending'",
-        )
-        .bind(state)
-        .bind(next_at)
-        .bind(a.status.map(i64::from))
-        .bind(a.error.as_deref())
-        .bind(finished)
-        .bind(&d.id)
-        .execute(&mut *tx)
-        .await?;
+        for Done {
+            d,
+            started_at,
+            duration_ms,
+            a,
+        } in batch
+        {
+            let (state, next_at) = match a.status {
+                _ if a.refused => ("refused", now),
+                Some(s) if (200..300).contains(&s) => ("delivered", now),
+                Some(410) => ("stopped", now),
+                _ => match schedule.get(d.attempts as usize) {
+                    Some(delay) => {
+                        let wait = (*delay).max(a.retry_after.unwrap_or_default());
+                        ("pending", now + wait.as_millis() as i64)
+                    }
+                    None => ("failed", now),
+                },
+            };
+            let finished = (state != "pending").then_some(now);
+            sqlx::query(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, status, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&d.id)
+            .bind(d.attempts)
+            .bind(*started_at)
+            .bind(*duration_ms)
+            .bind(a.status.map(i64::from))
+            .bind(a.error.as_deref())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, locked_until = NULL, \
+                 last_status = $3, last_error = $4, finished_at = $5 WHERE id = $6 AND state = 'pending'",
+            )
+            .bind(state)
+            .bind(next_at)
+            .bind(a.status.map(i64::from))
+            .bind(a.error.as_deref())
+            .bind(finished)
+            .bind(&d.id)
+            .execute(&mut *tx)
+            .await?;
+        }
     });
     Ok(())
+}
+
+/// Writes finished attempts as they come, batching whatever arrived meanwhile. Ends
+/// when every sender is gone (after the dispatcher's in-flight attempts finished).
+async fn recorder(db: Db, mut rx: mpsc::UnboundedReceiver<Done>, schedule: Arc<Vec<Duration>>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = record(&db, &batch, &schedule).await {
+            // The leases expire and these deliveries are attempted again.
+            tracing::warn!(error = %e, attempts = batch.len(), "could not record webhook attempts");
+        }
+    }
 }
 
 fn parse_retry_after(h: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
@@ -263,6 +291,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let lease = state.config.webhook_timeout * 2 + Duration::from_secs(30);
     let schedule: Arc<Vec<Duration>> = Arc::new(state.config.webhook_retry_schedule.clone());
     let mut in_flight: JoinSet<()> = JoinSet::new();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let recording = tokio::spawn(recorder(state.db.clone(), done_rx, schedule.clone()));
     loop {
         if *stop.borrow() {
             break;
@@ -278,18 +308,15 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                     for d in batch {
                         let st = state.clone();
                         let client = shared.clone();
-                        let schedule = schedule.clone();
+                        let done_tx = done_tx.clone();
                         in_flight.spawn(async move {
                             let started_at = now_ms();
                             let t0 = Instant::now();
                             let a = attempt(&st, &client, &d).await;
                             let ms = t0.elapsed().as_millis() as i64;
                             crate::metrics::record_webhook_attempt(a.status, ms);
-                            if let Err(e) = record(&st.db, &d, started_at, ms, &a, &schedule).await {
-                                // The lease expires and the delivery is attempted again.
-                                tracing::warn!(delivery = %d.id, error = %e, "could not record a webhook attempt");
-                            }
                             tracing::debug!(delivery = %d.id, task_id = %d.task_id, status = ?a.status, error = ?a.error, "webhook attempt");
+                            let _ = done_tx.send(Done { d, started_at, duration_ms: ms, a });
                         });
                     }
                 }
@@ -308,6 +335,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     }
     while in_flight.join_next().await.is_some() {}
+    drop(done_tx);
+    let _ = recording.await;
 }
 
 #[cfg(test)]

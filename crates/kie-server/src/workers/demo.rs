@@ -203,9 +203,12 @@ pub async fn worker_loop(state: AppState, index: u32) {
         if *stop.borrow() {
             return;
         }
-        match super::claim(&state, &models, super::MAX_WAIT, &name).await {
-            Ok(Some(t)) => run_one(&state, t).await,
-            Ok(None) => {}
+        match super::claim_many(&state, &models, super::MAX_WAIT, &name, 8).await {
+            Ok(batch) => {
+                for t in batch {
+                    run_one(&state, t).await;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "demo worker could not claim; retrying");
                 tokio::select! {

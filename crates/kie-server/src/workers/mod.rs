@@ -97,22 +97,35 @@ pub async fn claim(
     wait: Duration,
     worker: &str,
 ) -> Result<Option<ClaimedTask>, WorkerError> {
+    Ok(claim_many(state, models, wait, worker, 1).await?.pop())
+}
+
+/// Like [`claim`], taking up to `max` tasks at once (in-process workers use this to
+/// pay one database commit for several tasks under load).
+pub async fn claim_many(
+    state: &AppState,
+    models: &[String],
+    wait: Duration,
+    worker: &str,
+    max: i64,
+) -> Result<Vec<ClaimedTask>, WorkerError> {
     let deadline = Instant::now() + wait.min(MAX_WAIT);
     let mut stop = state.shutdown.clone();
     loop {
         if *stop.borrow() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         // Registered before looking, so a task created in between still wakes us.
         let created = state.jobs.tasks.notified();
         tokio::pin!(created);
         created.as_mut().enable();
-        if let Some(t) = tasks::claim_once(&state.db, models, worker).await? {
-            return Ok(Some(t.into()));
+        let got = tasks::claim_batch(&state.db, models, worker, max).await?;
+        if !got.is_empty() {
+            return Ok(got.into_iter().map(ClaimedTask::from).collect());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         tokio::select! {
             _ = &mut created => {}
@@ -185,8 +198,8 @@ pub async fn complete(
             "costCredits must not be negative".into(),
         ));
     }
-    let t = generating(state, task_id).await?;
-    let urls: Vec<String> = files::of_task(&state.db, &t.id)
+    // The task's state is checked by the completion itself (it must be generating).
+    let urls: Vec<String> = files::of_task(&state.db, task_id)
         .await?
         .iter()
         .map(|f| f.url(&state.config.public_url))
