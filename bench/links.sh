@@ -75,6 +75,8 @@ BIG_ID=$(echo "$BIG" | json '["id"]')
 SMALL_NGINX="http://127.0.0.1:$NGINX_PORT/${SMALL_ID:0:2}/$SMALL_ID"
 BIG_NGINX="http://127.0.0.1:$NGINX_PORT/${BIG_ID:0:2}/$BIG_ID"
 
+# nginx workers run unprivileged: let them read the store
+chmod -R a+rX "$WORK"
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes auto;

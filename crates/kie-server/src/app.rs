@@ -300,6 +300,13 @@ impl Server {
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = tx.send(true);
         };
+        // No Nagle: a streamed file body goes out after its headers in a second write,
+        // which Nagle would hold until the client's (delayed) ACK — ~40 ms per small
+        // download.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

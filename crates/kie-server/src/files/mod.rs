@@ -29,6 +29,47 @@ pub struct FilesState {
     pub fetch_policy: crate::net_guard::Policy,
     /// The guarded client for URL uploads (no redirects, guarded DNS, no proxy).
     pub fetch_client: reqwest::Client,
+    /// Recently read file records, for serving bytes (see [`RecordCache`]).
+    pub records: RecordCache,
+}
+
+/// File records read while serving bytes, kept for [`RecordCache::TTL`]. Saves a
+/// database round trip per download of a popular file. Staleness is bounded: a record
+/// deleted meanwhile is seen as deleted at most one TTL later (and its bytes, once
+/// removed, answer 404 at once); expiry is checked against the clock on every use.
+#[derive(Default)]
+pub struct RecordCache(
+    std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, FileRecord)>>,
+);
+
+impl RecordCache {
+    pub const TTL: Duration = Duration::from_secs(1);
+    const MAX: usize = 10_000;
+
+    pub async fn get(&self, db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
+        if let Some((at, r)) = self.0.read().expect("record cache").get(id) {
+            if at.elapsed() < Self::TTL {
+                return Ok(Some(r.clone()));
+            }
+        }
+        let rec = get(db, id).await?;
+        let mut m = self.0.write().expect("record cache");
+        match &rec {
+            Some(r) => {
+                if m.len() >= Self::MAX {
+                    m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+                    if m.len() >= Self::MAX {
+                        m.clear();
+                    }
+                }
+                m.insert(id.to_string(), (std::time::Instant::now(), r.clone()));
+            }
+            None => {
+                m.remove(id);
+            }
+        }
+        Ok(rec)
+    }
 }
 
 impl FilesState {
@@ -44,6 +85,7 @@ impl FilesState {
             keys: links::KeyCache::default(),
             fetch_client: crate::net_guard::client(builder, policy.clone())?,
             fetch_policy: policy,
+            records: RecordCache::default(),
         })
     }
 }

@@ -27,6 +27,8 @@ use crate::app::AppState;
 use crate::store::now_ms;
 
 const CHUNK: usize = 256 * 1024;
+/// Bodies up to this size are read in one go (bounded memory: at most this per request).
+const SMALL: u64 = 64 * 1024;
 
 /// The routes that serve bytes (not part of the documented `/api`).
 pub fn routes() -> Router<AppState> {
@@ -92,7 +94,7 @@ async fn serve_link(State(state): State<AppState>, req: Request) -> Response {
         Ok(Err(e)) => return plain_error(StatusCode::FORBIDDEN, &e.to_string()),
         Err(e) => return internal(e),
     }
-    let rec = match super::get(&state.db, id).await {
+    let rec = match state.files.records.get(&state.db, id).await {
         Ok(Some(r)) if is_live(&r, now_ms()) && r.name == name => r,
         Ok(_) => return gone(),
         Err(e) => return internal(e),
@@ -121,7 +123,7 @@ async fn serve_public_url(State(state): State<AppState>, req: Request) -> Respon
     let Some((id, name)) = parse_id_and_name(raw) else {
         return gone();
     };
-    let rec = match super::get(&state.db, id).await {
+    let rec = match state.files.records.get(&state.db, id).await {
         Ok(Some(r)) if is_live(&r, now_ms()) && r.name == name => r,
         Ok(_) => return gone(),
         Err(e) => return internal(e),
@@ -349,6 +351,26 @@ async fn serve(
     };
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 
+    if *method != Method::HEAD && len <= SMALL {
+        // Small files in one blocking call (open + read + close) instead of one per
+        // step: most of the cost of serving them.
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek};
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(std::io::SeekFrom::Start(start))?;
+            let mut buf = Vec::with_capacity(len as usize);
+            f.take(len).read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await;
+        return match read {
+            Ok(Ok(buf)) if buf.len() as u64 == len => (status, h, Body::from(buf)).into_response(),
+            Ok(Ok(_)) => internal("stored file is shorter than its record"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => gone(),
+            Ok(Err(e)) => internal(e),
+            Err(e) => internal(e),
+        };
+    }
     // Opened even for HEAD, so HEAD answers 404 exactly when GET would.
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
