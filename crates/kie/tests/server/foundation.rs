@@ -287,7 +287,9 @@ fn break_accounts_table(s: &Server) {
             .args([u.as_str(), "-qc", sql])
             .output()
             .unwrap(),
+        // the server writes too (sweeper, settings): wait for the lock, do not fail
         None => Command::new("sqlite3")
+            .args(["-cmd", ".timeout 10000"])
             .arg(s.data_dir.join("kie.db"))
             .arg(sql)
             .output()
