@@ -33,6 +33,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Wake-ups of task workers and the webhook dispatcher.
     pub jobs: crate::tasks::Runtime,
+    /// The per-client-IP request limit (`None`: off). See `conn_guard`.
+    pub ip_limiter: Option<Arc<crate::conn_guard::IpLimiter>>,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -121,7 +123,7 @@ pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
     let (api, openapi) = crate::api::routes().split_for_parts();
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .merge(crate::files::serve::routes())
         .merge(crate::workers::http::routes())
@@ -144,6 +146,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(http::route_label_layer))
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body))
+        .layer(middleware::from_fn_with_state(
+            state.config.request_body_timeout,
+            crate::conn_guard::body_deadline,
+        ));
+    let router = match &state.ip_limiter {
+        Some(l) => router.layer(middleware::from_fn_with_state(
+            l.clone(),
+            crate::conn_guard::ip_limit,
+        )),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             http::envelope_layer,
@@ -180,12 +194,18 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
         tasks.spawn(crate::workers::demo::worker_loop(state.clone(), i));
     }
     let auth = state.auth.clone();
+    let ip_limiter = state.ip_limiter.clone();
     let mut stop = shutdown.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
-                _ = tick.tick() => auth.housekeeping(),
+                _ = tick.tick() => {
+                    auth.housekeeping();
+                    if let Some(l) = &ip_limiter {
+                        l.housekeeping();
+                    }
+                }
                 _ = stop.changed() => return,
             }
         }
@@ -256,7 +276,9 @@ impl Server {
             config.auth_cache_ttl,
             config.key_rate_limit,
         ));
+        let ip_limiter = crate::conn_guard::IpLimiter::new(config.ip_rate_limit);
         let state = AppState {
+            ip_limiter,
             config: Arc::new(config),
             db,
             blobs,
@@ -300,19 +322,16 @@ impl Server {
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = tx.send(true);
         };
-        // No Nagle: a streamed file body goes out after its headers in a second write,
-        // which Nagle would hold until the client's (delayed) ACK — ~40 ms per small
-        // download.
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(graceful)
-        .await;
+        let limits = crate::conn_guard::Limits {
+            max_connections: state.config.max_connections,
+            header_read_timeout: state.config.header_read_timeout,
+            request_body_timeout: state.config.request_body_timeout,
+        };
+        // Accepting, header/body timeouts and the connection limit: see conn_guard.
+        let graceful = tokio::spawn(graceful);
+        let served =
+            crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
+        graceful.abort();
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}
         state.db.close().await;

@@ -96,6 +96,22 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "KIE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Maximum upload size in bytes [default: 104857600]
+    #[arg(long, env = "KIE_MAX_UPLOAD", value_name = "BYTES")]
+    pub max_upload: Option<u64>,
+    /// Time a connection has to send a complete request head, after opening and between
+    /// requests (also the keep-alive idle timeout) [default: 10s]
+    #[arg(long, env = "KIE_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Time a request body has to arrive completely after its head [default: 5m]
+    #[arg(long, env = "KIE_REQUEST_BODY_TIMEOUT", value_name = "DURATION")]
+    pub request_body_timeout: Option<String>,
+    /// Client connections served at once; more are closed on accept [default: 10000]
+    #[arg(long, env = "KIE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Per-client-IP request rate limit in requests per second (0 = off) [default: 100000]
+    #[arg(long, env = "KIE_IP_RATE_LIMIT", value_name = "N")]
+    pub ip_rate_limit: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, plus the ones only a file can express
@@ -132,6 +148,10 @@ struct FileConfig {
     auth_cache_ttl: Option<String>,
     db_max_connections: Option<u32>,
     db_statement_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    request_body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    ip_rate_limit: Option<u32>,
     pricing: Option<PricingFile>,
     models: Option<BTreeMap<String, ModelFile>>,
 }
@@ -215,6 +235,14 @@ pub struct Config {
     pub db_statement_timeout: Duration,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
+    /// See `conn_guard`: head deadline (and keep-alive idle timeout).
+    pub header_read_timeout: Duration,
+    /// See `conn_guard`: the whole request body must arrive within this.
+    pub request_body_timeout: Duration,
+    /// See `conn_guard`: connections served at once.
+    pub max_connections: usize,
+    /// Requests per second per client IP (0 = off).
+    pub ip_rate_limit: u32,
 }
 
 /// A configuration problem, reported as one line.
@@ -450,7 +478,7 @@ impl Config {
             webhook_retry_schedule,
             key_rate_limit: a.key_rate_limit.or(f.key_rate_limit).unwrap_or(50_000),
             max_body: a.max_body.or(f.max_body).unwrap_or(1024 * 1024),
-            max_upload: f.max_upload.unwrap_or(100 * 1024 * 1024),
+            max_upload: a.max_upload.or(f.max_upload).unwrap_or(100 * 1024 * 1024),
             worker_token: a.worker_token.clone().or(f.worker_token.clone()),
             demo: a.demo,
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
@@ -471,12 +499,42 @@ impl Config {
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
             price_download_url,
             models,
+            header_read_timeout: positive(
+                "--header-read-timeout",
+                dur(
+                    "--header-read-timeout",
+                    &a.header_read_timeout.clone().or(f.header_read_timeout.clone()),
+                    "10s",
+                )?,
+            )?,
+            request_body_timeout: positive(
+                "--request-body-timeout",
+                dur(
+                    "--request-body-timeout",
+                    &a.request_body_timeout
+                        .clone()
+                        .or(f.request_body_timeout.clone()),
+                    "5m",
+                )?,
+            )?,
+            max_connections: match a.max_connections.or(f.max_connections).unwrap_or(10_000) {
+                0 => return Err(bad("invalid --max-connections 0: must be at least 1")),
+                n => n,
+            },
+            ip_rate_limit: a.ip_rate_limit.or(f.ip_rate_limit).unwrap_or(100_000),
         })
     }
 
     pub fn bind_addr(&self) -> SocketAddr {
         self.bind.parse().expect("validated in from_args")
     }
+}
+
+fn positive(what: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(bad(format!("invalid {what}: must be longer than 0s")));
+    }
+    Ok(d)
 }
 
 fn parse_public_url(s: &str) -> Result<Url, ConfigError> {

@@ -1,6 +1,7 @@
 //! The kie-common service: a self-hostable implementation of the KIE.AI Common API.
 //!
 //! Where things are:
+//! * `conn_guard` — connection limits, header/body timeouts, per-IP rate limit
 //! * `http` — where a request enters: envelope, status mode, request ids, JSON bodies
 //! * `auth` — API keys and per-key rate limits
 //! * `ledger` — where the money is (all balance changes)
@@ -23,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod conn_guard;
 pub mod demo;
 pub mod files;
 pub mod http;

@@ -1,0 +1,264 @@
+//! Protection against hostile or broken clients at the connection level.
+//!
+//! * **Connection limit** (`max_connections`): at most that many client connections
+//!   are served at once; a connection accepted beyond it is closed at once, so idle
+//!   sockets cannot exhaust file descriptors or memory.
+//! * **Header timeout** (`header_read_timeout`): a connection must deliver a complete
+//!   request head within this time after it opens, and again after every answer (so it
+//!   is also the keep-alive idle timeout). Slow-header ("slowloris") clients and idle
+//!   connections are closed when it passes.
+//! * **Body timeout** (`request_body_timeout`): a request body must arrive completely
+//!   within this time after its head. A trickling body is cut off and answered with the
+//!   envelope code 408 (`Connection: close`).
+//! * **Per-IP rate limit** (`ip_rate_limit`, requests per second and peer address,
+//!   0 = off): answered 429 with `Retry-After`, before authentication, so it also
+//!   covers unauthenticated requests.
+//!
+//! [`serve`] is the accept loop (hyper-util, HTTP/1.1 and HTTP/2) with graceful
+//! shutdown: on the signal it stops accepting, asks every connection to finish its
+//! in-flight requests, and waits for them.
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::http::ApiError;
+
+/// The body code of a request whose body did not arrive in time.
+pub const REQUEST_TIMEOUT: i64 = 408;
+
+/// Connection-level limits (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+}
+
+/// Connections refused because the limit was reached (for logs and metrics).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Serves `app` on `listener` until `shutdown` flips to `true`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and aborted handshakes: back off briefly, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    refused = n,
+                    limit = max,
+                    "connection limit reached; closing new connections"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        // No Nagle: a streamed file body goes out after its headers in a second write,
+        // which Nagle would hold until the client's (delayed) ACK.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let builder = builder.clone();
+        let mut stop = shutdown.clone();
+        let header_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            // HTTP version detection reads before hyper's own header timer runs: a
+            // connection that sends nothing at all is closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let app = app.clone();
+                async move {
+                    use tower::ServiceExt;
+                    app.oneshot(req.map(Body::new)).await
+                }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    // Every connection holds one slot: all slots back means all connections ended.
+    let _ = slots.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// A request body that must be complete by a deadline.
+struct DeadlineBody {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    fired: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.fired.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(Err(axum::Error::new("request body timeout"))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.sleep.as_mut().poll(cx).is_ready() {
+                    self.fired.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(axum::Error::new("request body timeout"))));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: the request body must arrive within `timeout` (see the module docs).
+pub async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    use hyper::body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let upload = req.uri().path().starts_with("/api/file-");
+    let fired = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(timeout)),
+        fired: fired.clone(),
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    if !fired.load(Ordering::Relaxed) {
+        return resp;
+    }
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "request body not received in time; closing the connection"
+    );
+    let mut e = ApiError::new(
+        REQUEST_TIMEOUT,
+        format!(
+            "Request body not received within {} s",
+            timeout.as_secs_f64()
+        ),
+    );
+    e.upload = upload;
+    let mut r = e.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// The per-IP request limiter.
+pub struct IpLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl IpLimiter {
+    /// `None` when `per_second` is 0 (off). The burst is one second's worth.
+    pub fn new(per_second: u32) -> Option<Arc<IpLimiter>> {
+        NonZeroU32::new(per_second).map(|n| {
+            Arc::new(IpLimiter {
+                limiter: RateLimiter::keyed(Quota::per_second(n).allow_burst(n)),
+            })
+        })
+    }
+
+    /// Drops state of addresses that are back to a full burst (called periodically).
+    pub fn housekeeping(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// Middleware: the per-IP rate limit.
+pub async fn ip_limit(State(l): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        if let Err(not_until) = l.limiter.check_key(&ip) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
+            e.upload = req.uri().path().starts_with("/api/file-");
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
