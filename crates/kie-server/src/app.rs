@@ -329,8 +329,7 @@ impl Server {
         };
         // Accepting, header/body timeouts and the connection limit: see conn_guard.
         let graceful = tokio::spawn(graceful);
-        let served =
-            crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
+        let served = crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
         graceful.abort();
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}

@@ -503,7 +503,9 @@ impl Config {
                 "--header-read-timeout",
                 dur(
                     "--header-read-timeout",
-                    &a.header_read_timeout.clone().or(f.header_read_timeout.clone()),
+                    &a.header_read_timeout
+                        .clone()
+                        .or(f.header_read_timeout.clone()),
                     "10s",
                 )?,
             )?,

@@ -5,5 +5,6 @@ mod harness;
 
 mod files;
 mod foundation;
+mod hostile;
 mod jobs;
 mod wire_bodies;
