@@ -67,6 +67,7 @@ pub async fn sweep_once(db: &Db, blobs: &Blobs, orphan_grace: Duration) -> anyho
         }
     }
     out.orphans = sweep_orphans(db, blobs, orphan_grace).await?;
+    out.orphans += sweep_staged(blobs, orphan_grace).await;
     Ok(out)
 }
 
@@ -135,6 +136,51 @@ async fn sweep_orphans(db: &Db, blobs: &Blobs, grace: Duration) -> anyhow::Resul
             return Ok(removed);
         }
     }
+}
+
+/// Local store only: removes staged writes (`{key}#{n}`, which the store's listing does
+/// not show) untouched for longer than `grace`. A process killed mid-upload leaves
+/// them; a live upload keeps touching its file, and no body takes longer than the
+/// request body timeout between writes.
+async fn sweep_staged(blobs: &Blobs, grace: Duration) -> u64 {
+    let Some(root) = blobs.local_path("") else {
+        return 0;
+    };
+    let walk = move || {
+        let mut removed = 0;
+        let Ok(prefixes) = std::fs::read_dir(&root) else {
+            return 0;
+        };
+        for d in prefixes.flatten() {
+            if !d.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(d.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let staged = name
+                    .split_once('#')
+                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                if !staged {
+                    continue;
+                }
+                let idle = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > grace);
+                if idle && std::fs::remove_file(f.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    };
+    tokio::task::spawn_blocking(walk).await.unwrap_or(0)
 }
 
 /// Sweeps every `interval` until `shutdown` flips.

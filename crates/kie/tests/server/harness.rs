@@ -389,3 +389,52 @@ where
     }
     None
 }
+
+// ------------------------------------------------------- crash tests (issue 8)
+
+impl Server {
+    /// SIGKILL, then start again on the same data dir and database.
+    pub fn crash_restart(mut self) -> Server {
+        self.kill();
+        let tmp = self._tmp.take().unwrap();
+        let db = self.db.clone();
+        let opts = self.opts.clone();
+        Server::start_in(opts, tmp, db)
+    }
+
+    /// Read-only SQL against the server's database (sqlite3 or psql), rows of
+    /// `|`-separated columns. A last resort for invariants no public command shows.
+    pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
+        let out = match &self.db.url {
+            Some(u) => Command::new("psql")
+                .args([
+                    u.as_str(),
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-AtF",
+                    "|",
+                    "-c",
+                    query,
+                ])
+                .output()
+                .expect("psql"),
+            None => Command::new("sqlite3")
+                .arg("-readonly")
+                .args(["-cmd", ".timeout 10000", "-separator", "|"])
+                .arg(self.data_dir.join("kie.db"))
+                .arg(query)
+                .output()
+                .expect("sqlite3"),
+        };
+        assert!(
+            out.status.success(),
+            "sql {query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect()
+    }
+}

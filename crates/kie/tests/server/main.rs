@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod crash;
 mod files;
 mod foundation;
 mod hostile;
