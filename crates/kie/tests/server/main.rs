@@ -4,6 +4,7 @@
 mod harness;
 
 mod crash;
+mod diskfull;
 mod files;
 mod foundation;
 mod hostile;
