@@ -73,6 +73,7 @@ fn multipart(path: &str, name: &str, data: &[u8]) -> (String, Vec<u8>) {
 
 /// One load phase against `base` until `stop` flips. Only answers that arrived count
 /// as acknowledged.
+#[allow(clippy::too_many_arguments)] // one load phase: its target and shared tallies
 async fn load(
     base: String,
     key: String,
@@ -139,7 +140,7 @@ async fn load(
             seq.clone(),
         );
         jobs.spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ (w + 1) * 7919);
+            let mut rng = StdRng::seed_from_u64(seed ^ ((w + 1) * 7919));
             while !stop.load(Ordering::Relaxed) {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
                 let len = rng.gen_range(1..64 * 1024);

@@ -25,7 +25,7 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool
 }
 
 /// Raises this process's open-file limit to its hard limit; returns the new soft limit.
-fn raise_nofile() -> u64 {
+fn raise_nofile() -> libc::rlim_t {
     unsafe {
         let mut r = libc::rlimit {
             rlim_cur: 0,
@@ -35,7 +35,7 @@ fn raise_nofile() -> u64 {
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur as u64
+        r.rlim_cur
     }
 }
 
