@@ -6,4 +6,5 @@ mod harness;
 mod files;
 mod foundation;
 mod jobs;
+mod multinode;
 mod wire_bodies;
