@@ -7,4 +7,5 @@ mod files;
 mod foundation;
 mod jobs;
 mod multinode;
+mod outage;
 mod wire_bodies;
