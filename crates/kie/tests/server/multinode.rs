@@ -490,3 +490,31 @@ async fn each_webhook_attempt_is_made_by_exactly_one_node() {
     assert_eq!(per_task.len(), n);
     assert!(per_task.values().all(|c| *c == 2), "{per_task:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_deployment_config_runs_two_nodes() {
+    // deploy/kie.toml as shipped; only what a test machine cannot have is overridden
+    // by flags (which take precedence): port, data dir, database, local storage.
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kie.toml");
+    let tmp = Arc::new(TempDir::new());
+    let files = format!("file://{}", tmp.path().join("files").display());
+    let opts =
+        Opts::default().args(&["--config", cfg, "--storage", &files, "--log-format", "text"]);
+    let a = Server::start_in(opts, tmp, Arc::new(TestDb::postgres()));
+    let b = a.second_node();
+    let (_, key) = a.account_with_key("deploy-example", "3");
+    for n in [&a, &b] {
+        let (st, _, v) = get_json(&n.url("/readyz"), None).await;
+        assert_eq!((st, v["database"].clone()), (200, json!(true)), "{v}");
+        let (_, _, v) = get_json(&n.url("/api/v1/chat/credit"), Some(&key)).await;
+        assert_eq!(
+            (v["code"].clone(), v["data"].clone()),
+            (json!(200), json!(3)),
+            "{v}"
+        );
+    }
+    // the settings of the example are in force: public URL of the load balancer
+    let acc = a.admin(&["account", "list"]);
+    assert_eq!(acc.as_array().unwrap().len(), 1);
+    assert!(a.log().contains("https://kie.example.com"), "{}", a.log());
+}
