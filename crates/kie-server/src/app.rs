@@ -227,6 +227,7 @@ impl Server {
         let opts = OpenOptions {
             max_connections: config.db_max_connections,
             statement_timeout: config.db_statement_timeout,
+            pg_acquire_timeout: config.db_acquire_timeout,
             ..Default::default()
         };
         let db = Db::open(&config.database, &opts).await?;

@@ -152,6 +152,7 @@ struct FileConfig {
     request_body_timeout: Option<String>,
     max_connections: Option<usize>,
     ip_rate_limit: Option<u32>,
+    db_acquire_timeout: Option<String>,
     pricing: Option<PricingFile>,
     models: Option<BTreeMap<String, ModelFile>>,
 }
@@ -233,6 +234,9 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
     pub db_statement_timeout: Duration,
+    /// Longest wait for a PostgreSQL connection; bounds how long a request takes to fail
+    /// while the database is unreachable.
+    pub db_acquire_timeout: Duration,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
     /// See `conn_guard`: head deadline (and keep-alive idle timeout).
@@ -497,6 +501,7 @@ impl Config {
             auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
+            db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "1s")?,
             price_download_url,
             models,
             header_read_timeout: positive(

@@ -9,10 +9,11 @@
 //! this process queue in FIFO order instead of failing on lock upgrades; other
 //! processes (e.g. `kie admin`) wait on SQLite's busy timeout.
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::Connection;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -82,7 +83,15 @@ pub enum OpenError {
 pub struct OpenOptions {
     pub max_connections: u32,
     pub statement_timeout: Duration,
+    /// Wait for a connection of the SQLite read pool.
     pub acquire_timeout: Duration,
+    /// Wait for a PostgreSQL connection. While the database is unreachable every
+    /// request fails after at most this long (the pool retries refused connections
+    /// until then), so it is what bounds answers during an outage.
+    pub pg_acquire_timeout: Duration,
+    /// Limit of the first connection at start-up (a database that does not answer is
+    /// reported, not waited for).
+    pub connect_timeout: Duration,
 }
 
 impl Default for OpenOptions {
@@ -91,6 +100,8 @@ impl Default for OpenOptions {
             max_connections: 16,
             statement_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(3),
+            pg_acquire_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -170,9 +181,31 @@ impl Db {
                 let co = PgConnectOptions::from_str(u)
                     .map_err(connect_err)?
                     .options([("statement_timeout", ms.as_str())]);
+                // One connection first, so that an unreachable database or a refused
+                // login is reported with its reason (the pool would only say that it
+                // timed out).
+                match tokio::time::timeout(opts.connect_timeout, PgConnection::connect_with(&co))
+                    .await
+                {
+                    Ok(Ok(c)) => {
+                        let _ = c.close().await;
+                    }
+                    Ok(Err(e)) => return Err(connect_err(e)),
+                    Err(_) => {
+                        return Err(OpenError::Connect {
+                            what: redact(u),
+                            reason: format!(
+                                "no answer within {} s",
+                                opts.connect_timeout.as_secs()
+                            ),
+                        })
+                    }
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(opts.max_connections.max(2))
-                    .acquire_timeout(opts.acquire_timeout)
+                    .acquire_timeout(opts.pg_acquire_timeout)
+                    // a connection cut by a database restart is found dead before use
+                    .test_before_acquire(true)
                     .connect_with(co)
                     .await
                     .map_err(connect_err)?;

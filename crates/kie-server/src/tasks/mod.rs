@@ -506,11 +506,22 @@ pub async fn reaper_loop(
     let every = (timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // logged once per outage, not on every tick
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = reap_expired(&db, &wake).await {
-                    tracing::warn!(error = %e, "task timeout reaper failed; retrying");
+                match reap_expired(&db, &wake).await {
+                    Ok(_) if failing => {
+                        tracing::info!("task timeout reaper recovered");
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "task timeout reaper failed; retrying every tick");
+                        failing = true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "task timeout reaper failed again"),
                 }
             }
             _ = stop.changed() => return,

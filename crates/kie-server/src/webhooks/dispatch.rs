@@ -28,6 +28,8 @@ const MAX_IN_FLIGHT: usize = 128;
 const LEASE_BATCH: i64 = 64;
 /// How often the outbox is polled when nothing wakes the dispatcher.
 const POLL: Duration = Duration::from_millis(250);
+/// Longest wait between lease attempts while the database is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Upper bound of a `Retry-After` we honour (longer answers are clamped).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -137,7 +139,18 @@ async fn record(db: &Db, batch: &[Done], schedule: &[Duration]) -> Result<(), sq
 
 /// Writes finished attempts as they come, batching whatever arrived meanwhile. Ends
 /// when every sender is gone (after the dispatcher's in-flight attempts finished).
-async fn recorder(db: Db, mut rx: mpsc::UnboundedReceiver<Done>, schedule: Arc<Vec<Duration>>) {
+///
+/// While the database is unreachable a batch is retried with backoff for up to
+/// `give_up` (less than the lease, so no other node re-attempts a delivery whose
+/// outcome we still hold), or until shutdown; a batch given up is attempted again
+/// when its leases expire.
+async fn recorder(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Done>,
+    schedule: Arc<Vec<Duration>>,
+    give_up: Duration,
+    stop: watch::Receiver<bool>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 256 {
@@ -146,9 +159,35 @@ async fn recorder(db: Db, mut rx: mpsc::UnboundedReceiver<Done>, schedule: Arc<V
                 Err(_) => break,
             }
         }
-        if let Err(e) = record(&db, &batch, &schedule).await {
-            // The leases expire and these deliveries are attempted again.
-            tracing::warn!(error = %e, attempts = batch.len(), "could not record webhook attempts");
+        let t0 = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match record(&db, &batch, &schedule).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            attempts = batch.len(),
+                            retries = failures,
+                            "recorded webhook attempts after database errors"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, attempts = batch.len(), "could not record webhook attempts; retrying");
+                    }
+                    if t0.elapsed() + backoff > give_up || (*stop.borrow() && failures > 1) {
+                        // The leases expire and these deliveries are attempted again.
+                        tracing::warn!(error = %e, attempts = batch.len(), "gave up recording webhook attempts; they will be retried");
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 }
@@ -292,7 +331,16 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let schedule: Arc<Vec<Duration>> = Arc::new(state.config.webhook_retry_schedule.clone());
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    let recording = tokio::spawn(recorder(state.db.clone(), done_rx, schedule.clone()));
+    let recording = tokio::spawn(recorder(
+        state.db.clone(),
+        done_rx,
+        schedule.clone(),
+        lease - state.config.webhook_timeout - Duration::from_secs(5),
+        stop.clone(),
+    ));
+    // Lease errors (database unreachable): logged once per outage, polled with backoff.
+    let mut lease_failing = false;
+    let mut backoff = POLL;
     loop {
         if *stop.borrow() {
             break;
@@ -304,6 +352,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         if enabled && room > 0 {
             match lease_due(&state.db, room.min(LEASE_BATCH), lease).await {
                 Ok(batch) => {
+                    if lease_failing {
+                        tracing::info!("webhook dispatcher: database reachable again, resuming");
+                        lease_failing = false;
+                        backoff = POLL;
+                    }
                     leased = batch.len() as i64;
                     for d in batch {
                         let st = state.clone();
@@ -320,7 +373,14 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not lease webhook deliveries"),
+                Err(e) => {
+                    if !lease_failing {
+                        tracing::warn!(error = %e, "could not lease webhook deliveries; retrying with backoff");
+                        lease_failing = true;
+                    } else {
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
             }
         }
         if leased == room.min(LEASE_BATCH) && leased > 0 {
@@ -329,7 +389,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let full = in_flight.len() >= MAX_IN_FLIGHT;
         tokio::select! {
             _ = state.jobs.webhooks.notified() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(if lease_failing { backoff } else { POLL }) => {}
             _ = stop.changed() => {}
             Some(_) = in_flight.join_next(), if full => {}
         }

@@ -199,18 +199,27 @@ pub async fn worker_loop(state: AppState, index: u32) {
     }
     let name = format!("demo-{index}");
     let mut stop = state.shutdown.clone();
+    // claim errors (database unreachable) are logged once per outage
+    let mut failing = false;
     loop {
         if *stop.borrow() {
             return;
         }
         match super::claim_many(&state, &models, super::MAX_WAIT, &name, 8).await {
             Ok(batch) => {
+                if failing {
+                    tracing::info!(worker = %name, "demo worker can claim again");
+                    failing = false;
+                }
                 for t in batch {
                     run_one(&state, t).await;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "demo worker could not claim; retrying");
+                if !failing {
+                    tracing::warn!(worker = %name, error = %e, "demo worker could not claim; retrying every second");
+                    failing = true;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => {}

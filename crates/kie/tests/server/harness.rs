@@ -75,6 +75,28 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A fresh database on the shared PostgreSQL whatever `KIE_TEST_BACKEND` says (for
+    /// tests of multi-node behaviour, which needs a database several processes share).
+    /// Fails, never skips, when PostgreSQL is unreachable.
+    pub fn postgres() -> TestDb {
+        let name = format!("kie_t_{}", rand_suffix());
+        psql(&format!("CREATE DATABASE {name}"));
+        TestDb {
+            url: Some(format!("{}/{name}", pg_base())),
+            pg_name: Some(name),
+        }
+    }
+
+    /// A database at `url` that this handle neither creates nor drops.
+    pub fn at(url: &str) -> TestDb {
+        TestDb {
+            url: Some(url.to_string()),
+            pg_name: None,
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(n) = &self.pg_name {
@@ -103,6 +125,10 @@ impl Opts {
     }
     pub fn demo(mut self) -> Self {
         self.demo = true;
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
         self
     }
     pub fn config(mut self, toml: &str) -> Self {
@@ -182,10 +208,10 @@ impl Server {
             config_path = Some(p);
         }
         cmd.args(&opts.args);
+        cmd.env_remove("KIE_API_KEY").env("KIE_LOG", "info");
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        cmd.env_remove("KIE_API_KEY").env("KIE_LOG", "info");
         let log = std::fs::File::create(&stderr_log).unwrap();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -436,5 +462,159 @@ impl Server {
             .filter(|l| !l.is_empty())
             .map(|l| l.split('|').map(str::to_string).collect())
             .collect()
+    }
+}
+
+/// A private PostgreSQL cluster (own data dir, own port) that a test may stop and start
+/// again — never the shared one other tests use. Runs as the `postgres` user when the
+/// test runs as root (PostgreSQL refuses root). Stopped and removed on drop.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: PathBuf,
+    running: bool,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn pg_tool(tool: &str, args: &[&str]) -> Output {
+    let bin = format!("{PG_BIN}/{tool}");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &bin]);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{tool} must be installed at {PG_BIN} for the outage tests: {e}")
+        })
+}
+
+impl PrivatePg {
+    /// `initdb` into a new temporary directory and start on a free port.
+    pub fn start() -> PrivatePg {
+        let dir = std::env::temp_dir().join(format!("kie-pg-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            let st = Command::new("chown")
+                .args(["postgres:postgres", dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown {}", dir.display());
+        }
+        let data = dir.join("data");
+        let out = pg_tool(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pg = PrivatePg {
+            port,
+            dir,
+            running: false,
+        };
+        pg.resume();
+        pg
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts (again) and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let data = self.dir.join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("pg.log");
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.running = true;
+    }
+
+    /// Stops at once (`-m immediate`: connections are cut, as in a crash).
+    pub fn stop(&mut self) {
+        let data = self.dir.join("data");
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = false;
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.dir.join("data");
+            let _ = pg_tool(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -9,4 +9,6 @@ mod files;
 mod foundation;
 mod hostile;
 mod jobs;
+mod multinode;
+mod outage;
 mod wire_bodies;

@@ -1,0 +1,520 @@
+//! Issue 6: several `kie serve` nodes on one PostgreSQL database behave as one service.
+//!
+//! Every test here starts two real server processes on a fresh database of the shared
+//! PostgreSQL (whatever `KIE_TEST_BACKEND` says: a shared database is what scale-out
+//! means) and drives them concurrently. If PostgreSQL is unreachable the tests fail.
+
+use crate::harness::*;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Two nodes sharing one fresh PostgreSQL database (and, for local files, one data dir).
+fn two_nodes(opts: Opts) -> (Server, Server) {
+    let tmp = Arc::new(TempDir::new());
+    let db = Arc::new(TestDb::postgres());
+    let a = Server::start_in(opts, tmp, db);
+    let b = a.second_node();
+    (a, b)
+}
+
+/// One value from the shared database (`psql -tA`).
+fn sql(s: &Server, query: &str) -> String {
+    let url = s.db.url.as_deref().expect("a PostgreSQL database");
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn sql_i64(s: &Server, query: &str) -> i64 {
+    let v = sql(s, query);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{query} gave {v:?}, not an integer"))
+}
+
+async fn code_of(url: &str, key: &str) -> i64 {
+    get_json(url, Some(key)).await.2["code"].as_i64().unwrap()
+}
+
+/// Polls until `url` answers `code` on every node, within `limit` (measured from now).
+async fn all_nodes_answer(nodes: &[&Server], path: &str, key: &str, code: i64, limit: Duration) {
+    for n in nodes {
+        let url = n.url(path);
+        let took = eventually(limit, || {
+            let u = url.clone();
+            async move { code_of(&u, key).await == code }
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "{} still does not answer {code} on {path} after {limit:?}",
+            n.base
+        );
+    }
+}
+
+/// Fires `n` createTask requests at once, alternating between the nodes; returns the
+/// body codes in request order.
+async fn create_burst(nodes: &[&Server], key: &str, n: usize, body: Value) -> Vec<i64> {
+    let c = client();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = nodes[i % nodes.len()].url("/api/v1/jobs/createTask");
+        let c = c.clone();
+        let key = key.to_string();
+        let body = body.clone();
+        set.spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let http = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            let code = v["code"].as_i64().unwrap();
+            // compat mode: HTTP 200 for everything but rate limiting
+            assert_eq!(http, if code == 429 { 429 } else { 200 }, "{v}");
+            (i, code)
+        });
+    }
+    let mut codes = vec![0; n];
+    while let Some(r) = set.join_next().await {
+        let (i, code) = r.unwrap();
+        codes[i] = code;
+    }
+    codes
+}
+
+fn count(codes: &[i64], code: i64) -> usize {
+    codes.iter().filter(|c| **c == code).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_revoked_or_rolled_on_one_node_is_refused_by_all_within_5s() {
+    let (a, b) = two_nodes(Opts::default());
+    let (_, key) = a.account_with_key("multi-revoke", "5");
+    let path = "/api/v1/chat/credit";
+    // both nodes have the key in their auth cache
+    for n in [&a, &b] {
+        assert_eq!(code_of(&n.url(path), &key).await, 200);
+    }
+    let keys = a.admin(&["key", "list"]);
+    let id = keys[0]["id"].as_str().unwrap().to_string();
+    a.admin(&["key", "revoke", &id]);
+    all_nodes_answer(&[&a, &b], path, &key, 401, Duration::from_secs(5)).await;
+
+    // roll without grace: the new key works everywhere, the old one stops everywhere
+    let (_, old) = b.account_with_key("multi-roll", "5");
+    for n in [&a, &b] {
+        assert_eq!(code_of(&n.url(path), &old).await, 200);
+    }
+    let rolled = b.admin(&["key", "roll", &old[..12]]);
+    let new = rolled["key"].as_str().unwrap().to_string();
+    all_nodes_answer(&[&a, &b], path, &old, 401, Duration::from_secs(5)).await;
+    for n in [&a, &b] {
+        assert_eq!(code_of(&n.url(path), &new).await, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_holds_through_both_nodes_never_overspend() {
+    // no workers: every accepted task keeps its hold, so exactly balance/price succeed
+    let (a, b) = two_nodes(Opts::default().config("demo_workers = 0\ntask_rate = 0\n"));
+    let (acc, key) = a.account_with_key("multi-holds", "10");
+    // demo/text costs 0.50: 20 tasks fit in 10 credits, 64 are asked for at once
+    let codes = create_burst(
+        &[&a, &b],
+        &key,
+        64,
+        json!({"model": "demo/text", "input": {"prompt": "p"}}),
+    )
+    .await;
+    assert_eq!(count(&codes, 200), 20, "{codes:?}");
+    assert_eq!(count(&codes, 402), 44, "{codes:?}");
+    // both nodes took part in the successes
+    let ok_a = codes.iter().step_by(2).filter(|c| **c == 200).count();
+    assert!(ok_a > 0 && ok_a < 20, "accepted through node A: {ok_a}");
+
+    let q = |s: &str| s.replace("ACC", &acc);
+    assert_eq!(
+        sql_i64(&a, &q("SELECT balance FROM accounts WHERE id = 'ACC'")),
+        1000
+    );
+    assert_eq!(
+        sql_i64(&a, &q("SELECT held FROM accounts WHERE id = 'ACC'")),
+        1000
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT SUM(amount) FROM ledger_entries WHERE account_id = 'ACC'")
+        ),
+        1000,
+        "balance = sum of the ledger"
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT SUM(held_delta) FROM ledger_entries WHERE account_id = 'ACC'")
+        ),
+        1000,
+        "held = sum of the holds"
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT COUNT(*) FROM holds WHERE account_id = 'ACC' AND state = 'pending'")
+        ),
+        20
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT COUNT(*) FROM tasks WHERE account_id = 'ACC'")
+        ),
+        20
+    );
+    for n in [&a, &b] {
+        let (_, _, v) = get_json(&n.url("/api/v1/chat/credit"), Some(&key)).await;
+        assert_eq!(v["data"], json!(0), "{v}");
+    }
+    let shown = b.admin(&["credits", "show", "--account", &acc]);
+    assert_eq!(shown["available"], json!(0), "{shown}");
+
+    // grants and holds racing through both nodes and the admin tool: still exact
+    let granter = {
+        let a_dd = a.data_dir.clone();
+        let url = a.db.url.clone().unwrap();
+        let acc = acc.clone();
+        std::thread::spawn(move || {
+            for i in 0..5 {
+                let out = Command::new(KIE)
+                    .args(["admin", "--data-dir"])
+                    .arg(&a_dd)
+                    .args(["--database-url", &url, "--json", "credits", "grant"])
+                    .args(["--account", &acc, "--amount", "1"])
+                    .args(["--idempotency-key", &format!("multi-grant-{i}")])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+    };
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // keep asking until the 5 granted credits (10 tasks) are used up
+    let done = eventually(Duration::from_secs(30), || {
+        let (a, b, key, accepted) = (&a, &b, &key, accepted.clone());
+        async move {
+            let codes = create_burst(
+                &[a, b],
+                key,
+                8,
+                json!({"model": "demo/text", "input": {"prompt": "q"}}),
+            )
+            .await;
+            let now = count(&codes, 200)
+                + accepted.fetch_add(count(&codes, 200), std::sync::atomic::Ordering::SeqCst);
+            now >= 10
+        }
+    })
+    .await;
+    granter.join().unwrap();
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(done.is_some(), "accepted only {accepted} after the grants");
+    assert_eq!(accepted, 10, "exactly the granted credits were spent");
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT balance - held FROM accounts WHERE id = 'ACC'")
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT SUM(amount) FROM ledger_entries WHERE account_id = 'ACC'")
+        ),
+        1500
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            &q("SELECT COUNT(*) FROM accounts WHERE balance < held OR held < 0")
+        ),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_creation_limit_holds_across_nodes() {
+    let (a, b) = two_nodes(
+        Opts::default().config("demo_workers = 0\ntask_rate = 7\ntask_rate_window = \"1h\"\n"),
+    );
+    let (acc, key) = a.account_with_key("multi-rate", "100");
+    let codes = create_burst(
+        &[&a, &b],
+        &key,
+        40,
+        json!({"model": "demo/text", "input": {"prompt": "p"}}),
+    )
+    .await;
+    assert_eq!(count(&codes, 200), 7, "{codes:?}");
+    assert_eq!(count(&codes, 429), 33, "{codes:?}");
+    assert_eq!(
+        sql_i64(
+            &a,
+            &format!("SELECT COUNT(*) FROM tasks WHERE account_id = '{acc}'")
+        ),
+        7
+    );
+    // refused requests held nothing
+    assert_eq!(
+        sql_i64(&a, &format!("SELECT held FROM accounts WHERE id = '{acc}'")),
+        7 * 50
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_and_feature_flags_set_once_apply_to_every_node() {
+    let (a, b) = two_nodes(Opts::default());
+    let (_, key) = a.account_with_key("multi-flags", "5");
+    let path = "/api/v1/chat/credit";
+    let limit = Duration::from_secs(5);
+    all_nodes_answer(&[&a, &b], path, &key, 200, limit).await;
+    a.admin(&["maintenance", "on"]);
+    all_nodes_answer(&[&a, &b], path, &key, 455, limit).await;
+    b.admin(&["maintenance", "off"]);
+    all_nodes_answer(&[&a, &b], path, &key, 200, limit).await;
+    b.admin(&["feature", "disable", "credits"]);
+    all_nodes_answer(&[&a, &b], path, &key, 505, limit).await;
+    a.admin(&["feature", "enable", "credits"]);
+    all_nodes_answer(&[&a, &b], path, &key, 200, limit).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_signed_by_one_node_verify_on_the_other_across_a_rotation() {
+    // behind a load balancer every node has the same public URL
+    let public = "http://kie.test";
+    let (a, b) = two_nodes(Opts::default().args(&["--public-url", public]));
+    let (acc, key) = a.account_with_key("multi-links", "10");
+    let file = a.tmp().path().join("hello.txt");
+    std::fs::write(&file, b"hello from node A").unwrap();
+    let added = a.admin(&["file", "add", "--account", &acc, file.to_str().unwrap()]);
+    let file_url = added["url"].as_str().unwrap().to_string();
+    assert!(file_url.starts_with(public), "{file_url}");
+
+    let link_via = |s: &Server| {
+        let url = s.url("/api/v1/common/download-url");
+        let (key, file_url) = (key.clone(), file_url.clone());
+        async move {
+            let (_, _, v) = post_json(&url, Some(&key), &json!({ "url": file_url })).await;
+            assert_eq!(v["code"], 200, "{v}");
+            v["data"].as_str().unwrap().to_string()
+        }
+    };
+    let fetch_on = |s: &Server, link: &str| {
+        let url = link.replacen(public, &s.base, 1);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status(), r.bytes().await.unwrap())
+        }
+    };
+    let key_id = |link: &str| {
+        let u = reqwest::Url::parse(link).unwrap();
+        u.query_pairs()
+            .find(|(k, _)| k == "k")
+            .map(|(_, v)| v.to_string())
+            .unwrap()
+    };
+    let from_a = link_via(&a).await;
+    let from_b = link_via(&b).await;
+    assert_eq!(key_id(&from_a), key_id(&from_b), "one shared ring");
+    for (link, on) in [(&from_a, &b), (&from_b, &a)] {
+        let (st, body) = fetch_on(on, link).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(&body[..], b"hello from node A");
+    }
+
+    let rot = b.admin(&["signing-key", "rotate"]);
+    let new_id = rot["id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, key_id(&from_a));
+    // the next link from either node uses the new key, and the other node verifies it
+    let new_a = link_via(&a).await;
+    let new_b = link_via(&b).await;
+    assert_eq!(key_id(&new_a), new_id);
+    assert_eq!(key_id(&new_b), new_id);
+    for (link, on) in [(&new_a, &b), (&new_b, &a), (&from_a, &b), (&from_b, &a)] {
+        let (st, body) = fetch_on(on, link).await;
+        assert_eq!(st, StatusCode::OK, "{link}");
+        assert_eq!(&body[..], b"hello from node A");
+    }
+    // a forged signature is refused on both
+    let forged = new_a.replacen("&s=", "&s=A", 1);
+    for n in [&a, &b] {
+        assert_ne!(fetch_on(n, &forged).await.0, StatusCode::OK);
+    }
+}
+
+/// A webhook receiver counting requests per task id: the first request of each task
+/// fails (500), the next ones succeed.
+struct Counter {
+    base: String,
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+async fn counting_receiver() -> Counter {
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let seen = s2.clone();
+        async move {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let id = v["taskId"]
+                .as_str()
+                .or(v["data"]["taskId"].as_str())
+                .unwrap_or("?")
+                .to_string();
+            let n = {
+                let mut m = seen.lock().unwrap();
+                let c = m.entry(id).or_default();
+                *c += 1;
+                *c
+            };
+            if n == 1 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    Counter { base, seen }
+}
+
+/// Task ids of the webhook attempts a node logged (JSON logs, dispatcher at debug).
+fn attempts_logged(s: &Server) -> Vec<String> {
+    s.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "webhook attempt")
+        .map(|v| v["task_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_webhook_attempt_is_made_by_exactly_one_node() {
+    let rcv = counting_receiver().await;
+    let opts = Opts::default()
+        .args(&[
+            "--allow-private-targets",
+            "--webhook-retry-schedule",
+            "0s,1s",
+            "--log-format",
+            "json",
+        ])
+        .env("KIE_LOG", "info,kie_server::webhooks::dispatch=debug")
+        .config("task_rate = 0\ndemo_workers = 2\n");
+    let (a, b) = two_nodes(opts);
+    let (_, key) = a.account_with_key("multi-hooks", "100");
+    let n = 40;
+    let codes = create_burst(
+        &[&a, &b],
+        &key,
+        n,
+        json!({"model": "demo/text", "input": {"prompt": "p"},
+               "callBackUrl": format!("{}/hook", rcv.base)}),
+    )
+    .await;
+    assert_eq!(count(&codes, 200), n, "{codes:?}");
+    // every callback fails once and is retried once: 2 requests per task
+    let all_delivered = eventually(Duration::from_secs(60), || async {
+        sql_i64(
+            &a,
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'delivered'",
+        ) == n as i64
+    })
+    .await;
+    assert!(
+        all_delivered.is_some(),
+        "deliveries: {}",
+        sql(
+            &a,
+            "SELECT string_agg(state || ':' || attempts, ',') FROM webhook_deliveries"
+        )
+    );
+    let seen = rcv.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), n, "{seen:?}");
+    assert!(seen.values().all(|c| *c == 2), "{seen:?}");
+    assert_eq!(
+        sql_i64(&a, "SELECT COUNT(*) FROM webhook_attempts"),
+        2 * n as i64
+    );
+    assert_eq!(
+        sql_i64(
+            &a,
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE attempts <> 2"
+        ),
+        0
+    );
+    // both nodes dispatched, and no attempt was made twice
+    let (la, lb) = (attempts_logged(&a), attempts_logged(&b));
+    assert!(
+        !la.is_empty() && !lb.is_empty(),
+        "attempts per node: {} and {}",
+        la.len(),
+        lb.len()
+    );
+    let mut per_task: BTreeMap<String, u32> = BTreeMap::new();
+    for t in la.iter().chain(lb.iter()) {
+        *per_task.entry(t.clone()).or_default() += 1;
+    }
+    assert_eq!(per_task.len(), n);
+    assert!(per_task.values().all(|c| *c == 2), "{per_task:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_deployment_config_runs_two_nodes() {
+    // deploy/kie.toml as shipped; only what a test machine cannot have is overridden
+    // by flags (which take precedence): port, data dir, database, local storage.
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kie.toml");
+    let tmp = Arc::new(TempDir::new());
+    let files = format!("file://{}", tmp.path().join("files").display());
+    let opts =
+        Opts::default().args(&["--config", cfg, "--storage", &files, "--log-format", "text"]);
+    let a = Server::start_in(opts, tmp, Arc::new(TestDb::postgres()));
+    let b = a.second_node();
+    let (_, key) = a.account_with_key("deploy-example", "3");
+    for n in [&a, &b] {
+        let (st, _, v) = get_json(&n.url("/readyz"), None).await;
+        assert_eq!((st, v["database"].clone()), (200, json!(true)), "{v}");
+        let (_, _, v) = get_json(&n.url("/api/v1/chat/credit"), Some(&key)).await;
+        assert_eq!(
+            (v["code"].clone(), v["data"].clone()),
+            (json!(200), json!(3)),
+            "{v}"
+        );
+    }
+    // the settings of the example are in force: public URL of the load balancer
+    let acc = a.admin(&["account", "list"]);
+    assert_eq!(acc.as_array().unwrap().len(), 1);
+    assert!(a.log().contains("https://kie.example.com"), "{}", a.log());
+}
