@@ -82,7 +82,22 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
                 links::expiry_for(ttl),
             ))
         }
-        BlobKind::S3 { .. } => match state.blobs.presigned_get(&f.storage_key, ttl).await {
+        BlobKind::S3 { .. } => match state
+            .blobs
+            .presigned(
+                http::Method::GET,
+                &f.storage_key,
+                ttl,
+                &crate::blobs::ResponseOverrides {
+                    content_type: Some(&f.content_type),
+                    content_disposition: Some(&crate::files::serve::content_disposition(
+                        "attachment",
+                        &f.name,
+                    )),
+                },
+            )
+            .await
+        {
             Ok(Some(u)) => Ok(u.to_string()),
             Ok(None) => Err(ApiError::internal("S3 store without a signer")),
             Err(e) => Err(ApiError::internal(e)),

@@ -6,4 +6,5 @@ mod harness;
 mod files;
 mod foundation;
 mod jobs;
+mod s3;
 mod wire_bodies;
