@@ -357,4 +357,3 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
-

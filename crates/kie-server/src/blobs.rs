@@ -138,7 +138,9 @@ impl Blobs {
             )));
         }
         let prefix_path = ObjPath::parse(prefix).map_err(|_| {
-            BlobError::Config(format!("invalid prefix '{prefix}' in storage 's3://{rest}'"))
+            BlobError::Config(format!(
+                "invalid prefix '{prefix}' in storage 's3://{rest}'"
+            ))
         })?;
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
@@ -209,9 +211,7 @@ impl Blobs {
     pub fn describe(&self) -> String {
         match &self.kind {
             BlobKind::Local(dir) => format!("file://{}", dir.display()),
-            BlobKind::S3 {
-                bucket, prefix, ..
-            } => format!("s3://{bucket}/{prefix}"),
+            BlobKind::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
         }
     }
 
@@ -232,9 +232,14 @@ impl Blobs {
         let text = e.to_string();
         let why = if text.contains("NoSuchBucket") {
             format!("bucket '{bucket}' does not exist at {endpoint}")
-        } else if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]
-            .iter()
-            .any(|m| text.contains(m))
+        } else if [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
         {
             format!("access to bucket '{bucket}' at {endpoint} was denied: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION")
         } else if text.contains("error sending request") || text.contains("timed out") {
@@ -375,6 +380,35 @@ impl Blobs {
         }
     }
 
+    /// The storage key (`{id[..2]}/{id}`) of the object a URL of this store names — a
+    /// presigned link of ours, whatever its query — if it is one (S3 only).
+    pub async fn key_of_store_url(&self, u: &url::Url) -> Option<String> {
+        let p = self.presigner.as_ref()?;
+        let mut segs = u.path_segments()?.rev();
+        let (id, two) = (segs.next()?, segs.next()?);
+        let ours = id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_alphanumeric())
+            && two.len() == 2
+            && id.starts_with(two);
+        if !ours {
+            return None;
+        }
+        let key = format!("{two}/{id}");
+        let mut want =
+            p.s3.signed_url(
+                http::Method::GET,
+                &p.full_path(&key),
+                Duration::from_secs(60),
+            )
+            .await
+            .ok()?;
+        want.set_query(None);
+        let mut got = u.clone();
+        got.set_query(None);
+        got.set_fragment(None);
+        (want == got).then_some(key)
+    }
+
     /// Every stored object as (key, last modified in Unix ms). Objects still being
     /// written are not listed (local: staged under another name; S3: incomplete
     /// multipart uploads are not objects).
@@ -402,7 +436,10 @@ impl Blobs {
             }
             BlobKind::Local(dir) => match tokio::fs::metadata(dir).await {
                 Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(BlobError::Config(format!("{} is not a directory", dir.display()))),
+                Ok(_) => Err(BlobError::Config(format!(
+                    "{} is not a directory",
+                    dir.display()
+                ))),
                 Err(e) => Err(BlobError::Config(format!("{}: {e}", dir.display()))),
             },
         }
@@ -423,6 +460,14 @@ fn is_loopback(u: &url::Url) -> bool {
 }
 
 impl S3Presigner {
+    fn full_path(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
     async fn presign(
         &self,
         method: http::Method,
@@ -430,11 +475,7 @@ impl S3Presigner {
         ttl: Duration,
         overrides: &ResponseOverrides<'_>,
     ) -> Result<url::Url, BlobError> {
-        let full = if self.prefix.is_empty() {
-            ObjPath::from(key)
-        } else {
-            ObjPath::from(format!("{}/{key}", self.prefix))
-        };
+        let full = self.full_path(key);
         // object_store knows the object's URL (endpoint, addressing, encoding); the
         // query it signs cannot carry response overrides, so it is signed again here.
         let mut url = self.s3.signed_url(method.clone(), &full, ttl).await?;

@@ -377,7 +377,13 @@ fn no_redirects() -> reqwest::Client {
 
 /// The stored object key of a file URL `…/files/{id}/{name}`.
 fn object_key(file_url: &str) -> String {
-    let id = file_url.split("/files/").nth(1).unwrap().split('/').next().unwrap();
+    let id = file_url
+        .split("/files/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
     format!("{PREFIX}/{}/{id}", &id[..2])
 }
 
@@ -431,10 +437,7 @@ async fn s3_file_add_link_and_public_url() {
     let url = f["url"].as_str().unwrap().to_string();
     assert!(url.starts_with(&s.url("/files/")), "{url}");
     // the bytes are in the bucket, under the prefix, keyed by the file id only
-    assert_eq!(
-        moto.keys(&bucket, PREFIX).await,
-        vec![object_key(&url)]
-    );
+    assert_eq!(moto.keys(&bucket, PREFIX).await, vec![object_key(&url)]);
 
     let l = link(&s, &key, &url).await;
     let params = assert_presigned(&l, &moto, 90);
@@ -508,8 +511,32 @@ async fn s3_link_ttl_is_the_signed_expiry() {
     assert_presigned(&l, &moto, 2);
     assert_eq!(fetch(&l).await.2, b"abc");
     // a link of a link: a fresh one, again for 2 s
-    let l2 = link(&s, &key, url).await;
+    let l2 = link(&s, &key, &l).await;
     assert_presigned(&l2, &moto, 2);
+    assert_eq!(fetch(&l2).await.2, b"abc");
+    // … for its owner only; other objects of the store are not links of ours
+    let (_, other) = s.account_with_key("bo", "5");
+    for (k, u, code) in [
+        (&other, l.clone(), 404),
+        (
+            &key,
+            format!("{}/{bucket}/{PREFIX}/notes/readme.txt", moto.endpoint),
+            422,
+        ),
+        (
+            &key,
+            format!("{}/other-bucket/{}", moto.endpoint, object_key(url)),
+            422,
+        ),
+    ] {
+        let (_, _, v) = post_json(
+            &s.url("/api/v1/common/download-url"),
+            Some(k),
+            &json!({ "url": u }),
+        )
+        .await;
+        assert_eq!(v["code"], code, "{u}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
