@@ -1,15 +1,18 @@
-//! S3 storage (`--storage s3://bucket/prefix`) against a real S3-compatible server:
-//! moto's standalone server (PyPI `moto[server]`), installed into
-//! `target/test-tools/venv` by `scripts/install-test-tools` (which `scripts/test` runs;
-//! the helper below runs it too when the server is missing, and fails — never skips —
-//! when it cannot be installed). Every test starts its own moto on a free port.
+//! S3 storage (`--storage s3://bucket/prefix`) against real S3-compatible servers,
+//! installed into `target/test-tools` by `scripts/install-test-tools` (which
+//! `scripts/test` runs; the helper below runs it too when a server is missing, and
+//! fails — never skips — when it cannot be installed):
+//! - moto's standalone server (PyPI `moto[server]`): every test but one, each with its
+//!   own moto on a free port;
+//! - s3rver (npm): the link-expiry test.
 //!
 //! moto 5.2.5 checks that a presigned URL carries credentials but verifies neither the
-//! signature nor `X-Amz-Expires` (a URL with a bogus signature and a 2013 date answers
-//! 200). So the expiry is asserted through the signed parameters: the test recomputes
-//! the SigV4 signature with the credentials the server was given, which proves that
-//! `X-Amz-Date`/`X-Amz-Expires` (= `--link-ttl`) are covered by it and cannot be
-//! extended — what a real S3 enforces.
+//! signature nor `X-Amz-Expires` (a URL with a bogus signature and a 2020 date answers
+//! 200). So with moto the links are checked through their signed parameters: the test
+//! recomputes the SigV4 signature with the credentials the server was given, which
+//! proves `X-Amz-Date`/`X-Amz-Expires` (= `--link-ttl`) are covered by it. s3rver 3.7.1
+//! does refuse expired presigned URLs (403 "Request has expired"), though it does not
+//! verify V4 signatures either; `s3_link_expires_after_link_ttl` polls until it does.
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -33,12 +36,14 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The moto server binary, installing it (under a file lock) when missing.
-fn moto_bin() -> PathBuf {
+/// A test tool under `target/test-tools` (or `$KIE_TEST_TOOLS`), installed by
+/// `scripts/install-test-tools` (which takes a file lock) when missing. Fails, never
+/// skips, when it cannot be installed.
+fn tool(rel: &str) -> PathBuf {
     let tools = std::env::var_os("KIE_TEST_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/test-tools"));
-    let bin = tools.join("venv/bin/moto_server");
+    let bin = tools.join(rel);
     if !bin.exists() {
         let out = Command::new(workspace().join("scripts/install-test-tools"))
             .env("KIE_TEST_TOOLS", &tools)
@@ -46,12 +51,16 @@ fn moto_bin() -> PathBuf {
             .expect("run scripts/install-test-tools");
         assert!(
             out.status.success() && bin.exists(),
-            "the S3 tests need moto's server ({}); scripts/install-test-tools failed: {}",
+            "the S3 tests need {}; scripts/install-test-tools failed: {}",
             bin.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     bin
+}
+
+fn moto_bin() -> PathBuf {
+    tool("venv/bin/moto_server")
 }
 
 /// A running moto server (killed on drop).
@@ -138,6 +147,55 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running s3rver (npm), which — unlike moto — refuses presigned URLs after their
+/// `X-Amz-Expires` (it accepts only the access key `S3RVER`).
+struct S3rver {
+    child: Child,
+    endpoint: String,
+    _dir: crate::harness::TempDir,
+}
+
+impl S3rver {
+    fn start(bucket: &str) -> S3rver {
+        let bin = tool("node/node_modules/.bin/s3rver");
+        let dir = crate::harness::TempDir::new();
+        let mut child = Command::new(&bin)
+            .arg("-d")
+            .arg(dir.path())
+            .args(["-a", "127.0.0.1", "-p", "0", "--configure-bucket", bucket])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3rver");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(format!("http://{}", a.trim()));
+                }
+            }
+        });
+        let endpoint = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("s3rver did not start within 60 s");
+        S3rver {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for S3rver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -810,4 +868,59 @@ async fn s3_startup_errors_are_one_line() {
             "{err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_link_expires_after_link_ttl() {
+    let bucket = format!("kie-{}", rand_name());
+    let store = S3rver::start(&bucket);
+    let mut opts = Opts::default().args(&["--link-ttl", "3s"]);
+    opts.env.extend(
+        [
+            ("AWS_ACCESS_KEY_ID", "S3RVER".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "S3RVER".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("KIE_STORAGE", format!("s3://{bucket}/{PREFIX}")),
+            ("KIE_S3_ENDPOINT", store.endpoint.clone()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let s = Server::start(opts);
+    let (acc, key) = s.account_with_key("ana", "5");
+    let path = s.tmp().path().join("clip.wav");
+    std::fs::write(&path, b"RIFF....WAVE").unwrap();
+    let f = s.admin(&["file", "add", "--account", &acc, path.to_str().unwrap()]);
+    let url = f["url"].as_str().unwrap().to_string();
+
+    let l = link(&s, &key, &url).await;
+    let issued = Instant::now();
+    assert!(
+        l.starts_with(&format!("{}/{bucket}/{PREFIX}/", store.endpoint)),
+        "{l}"
+    );
+    assert!(l.contains("X-Amz-Expires=3&"), "{l}");
+    let (status, h, body) = fetch(&l).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"RIFF....WAVE");
+    assert_eq!(h["content-type"], "audio/wav");
+
+    // the store itself refuses the link once X-Amz-Expires has passed
+    let last = std::sync::Mutex::new(String::new());
+    let expired = eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = fetch(&l).await;
+        *last.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
+        status == 403
+    })
+    .await;
+    let after = issued.elapsed();
+    let last = last.into_inner().unwrap();
+    assert!(expired.is_some(), "still served after 20 s: {last}");
+    assert!(last.contains("Request has expired"), "{last}");
+    // X-Amz-Date has whole seconds: the link lives between 2 and 3 s, plus polling
+    assert!(after >= Duration::from_secs(2), "expired after {after:?}");
+
+    // a fresh link for the expired one works again
+    let l2 = link(&s, &key, &l).await;
+    assert_ne!(l2, l);
+    assert_eq!(fetch(&l2).await.0, 200);
 }
