@@ -924,3 +924,35 @@ async fn s3_link_expires_after_link_ttl() {
     assert_ne!(l2, l);
     assert_eq!(fetch(&l2).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_nodes_share_the_bucket() {
+    let moto = Moto::start();
+    let bucket = moto.bucket().await;
+    let public = "http://files.kie.test";
+    let a = s3_server(
+        &moto,
+        &bucket,
+        Opts::default().args(&["--public-url", public]),
+    );
+    let b = a.second_node();
+    let (_, key) = a.account_with_key("ana", "5");
+    // uploaded through node A …
+    let v = post_json(
+        &a.url("/api/file-base64-upload"),
+        Some(&key),
+        &json!({"base64Data": "c2hhcmVk", "uploadPath": "x", "fileName": "s.txt"}),
+    )
+    .await
+    .2;
+    assert_eq!(v["success"], true, "{v}");
+    let url = v["data"]["fileUrl"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("{public}/files/")), "{url}");
+    // … linked through node B, fetched from the store
+    let l = link(&b, &key, &url).await;
+    assert_presigned(&l, &moto, 1200);
+    assert_eq!(fetch(&l).await.2, b"shared");
+    // and B's readiness covers the same bucket
+    let (status, _, ready) = get_json(&b.url("/readyz"), None).await;
+    assert_eq!((status, ready["store"].clone()), (200, json!(true)));
+}
