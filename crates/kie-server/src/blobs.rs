@@ -157,7 +157,13 @@ impl Blobs {
         if let Some(e) = &opts.endpoint {
             b = b.with_endpoint(e.clone());
         }
-        let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let mut endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if let (Some(e), S3Addressing::Virtual) = (&endpoint, opts.addressing) {
+            // object_store takes a virtual-hosted endpoint with the bucket in it
+            let v = virtual_endpoint(e, bucket);
+            b = b.with_endpoint(v.clone());
+            endpoint = Some(v);
+        }
         if let Some(e) = &endpoint {
             let u = url::Url::parse(e)
                 .map_err(|err| BlobError::Config(format!("invalid S3 endpoint '{e}': {err}")))?;
@@ -184,7 +190,15 @@ impl Blobs {
         let region = b
             .get_config_value(&AmazonS3ConfigKey::Region)
             .unwrap_or_else(|| "us-east-1".into());
-        let endpoint_shown = endpoint.unwrap_or_else(|| format!("AWS S3 ({region})"));
+        let endpoint_shown = match endpoint.as_deref().map(url::Url::parse) {
+            Some(Ok(mut u)) => {
+                // never show credentials someone put in the URL
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.as_str().trim_end_matches('/').to_string()
+            }
+            _ => format!("AWS S3 ({region})"),
+        };
         let s3 = Arc::new(b.build()?);
         let whole: Arc<dyn ObjectStore> = s3.clone();
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
@@ -446,13 +460,33 @@ impl Blobs {
     }
 }
 
+/// `https://host:port` → `https://bucket.host:port` (unchanged if the host already
+/// starts with the bucket).
+fn virtual_endpoint(endpoint: &str, bucket: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut u) => {
+            let host = u.host_str().unwrap_or_default().to_string();
+            if !host.starts_with(&format!("{bucket}."))
+                && u.set_host(Some(&format!("{bucket}.{host}"))).is_err()
+            {
+                return endpoint.to_string();
+            }
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => endpoint.to_string(),
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn is_loopback(u: &url::Url) -> bool {
     match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
         Some(url::Host::Ipv4(a)) => a.is_loopback(),
         Some(url::Host::Ipv6(a)) => a.is_loopback(),
         None => false,
@@ -632,6 +666,22 @@ mod tests {
              &X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
              &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
              &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+        );
+    }
+
+    #[test]
+    fn virtual_hosted_endpoints_carry_the_bucket() {
+        assert_eq!(
+            virtual_endpoint("https://s3.example.net", "b"),
+            "https://b.s3.example.net"
+        );
+        assert_eq!(
+            virtual_endpoint("http://localhost:9000/", "b"),
+            "http://b.localhost:9000"
+        );
+        assert_eq!(
+            virtual_endpoint("https://b.s3.example.net", "b"),
+            "https://b.s3.example.net"
         );
     }
 
