@@ -956,3 +956,55 @@ async fn s3_nodes_share_the_bucket() {
     let (status, _, ready) = get_json(&b.url("/readyz"), None).await;
     assert_eq!((status, ready["store"].clone()), (200, json!(true)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_cli_download_fetches_from_the_store() {
+    let moto = Moto::start();
+    let bucket = moto.bucket().await;
+    let s = s3_server(&moto, &bucket, Opts::default());
+    let (acc, key) = s.account_with_key("ana", "5");
+    let data = patterned(3 * 1024 * 1024 + 7);
+    let path = s.tmp().path().join("src.bin");
+    std::fs::write(&path, &data).unwrap();
+    let f = s.admin(&[
+        "file",
+        "add",
+        "--account",
+        &acc,
+        path.to_str().unwrap(),
+        "--name",
+        "große datei.bin",
+    ]);
+    let url = f["url"].as_str().unwrap().to_string();
+    let l = link(&s, &key, &url).await;
+    let out_dir = s.tmp().path().join("out");
+    let (base, k, od) = (s.base.clone(), key.clone(), out_dir.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(KIE)
+            .args(["download", "--json", "-o"])
+            .arg(&od)
+            .args([&url, &l])
+            .env("KIE_BASE_URL", &base)
+            .env("KIE_API_KEY", &k)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = report.as_array().unwrap();
+    assert_eq!(items.len(), 2, "{report}");
+    for item in items {
+        assert_eq!(item["ok"], true, "{report}");
+        assert_eq!(item["bytes"], data.len(), "{report}");
+        let got = std::fs::read(item["path"].as_str().unwrap()).unwrap();
+        assert!(got == data, "{item}");
+    }
+}
