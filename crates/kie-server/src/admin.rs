@@ -17,7 +17,8 @@ pub async fn open(args: &StoreArgs) -> Result<Db, StartError> {
 /// The object store named by `--storage`/`--data-dir`/`--config` (for `file add`).
 pub fn open_blobs(args: &StoreArgs) -> Result<crate::blobs::Blobs, StartError> {
     let (_data_dir, _database, storage) = args.resolve()?;
-    Ok(crate::blobs::Blobs::open(&storage)?)
+    let s3 = args.s3_options()?;
+    Ok(crate::blobs::Blobs::open_with(&storage, &s3)?)
 }
 
 /// The public base URL file URLs are printed with: the one the server wrote at start

@@ -95,11 +95,15 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when the database and the object store answer. A real 503 otherwise, whatever
 /// the status mode, because load balancers read the HTTP status.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await;
+    let (db, store) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), state.db.ping()),
+        tokio::time::timeout(Duration::from_secs(2), state.blobs.ping()),
+    );
     let db_ok = matches!(db, Ok(Ok(())));
-    let body =
-        serde_json::json!({"status": if db_ok {"ready"} else {"unavailable"}, "database": db_ok});
-    let status = if db_ok {
+    let store_ok = matches!(store, Ok(Ok(())));
+    let ok = db_ok && store_ok;
+    let body = serde_json::json!({"status": if ok {"ready"} else {"unavailable"}, "database": db_ok, "store": store_ok});
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -231,7 +235,15 @@ impl Server {
             ..Default::default()
         };
         let db = Db::open(&config.database, &opts).await?;
-        let blobs = crate::blobs::Blobs::open(&config.storage)?;
+        let blobs = crate::blobs::Blobs::open_with(&config.storage, &config.s3)?;
+        // A store that does not answer (wrong endpoint, missing bucket, bad
+        // credentials) stops the start with one line, like an unreachable database.
+        if let Err(why) = blobs.check(Duration::from_secs(30)).await {
+            return Err(StartError::Other(format!(
+                "cannot open storage {}: {why}",
+                blobs.describe()
+            )));
+        }
         let listener = TcpListener::bind(&config.bind)
             .await
             .map_err(|e| StartError::Listen {

@@ -51,6 +51,12 @@ pub struct StoreArgs {
     /// Optional TOML configuration file (flags and KIE_* variables take precedence)
     #[arg(long, env = "KIE_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// S3 storage: endpoint of an S3-compatible store (overrides AWS_ENDPOINT_URL)
+    #[arg(long, env = "KIE_S3_ENDPOINT", value_name = "URL", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 storage: bucket addressing [default: path]
+    #[arg(long, env = "KIE_S3_ADDRESSING", value_enum, global = true)]
+    pub s3_addressing: Option<crate::blobs::S3Addressing>,
 }
 
 /// `kie serve` flags. Every flag can also be set as `KIE_<NAME>` or in the TOML file.
@@ -124,6 +130,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     storage: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_addressing: Option<crate::blobs::S3Addressing>,
     link_ttl: Option<String>,
     status_mode: Option<StatusMode>,
     allow_private_targets: Option<bool>,
@@ -203,6 +211,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database: DatabaseUrl,
     pub storage: String,
+    /// S3 settings besides the AWS variables (used when `storage` is `s3://…`).
+    pub s3: crate::blobs::S3Options,
     pub link_ttl: Duration,
     pub status_mode: StatusMode,
     pub allow_private_targets: bool,
@@ -314,6 +324,23 @@ impl StoreArgs {
     pub fn resolve(&self) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
         let file = read_file_config(self.config.as_deref())?;
         resolve_store(self, &file)
+    }
+
+    /// The S3 settings (`--s3-endpoint`, `--s3-addressing`, or the config file).
+    pub fn s3_options(&self) -> Result<crate::blobs::S3Options, ConfigError> {
+        let file = read_file_config(self.config.as_deref())?;
+        Ok(resolve_s3(self, &file))
+    }
+}
+
+fn resolve_s3(a: &StoreArgs, f: &FileConfig) -> crate::blobs::S3Options {
+    crate::blobs::S3Options {
+        endpoint: a
+            .s3_endpoint
+            .clone()
+            .or_else(|| f.s3_endpoint.clone())
+            .filter(|e| !e.trim().is_empty()),
+        addressing: a.s3_addressing.or(f.s3_addressing).unwrap_or_default(),
     }
 }
 
@@ -475,6 +502,7 @@ impl Config {
             data_dir,
             database,
             storage,
+            s3: resolve_s3(&a.store, &f),
             link_ttl,
             status_mode: a.status_mode.or(f.status_mode).unwrap_or_default(),
             allow_private_targets: a.allow_private_targets

@@ -52,6 +52,22 @@ pub async fn resolve_file_url(
             "Invalid URL: only http and https URLs are supported",
         ));
     }
+    if let BlobKind::S3 { .. } = state.blobs.kind {
+        // an earlier link: a presigned URL of our bucket
+        if let Some(key) = state.blobs.key_of_store_url(&u).await {
+            let id = key.split_once('/').map(|(_, id)| id).unwrap_or_default();
+            return match files::get(&state.db, id).await? {
+                Some(f)
+                    if f.account_id == account_id
+                        && f.storage_key == key
+                        && files::is_live(&f, now_ms()) =>
+                {
+                    Ok(f)
+                }
+                _ => Err(ApiError::not_found(NOT_FOUND)),
+            };
+        }
+    }
     if u.host_str().is_none() || !state.config.file_hosts.contains(&host_key(&u)) {
         return Err(ApiError::validation(
             "Invalid URL: external file URLs are not supported",
@@ -82,7 +98,22 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
                 links::expiry_for(ttl),
             ))
         }
-        BlobKind::S3 { .. } => match state.blobs.presigned_get(&f.storage_key, ttl).await {
+        BlobKind::S3 { .. } => match state
+            .blobs
+            .presigned(
+                http::Method::GET,
+                &f.storage_key,
+                ttl,
+                &crate::blobs::ResponseOverrides {
+                    content_type: Some(&f.content_type),
+                    content_disposition: Some(&crate::files::serve::content_disposition(
+                        "attachment",
+                        &f.name,
+                    )),
+                },
+            )
+            .await
+        {
             Ok(Some(u)) => Ok(u.to_string()),
             Ok(None) => Err(ApiError::internal("S3 store without a signer")),
             Err(e) => Err(ApiError::internal(e)),

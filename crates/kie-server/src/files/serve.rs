@@ -247,10 +247,28 @@ async fn serve(
     disposition: Disposition,
 ) -> Response {
     let Some(path) = state.blobs.local_path(&rec.storage_key) else {
-        // S3: the store serves bytes itself through a presigned URL.
+        // S3: the store serves bytes itself through a presigned URL (short-lived: it is
+        // followed at once), with this answer's Content-Type and Content-Disposition.
+        let kind = match disposition {
+            Disposition::Attachment => "attachment",
+            Disposition::Inline => "inline",
+        };
+        let method = if method == Method::HEAD {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
         return match state
             .blobs
-            .presigned_get(&rec.storage_key, Duration::from_secs(300))
+            .presigned(
+                method,
+                &rec.storage_key,
+                state.config.link_ttl.min(Duration::from_secs(300)),
+                &crate::blobs::ResponseOverrides {
+                    content_type: Some(&rec.content_type),
+                    content_disposition: Some(&content_disposition(kind, &rec.name)),
+                },
+            )
             .await
         {
             Ok(Some(u)) => (

@@ -112,6 +112,9 @@ async fn sweep_orphans(db: &Db, blobs: &Blobs, grace: Duration) -> anyhow::Resul
             }
             match id_of_key(&key) {
                 Some(id) => batch.push((key.clone(), id.to_string())),
+                // S3: a bucket (or prefix) may be shared with others; only objects
+                // of our key shape are ours to remove.
+                None if matches!(blobs.kind, crate::blobs::BlobKind::S3 { .. }) => {}
                 // not a key files::create makes: bytes nobody can reach
                 None => batch.push((key, String::new())),
             }

@@ -317,6 +317,10 @@ impl Server {
             cmd.arg("--config").arg(c);
         }
         cmd.args(args).stdin(Stdio::null());
+        // the server's environment (e.g. S3 storage settings) applies to admin too
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

@@ -11,4 +11,5 @@ mod hostile;
 mod jobs;
 mod multinode;
 mod outage;
+mod s3;
 mod wire_bodies;
