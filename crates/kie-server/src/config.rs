@@ -611,6 +611,35 @@ mod tests {
     }
 
     #[test]
+    fn connection_guard_settings() {
+        let c = Config::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.request_body_timeout, Duration::from_secs(300));
+        assert_eq!((c.max_connections, c.ip_rate_limit), (10_000, 100_000));
+        let a = ServeArgs {
+            header_read_timeout: Some("0s".into()),
+            ..Default::default()
+        };
+        let e = Config::from_args(&a).unwrap_err().to_string();
+        assert_eq!(e, "invalid --header-read-timeout: must be longer than 0s");
+        let a = ServeArgs {
+            max_connections: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::from_args(&a).is_err());
+        let a = ServeArgs {
+            request_body_timeout: Some("2s".into()),
+            max_upload: Some(5),
+            ..Default::default()
+        };
+        let c = Config::from_args(&a).unwrap();
+        assert_eq!(
+            (c.request_body_timeout, c.max_upload),
+            (Duration::from_secs(2), 5)
+        );
+    }
+
+    #[test]
     fn bad_values_give_one_line_errors() {
         let a = ServeArgs {
             bind: Some("nope".into()),

@@ -113,10 +113,14 @@ pub async fn serve(
             let _permit = permit;
             // HTTP version detection reads before hyper's own header timer runs: a
             // connection that sends nothing at all is closed here.
+            // Shutting down: a connection that has not sent anything yet is just closed.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                r = tokio::time::timeout(header_timeout, tcp.peek(&mut first)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
             }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));

@@ -493,3 +493,34 @@ async fn per_key_and_per_ip_rate_limits() {
     .await;
     assert!(back.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_request_heads_are_refused() {
+    let s = Server::start(Opts::default());
+    // ~600 KiB of headers: over hyper's head buffer.
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..75 {
+        head.push_str(&format!("X-Big-{i}: {}\r\n", "a".repeat(8 * 1024)));
+    }
+    head.push_str("\r\n");
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let (got, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "connection left open");
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    // More than 100 header fields.
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        head.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let (got, _) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    // The server is fine afterwards.
+    let (st, _, _) = get_json(&s.url("/healthz"), None).await;
+    assert_eq!(st, 200);
+}
