@@ -35,6 +35,8 @@ pub struct AppState {
     pub jobs: crate::tasks::Runtime,
     /// The per-client-IP request limit (`None`: off). See `conn_guard`.
     pub ip_limiter: Option<Arc<crate::conn_guard::IpLimiter>>,
+    /// Whether the database is reachable (PostgreSQL probe; see `store::health`).
+    pub db_health: store::health::DbHealth,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -88,6 +90,31 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
+/// Answers API and worker requests at once while the database is known to be down,
+/// and answers requests already waiting (for a connection, or for a query on a stalled
+/// database) as soon as it goes down: code 500 with a request id, never a hang.
+/// Dropping a handler mid-transaction rolls the transaction back.
+async fn db_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !(path.starts_with("/api/") || path.starts_with("/internal/")) {
+        return next.run(req).await;
+    }
+    let upload = path.starts_with("/api/file-");
+    let unreachable = move || {
+        let mut e = ApiError::internal("database unreachable");
+        e.upload = upload;
+        e.into_response()
+    };
+    let mut down = state.db_health.subscribe();
+    if *down.borrow_and_update() {
+        return unreachable();
+    }
+    tokio::select! {
+        r = next.run(req) => r,
+        Ok(_) = down.wait_for(|d| *d) => unreachable(),
+    }
+}
+
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -95,12 +122,21 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when the database and the object store answer. A real 503 otherwise, whatever
 /// the status mode, because load balancers read the HTTP status.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let (db, store) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(2), state.db.ping()),
-        tokio::time::timeout(Duration::from_secs(2), state.blobs.ping()),
+    let (db_ok, store_ok) = tokio::join!(
+        async {
+            !state.db_health.is_down()
+                && matches!(
+                    tokio::time::timeout(Duration::from_millis(1500), state.db.ping()).await,
+                    Ok(Ok(()))
+                )
+        },
+        async {
+            matches!(
+                tokio::time::timeout(Duration::from_millis(1500), state.blobs.ping()).await,
+                Ok(Ok(()))
+            )
+        },
     );
-    let db_ok = matches!(db, Ok(Ok(())));
-    let store_ok = matches!(store, Ok(Ok(())));
     let ok = db_ok && store_ok;
     let body = serde_json::json!({"status": if ok {"ready"} else {"unavailable"}, "database": db_ok, "store": store_ok});
     let status = if ok {
@@ -148,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(http::unknown_endpoint)
         .route_layer(middleware::from_fn(http::route_label_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), db_guard))
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body))
         .layer(middleware::from_fn_with_state(
@@ -176,6 +213,12 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
             .settings
             .clone()
             .refresh_loop(state.db.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        state
+            .db_health
+            .clone()
+            .run(state.db.clone(), shutdown.clone()),
     );
     tasks.spawn(crate::files::sweep::run(
         state.db.clone(),
@@ -303,6 +346,7 @@ impl Server {
                 first_callback_delay_ms: config_first_delay_ms,
                 ..Default::default()
             },
+            db_health: Default::default(),
         };
         Ok(Server {
             state,

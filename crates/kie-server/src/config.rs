@@ -244,8 +244,8 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
     pub db_statement_timeout: Duration,
-    /// Longest wait for a PostgreSQL connection; bounds how long a request takes to fail
-    /// while the database is unreachable.
+    /// Longest wait for a PostgreSQL connection of a busy pool (an unreachable database
+    /// is detected by `store::health` and fails requests at once instead).
     pub db_acquire_timeout: Duration,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
@@ -529,7 +529,7 @@ impl Config {
             auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
-            db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "1s")?,
+            db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "3s")?,
             price_download_url,
             models,
             header_read_timeout: positive(

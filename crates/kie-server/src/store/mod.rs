@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use crate::config::DatabaseUrl;
 
+pub mod health;
+
 #[derive(Clone, Debug)]
 pub struct SqliteDb {
     pub read: SqlitePool,
@@ -85,9 +87,9 @@ pub struct OpenOptions {
     pub statement_timeout: Duration,
     /// Wait for a connection of the SQLite read pool.
     pub acquire_timeout: Duration,
-    /// Wait for a PostgreSQL connection. While the database is unreachable every
-    /// request fails after at most this long (the pool retries refused connections
-    /// until then), so it is what bounds answers during an outage.
+    /// Wait for a PostgreSQL connection (the pool also retries refused connections
+    /// until then). Requests do not wait this long in an outage: `health` detects it
+    /// and the server fails them at once.
     pub pg_acquire_timeout: Duration,
     /// Limit of the first connection at start-up (a database that does not answer is
     /// reported, not waited for).

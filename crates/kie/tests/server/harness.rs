@@ -603,9 +603,65 @@ impl PrivatePg {
     }
 }
 
+impl PrivatePg {
+    /// The postmaster and its children (backends, background processes).
+    fn pids(&self) -> Vec<i32> {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let pm: i32 = std::fs::read_to_string(pidfile)
+            .expect("a running cluster")
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut pids = vec![pm];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …; comm may contain spaces, so split after ')'
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Freezes every process of the cluster (SIGSTOP): connections stay open but
+    /// nothing answers, as in a network partition or a stalled host.
+    pub fn freeze(&self) {
+        // the postmaster first, so that it forks no child we would miss
+        let pm = self.pids()[0];
+        unsafe {
+            libc::kill(pm, libc::SIGSTOP);
+        }
+        for p in self.pids() {
+            unsafe {
+                libc::kill(p, libc::SIGSTOP);
+            }
+        }
+    }
+
+    /// Undoes [`PrivatePg::freeze`].
+    pub fn thaw(&self) {
+        for p in self.pids() {
+            unsafe {
+                libc::kill(p, libc::SIGCONT);
+            }
+        }
+    }
+}
+
 impl Drop for PrivatePg {
     fn drop(&mut self) {
         if self.running {
+            self.thaw();
             let data = self.dir.join("data");
             let _ = pg_tool(
                 "pg_ctl",

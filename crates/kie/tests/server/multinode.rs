@@ -98,6 +98,18 @@ async fn create_burst(nodes: &[&Server], key: &str, n: usize, body: Value) -> Ve
     codes
 }
 
+/// The error lines of the nodes' logs, for failure messages.
+fn errors_logged(nodes: &[&Server]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        for l in n.log().lines().filter(|l| l.contains("ERROR")) {
+            out += "\n";
+            out += l;
+        }
+    }
+    out
+}
+
 fn count(codes: &[i64], code: i64) -> usize {
     codes.iter().filter(|c| **c == code).count()
 }
@@ -142,8 +154,18 @@ async fn concurrent_holds_through_both_nodes_never_overspend() {
         json!({"model": "demo/text", "input": {"prompt": "p"}}),
     )
     .await;
-    assert_eq!(count(&codes, 200), 20, "{codes:?}");
-    assert_eq!(count(&codes, 402), 44, "{codes:?}");
+    assert_eq!(
+        count(&codes, 200),
+        20,
+        "{codes:?}{}",
+        errors_logged(&[&a, &b])
+    );
+    assert_eq!(
+        count(&codes, 402),
+        44,
+        "{codes:?}{}",
+        errors_logged(&[&a, &b])
+    );
     // both nodes took part in the successes
     let ok_a = codes.iter().step_by(2).filter(|c| **c == 200).count();
     assert!(ok_a > 0 && ok_a < 20, "accepted through node A: {ok_a}");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 struct Sample {
     what: &'static str,
+    started: Instant,
     elapsed: Duration,
     http: u16,
     request_id: String,
@@ -66,6 +67,7 @@ fn load(
                 let body: Value = r.json().await.expect("a JSON answer");
                 out.push(Sample {
                     what,
+                    started: t0,
                     elapsed: t0.elapsed(),
                     http,
                     request_id,
@@ -328,4 +330,99 @@ async fn unreachable_database_at_start_is_one_line_and_non_zero() {
     assert!(err.contains("refused"), "says why: {err}");
     assert!(!err.contains("s3cret-pw"), "no password: {err}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_database_answers_fast_and_recovers_by_itself() {
+    // SIGSTOP on every PostgreSQL process: connections stay open, nothing answers (a
+    // stalled host or a network partition rather than a clean stop)
+    let pg = PrivatePg::start();
+    let s = Server::start_in(
+        Opts::default().config("task_rate = 0\n"),
+        Arc::new(TempDir::new()),
+        Arc::new(TestDb::at(&pg.url())),
+    );
+    let (_, key) = s.account_with_key("freeze", "100000");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = load(&s, &key, 4, stop.clone());
+    assert!(eventually(Duration::from_secs(10), || async {
+        get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await.2["code"] == 200
+    })
+    .await
+    .is_some());
+    pg.freeze();
+    let frozen_at = Instant::now();
+    let mut saw_503 = false;
+    while frozen_at.elapsed() < Duration::from_secs(6) {
+        let t0 = Instant::now();
+        let r = client().get(s.url("/readyz")).send().await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "/readyz took {:?}",
+            t0.elapsed()
+        );
+        saw_503 |= r.status() == StatusCode::SERVICE_UNAVAILABLE;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        saw_503,
+        "/readyz never said 503 while the database was frozen"
+    );
+    pg.thaw();
+    let thawed_at = Instant::now();
+    let recovered = eventually(Duration::from_secs(30), || async {
+        get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await.2["code"] == 200
+            && get_json(&s.url("/readyz"), None).await.0 == 200
+    })
+    .await
+    .expect("the service recovers by itself");
+    stop.store(true, Ordering::SeqCst);
+    let mut samples = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        samples.extend(r.unwrap());
+    }
+    // Requests that started once the database was frozen answer within 2 s. Requests
+    // whose query was already sent when it froze are answered when the probe declares
+    // the database down (no answer for 1.5 s), instead of waiting for the thaw.
+    let mut in_flight_at_freeze = 0;
+    let mut errors = 0;
+    for smp in &samples {
+        if smp.started < frozen_at {
+            if smp.started + smp.elapsed > frozen_at {
+                in_flight_at_freeze += 1;
+                assert!(
+                    smp.elapsed < Duration::from_millis(2500),
+                    "in flight at the freeze: {} took {:?}",
+                    smp.what,
+                    smp.elapsed
+                );
+            }
+            continue;
+        }
+        if smp.started > thawed_at {
+            continue;
+        }
+        assert!(
+            smp.elapsed < Duration::from_secs(2),
+            "{} took {:?}: {:?}",
+            smp.what,
+            smp.elapsed,
+            smp.body
+        );
+        if smp.what != "readyz" && smp.body["code"] == 500 {
+            errors += 1;
+            let msg = smp.body["msg"].as_str().unwrap();
+            assert!(msg.contains(&smp.request_id), "{msg}");
+        }
+    }
+    assert!(errors > 0, "the load saw the freeze");
+    assert!(!s.log().contains("panicked"));
+    eprintln!(
+        "freeze: {} requests, {} answered 500 while frozen, {} in flight at the freeze; \
+         recovered {:?} after the thaw",
+        samples.len(),
+        errors,
+        in_flight_at_freeze,
+        recovered
+    );
 }
