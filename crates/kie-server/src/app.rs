@@ -96,6 +96,33 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
 /// Dropping a handler mid-transaction rolls the transaction back.
 async fn db_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
+    if path.starts_with("/links/") || path.starts_with("/files/") {
+        // File serving may answer from its caches while the database is down: give it
+        // a moment, never the full connection wait.
+        let mut down = state.db_health.subscribe();
+        return tokio::select! {
+            r = next.run(req) => r,
+            Ok(()) = async {
+                down.wait_for(|d| *d).await.map(|_| ())?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<(), watch::error::RecvError>(())
+            } => {
+                tracing::error!("serving a file failed: database unreachable");
+                let body = r#"{"code":500,"msg":"server error","data":null}"#;
+                let mut r = (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+                let h = r.headers_mut();
+                h.insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                );
+                h.insert(
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static("no-store"),
+                );
+                r
+            }
+        };
+    }
     if !(path.starts_with("/api/") || path.starts_with("/internal/")) {
         return next.run(req).await;
     }
@@ -124,11 +151,14 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> Response {
     let (db_ok, store_ok) = tokio::join!(
         async {
-            !state.db_health.is_down()
-                && matches!(
-                    tokio::time::timeout(Duration::from_millis(1500), state.db.ping()).await,
-                    Ok(Ok(()))
-                )
+            let mut down = state.db_health.subscribe();
+            !*down.borrow_and_update() && {
+                let ping = tokio::time::timeout(crate::store::health::NO_ANSWER, state.db.ping());
+                tokio::select! {
+                    r = ping => matches!(r, Ok(Ok(()))),
+                    Ok(_) = down.wait_for(|d| *d) => false,
+                }
+            }
         },
         async {
             matches!(

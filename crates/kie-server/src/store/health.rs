@@ -6,7 +6,7 @@
 //! busy pool (keeping requests waiting in an outage). The probe tells them apart: it
 //! runs `SELECT 1` every 250 ms on its own connection, and the database is *down* when
 //! that connection breaks and cannot be re-opened, or when it does not answer within
-//! 1.5 s (a stalled host or a network partition). While down, requests fail at once
+//! 1 s (a stalled host or a network partition). While down, requests fail at once
 //! and requests already waiting are answered (see `app::db_guard`); the first
 //! successful probe brings the service back.
 //!
@@ -22,7 +22,7 @@ use super::Db;
 
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// A probe without an answer for this long means the database is down.
-pub const NO_ANSWER: Duration = Duration::from_millis(1500);
+pub const NO_ANSWER: Duration = Duration::from_millis(1000);
 
 /// Shared, cheap to clone; `true` in the channel = down.
 #[derive(Clone, Debug)]
