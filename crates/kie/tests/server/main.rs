@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cli_e2e;
 mod files;
 mod foundation;
 mod jobs;
