@@ -480,7 +480,20 @@ impl Job<'_> {
 
         let mut written = offset;
         let streamed: Result<()> = async {
-            while let Some(chunk) = resp.chunk().await.map_err(Error::transport)? {
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    // the connection closed before Content-Length bytes: say so plainly
+                    Err(e) if total.is_some_and(|t| written < t) && !e.is_timeout() => {
+                        tracing::debug!(error = %e, "body cut short");
+                        return Err(Error::Incomplete {
+                            received: written,
+                            expected: total.unwrap_or_default(),
+                        });
+                    }
+                    Err(e) => return Err(Error::transport(e)),
+                };
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| Error::io("cannot write", &part, e))?;
