@@ -506,7 +506,7 @@ async fn tasks_with_demo_models_and_uploads() {
             .unwrap()
             .as_ref()
     );
-    assert_eq!(listing(&dir), [name.clone()]);
+    assert_eq!(listing(&dir), [name.as_str()]);
 
     // text: create prints the id, wait and get read the record
     let o = kie(
