@@ -411,10 +411,23 @@ impl Client {
         let url = Self::endpoint(&self.inner.base_url, "/api/v1/common/download-url");
         let body = serde_json::json!({ "url": file_url });
         // repeating it is harmless (a second link), so it is retried like a GET
-        self.execute("download-url", true, || async {
-            self.authed(self.inner.http.post(&url).json(&body))
-        })
-        .await
+        let link: String = self
+            .execute("download-url", true, || async {
+                self.authed(self.inner.http.post(&url).json(&body))
+            })
+            .await?;
+        // a proxy or a misbehaving server can put anything in `data`; only a URL is a link
+        match Url::parse(link.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                Ok(link.trim().to_string())
+            }
+            _ => {
+                let shown: String = link.chars().take(80).collect();
+                Err(Error::Decode(format!(
+                    "unexpected `data`: the link {shown:?} is not an http(s) URL"
+                )))
+            }
+        }
     }
 
     /// Starts a task (`POST /api/v1/jobs/createTask`) and returns its id. Not retried

@@ -937,3 +937,187 @@ async fn help_never_shows_the_key() {
     assert_eq!(o.code, 0);
     assert!(o.stdout.contains("--api-key"));
 }
+
+/// One batch hitting every kind of bad answer: each file gets its own clear message,
+/// the good one still arrives, nothing half-written sits under a final name, and a
+/// cut transfer keeps its `.part` for the next run to resume.
+#[tokio::test]
+async fn download_bad_answers_each_get_a_clear_message() {
+    let mock = Mock::start().await;
+    let good = mock.add_file("good.bin", content(3000, 1));
+    let cut = mock.add_file("cut.bin", content(20_000, 2));
+    mock.cut("cut.bin", 100, 5000);
+    let html = mock.add_file("html.bin", content(10, 3));
+    mock.script(
+        "GET",
+        "/files/html.bin",
+        vec![Reply {
+            status: 502,
+            headers: vec![],
+            content_type: "text/html".into(),
+            body: b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+        }],
+    );
+    // an expired link whose refresh meets a Cloudflare block page
+    let expired = mock.expired_link("gone.bin");
+    mock.script(
+        "POST",
+        "/api/v1/common/download-url",
+        vec![Reply::fixture("cloudflare_block")],
+    );
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/files/dead.bin", l.local_addr().unwrap())
+    };
+    let dir = TempDir::new("cli-dl-bad");
+    let list = format!("{good}\n\n{cut}\n{html}\n  {expired}\n{dead}\n{good}\n");
+    let mut c = with_key(kie(&mock.base));
+    c.args([
+        "download",
+        "-i",
+        "-",
+        "--json",
+        "-j",
+        "3",
+        "--max-retries",
+        "1",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    let o = run_with_stdin(&mut c, &list).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let v = json_of(&o.stdout);
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 5, "{v}");
+    assert_eq!(
+        arr[0],
+        json!({"url": good, "path": p("good.bin"), "bytes": 3000, "ok": true, "error": null})
+    );
+    assert_eq!(
+        arr[1],
+        json!({"url": cut, "path": p("cut.bin"), "bytes": 10_000, "ok": false,
+               "error": "transfer incomplete: received 10000 of 20000 bytes"})
+    );
+    assert_eq!(
+        arr[2],
+        json!({"url": html, "path": p("html.bin"), "bytes": 0, "ok": false,
+               "error": format!("HTTP 502 from {html}")})
+    );
+    let e3 = arr[3]["error"].as_str().unwrap();
+    assert!(
+        e3.starts_with(
+            "link refused (HTTP 403, expired?) and no fresh link could be had: \
+             unexpected answer (HTTP 403, not the API's JSON): error code: 1010"
+        ),
+        "{e3}"
+    );
+    assert_eq!(
+        (&arr[3]["ok"], &arr[3]["path"], &arr[3]["bytes"]),
+        (&json!(false), &json!(p("gone.bin")), &json!(0))
+    );
+    let e4 = arr[4]["error"].as_str().unwrap();
+    assert!(
+        e4.starts_with("transport error: ") && e4.contains("onnect"),
+        "{e4}"
+    );
+    assert_eq!(arr[4]["ok"], false);
+    // one line per failed file, then the count
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", o.stderr);
+    assert_eq!(
+        lines[0],
+        format!("kie: {cut}: transfer incomplete: received 10000 of 20000 bytes")
+    );
+    assert_eq!(lines[1], format!("kie: {html}: HTTP 502 from {html}"));
+    assert!(lines[2].starts_with(&format!("kie: {expired}: link refused")));
+    assert!(lines[3].starts_with(&format!("kie: {dead}: transport error: ")));
+    assert_eq!(lines[4], "kie: 4 of 5 files failed");
+    assert!(!o.stderr.contains(KEY));
+    // final names only for complete files; the cut one waits in .part
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cut.bin.part", "cut.bin.part.meta", "good.bin"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("cut.bin.part")).unwrap(),
+        content(20_000, 2)[..10_000]
+    );
+
+    // the connection behaves again: the next run continues from byte 10000 (two
+    // attempts of 5000 bytes each were kept)
+    mock.cut("cut.bin", 0, 0);
+    let o = run(kie(&mock.base).args(["download", "-o", dir.path().to_str().unwrap(), &cut])).await;
+    assert_eq!(
+        (o.code, o.stdout, o.stderr.as_str()),
+        (0, format!("{}\t20000 bytes\tresumed\n", p("cut.bin")), "")
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("cut.bin")).unwrap(),
+        content(20_000, 2)
+    );
+    let gets = mock.requests("GET", "/files/cut.bin");
+    assert_eq!(gets.last().unwrap().header("range"), Some("bytes=10000-"));
+}
+
+/// API answers that are not the API's: an HTML page with HTTP 200, JSON of the wrong
+/// shape, an empty body. One clear line each, exit 1, nothing on stdout.
+#[tokio::test]
+async fn garbage_answers_are_one_clear_line() {
+    let mock = Mock::start().await;
+    let cases = [
+        (
+            Reply {
+                status: 200,
+                headers: vec![],
+                content_type: "text/html; charset=UTF-8".into(),
+                body: b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>\n<body>Checking your browser</body></html>".to_vec(),
+            },
+            "kie: unexpected answer (HTTP 200, not the API's JSON): ",
+            "kie: unexpected answer (HTTP 200, not the API's JSON): <!DOCTYPE html><html><head>\
+             <title>Just a moment...</title></head> <body>Checking your browser</body></html>\n",
+        ),
+        (
+            Reply::json(200, json!({"code": 200, "msg": "success", "data": "lots"})),
+            "kie: invalid response: unexpected `data`",
+            "kie: invalid response: unexpected `data`: the link \"lots\" is not an http(s) URL\n",
+        ),
+        (
+            Reply::json(200, json!([1, 2, 3])),
+            "kie: unexpected answer (HTTP 200, not the API's JSON): [1,2,3]",
+            "kie: unexpected answer (HTTP 200, not the API's JSON): [1,2,3]\n",
+        ),
+        (
+            Reply {
+                status: 200,
+                headers: vec![],
+                content_type: "application/json".into(),
+                body: vec![],
+            },
+            "kie: unexpected answer (HTTP 200, not the API's JSON): (empty body)",
+            "kie: unexpected answer (HTTP 200, not the API's JSON): (empty body)\n",
+        ),
+    ];
+    for (reply, prefix, link_err) in cases {
+        mock.script("GET", CREDIT, vec![reply.clone()]);
+        let o = run(with_key(kie(&mock.base)).args(["credits", "--max-retries", "0"])).await;
+        assert_eq!((o.code, o.stdout.as_str()), (1, ""), "{reply:?}");
+        assert!(o.stderr.starts_with(prefix), "{reply:?}: {}", o.stderr);
+        assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+        mock.script("POST", "/api/v1/common/download-url", vec![reply.clone()]);
+        let o = run(with_key(kie(&mock.base)).args([
+            "link",
+            "https://x/files/a",
+            "--max-retries",
+            "0",
+        ]))
+        .await;
+        assert_eq!(
+            (o.code, o.stdout.as_str(), o.stderr.as_str()),
+            (1, "", link_err),
+            "{reply:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod harness;
 
 mod crash;
 mod diskfull;
+mod cli_e2e;
 mod files;
 mod foundation;
 mod hostile;
