@@ -207,6 +207,7 @@ impl Server {
         let opts = OpenOptions {
             max_connections: config.db_max_connections,
             statement_timeout: config.db_statement_timeout,
+            sqlite_group_commit: config.sqlite_group_commit,
             ..Default::default()
         };
         let db = Db::open(&config.database, &opts).await?;

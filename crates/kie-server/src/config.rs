@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "KIE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// SQLite: commit concurrent writes together, one fsync per batch (false: one
+    /// transaction per write) [default: true]
+    #[arg(long, env = "KIE_SQLITE_GROUP_COMMIT", value_name = "BOOL")]
+    pub sqlite_group_commit: Option<bool>,
 }
 
 /// The TOML file: the same settings as the flags, plus the ones only a file can express
@@ -132,6 +136,7 @@ struct FileConfig {
     auth_cache_ttl: Option<String>,
     db_max_connections: Option<u32>,
     db_statement_timeout: Option<String>,
+    sqlite_group_commit: Option<bool>,
     pricing: Option<PricingFile>,
     models: Option<BTreeMap<String, ModelFile>>,
 }
@@ -213,6 +218,9 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
     pub db_statement_timeout: Duration,
+    /// SQLite: commit concurrent write transactions together (one fsync per batch;
+    /// nothing is acknowledged before its batch is on disk).
+    pub sqlite_group_commit: bool,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
 }
@@ -469,6 +477,10 @@ impl Config {
             auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
+            sqlite_group_commit: a
+                .sqlite_group_commit
+                .or(f.sqlite_group_commit)
+                .unwrap_or(true),
             price_download_url,
             models,
         })

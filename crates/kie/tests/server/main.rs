@@ -5,5 +5,6 @@ mod harness;
 
 mod files;
 mod foundation;
+mod group_commit;
 mod jobs;
 mod wire_bodies;
