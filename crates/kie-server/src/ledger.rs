@@ -359,7 +359,7 @@ macro_rules! pg_hold_query {
 /// Why a conditional account update matched nothing.
 async fn refusal(db: &Db, account_id: &str) -> LedgerError {
     let exists: Result<Option<i64>, sqlx::Error> = crate::with_read!(db, |p| {
-        sqlx::query_scalar("SELECT 1 FROM accounts WHERE id = $1")
+        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_optional(p)
             .await
@@ -586,7 +586,7 @@ fn hold_refusal(exists: Option<i64>) -> LedgerError {
 async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, LedgerError> {
     let entry_id = new_id("ent");
     let idem = format!("{}:{}", r.kind.as_str(), r.hold_id);
-    let exists_sql = "SELECT 1 FROM holds WHERE id = $1";
+    let exists_sql = "SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1";
     match conn {
         TxConn::Postgres(c) => {
             let row = pg_resolve_query!(r, &entry_id, &idem)
@@ -686,7 +686,7 @@ pub async fn resolve_with(
                 Some(row) => resolved(entry_id, row),
                 None => {
                     return Err(hold_refusal(
-                        sqlx::query_scalar("SELECT 1 FROM holds WHERE id = $1")
+                        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1")
                             .bind(hold_id)
                             .fetch_optional(p)
                             .await?,

@@ -66,7 +66,7 @@ async fn concurrent_holds_get_exactly_what_the_balance_allows() {
         match r["code"].as_i64().unwrap() {
             200 => assert!(created.insert(r["data"]["taskId"].as_str().unwrap().to_string())),
             402 => refused += 1,
-            other => panic!("unexpected {other}: {r}"),
+            other => panic!("unexpected {other}: {r}\nserver log:\n{}", s.log()),
         }
     }
     assert_eq!(created.len(), 10, "exactly what the balance allows");
