@@ -2,9 +2,10 @@
 //! `ledger::hold` (and, in `holds+posts` mode, `ledger::resolve(Post)` of that hold)
 //! for `SECONDS`, then the invariants are checked (balance/held = sums of entries).
 //!
-//!   bench_ledger DATABASE_URL MODE CALLERS SECONDS [group-commit=on|off]
+//!   bench_ledger DATABASE_URL MODE CALLERS SECONDS [group-commit=on|off] [ACCOUNTS=one|per-caller]
 //!
-//! MODE is `holds` or `holds+posts`. Prints one line: `ops/s <n> ops <n> errors <n>`,
+//! MODE is `holds` or `holds+posts`. ACCOUNTS `one` (default) makes every caller hold
+//! on the same account (one hot row); `per-caller` gives each caller its own. Prints one line: `ops/s <n> ops <n> errors <n>`,
 //! where every hold and every post counts as one operation.
 
 use kie_server::config::parse_database_url;
@@ -32,21 +33,27 @@ async fn main() -> anyhow::Result<()> {
     let callers: usize = a[3].parse()?;
     let secs: f64 = a[4].parse()?;
     let group = a.get(5).map(|s| s != "off").unwrap_or(true);
+    let per_caller = a.get(6).is_some_and(|s| s == "per-caller");
     let opts = OpenOptions {
         max_connections: callers as u32 + 2,
         sqlite_group_commit: group,
         ..Default::default()
     };
     let db = Db::open(&url, &opts).await?;
-    let name = format!("bench-{}", kie_wire::apikey::random_base62(8));
-    let acc = kie_server::accounts::create(&db, &name, Some(Credits(i64::MAX / 4))).await?;
+    let mut accounts = Vec::new();
+    for _ in 0..if per_caller { callers } else { 1 } {
+        let name = format!("bench-{}", kie_wire::apikey::random_base62(8));
+        let acc = kie_server::accounts::create(&db, &name, Some(Credits(i64::MAX / 4))).await?;
+        accounts.push(acc.id);
+    }
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let mut handles = Vec::new();
-    for _ in 0..callers {
-        let (db, acc, ops, errors) = (db.clone(), acc.id.clone(), ops.clone(), errors.clone());
+    for i in 0..callers {
+        let acc = accounts[i % accounts.len()].clone();
+        let (db, ops, errors) = (db.clone(), ops.clone(), errors.clone());
         handles.push(tokio::spawn(async move {
             while Instant::now() < until {
                 match ledger::hold(&db, &acc, Credits(100), None).await {
@@ -79,12 +86,14 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let n = ops.load(Ordering::Relaxed);
     // The invariants still hold after the run.
-    let b = ledger::balance(&db, &acc.id).await?.expect("account");
-    let (sum, held) = ledger::entry_sums(&db, &acc.id).await?;
-    anyhow::ensure!(
-        b.balance == sum && b.held == held,
-        "ledger invariant broken"
-    );
+    for acc in &accounts {
+        let b = ledger::balance(&db, acc).await?.expect("account");
+        let (sum, held) = ledger::entry_sums(&db, acc).await?;
+        anyhow::ensure!(
+            b.balance == sum && b.held == held,
+            "ledger invariant broken"
+        );
+    }
     println!(
         "ops/s {:.0} ops {n} errors {} seconds {elapsed:.2}",
         n as f64 / elapsed,
