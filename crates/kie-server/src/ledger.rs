@@ -1,7 +1,10 @@
 //! The credit ledger. All money logic lives here.
 //!
 //! Invariants (checked by tests under concurrency, on both backends):
-//! * Entries are append-only; each has a unique idempotency key.
+//! * Entries are append-only; each has a unique idempotency key. Grants, deducts and
+//!   adjustments look their key up first (a replay returns the earlier entry); holds,
+//!   posts and voids do not need to: their keys derive from a fresh hold id or from the
+//!   one `pending → posted|voided` transition, and the unique index still guards them.
 //! * `accounts.balance` = sum of `ledger_entries.amount` and `accounts.held` = sum of
 //!   `ledger_entries.held_delta`, because both change in the same transaction as the
 //!   entry that explains them.
