@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-5000}"
 c="${2:-64}"
-cargo build --release -q -p kie --bin kie --example bench_jobs
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p kie --bin kie --example bench_jobs
 kie=target/release/kie
 tmp=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT

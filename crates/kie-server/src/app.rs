@@ -305,6 +305,7 @@ impl Server {
             max_connections: config.db_max_connections,
             statement_timeout: config.db_statement_timeout,
             pg_acquire_timeout: config.db_acquire_timeout,
+            sqlite_group_commit: config.sqlite_group_commit,
             ..Default::default()
         };
         let db = Db::open(&config.database, &opts).await?;

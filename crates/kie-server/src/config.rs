@@ -118,6 +118,10 @@ pub struct ServeArgs {
     /// Per-client-IP request rate limit in requests per second (0 = off) [default: 100000]
     #[arg(long, env = "KIE_IP_RATE_LIMIT", value_name = "N")]
     pub ip_rate_limit: Option<u32>,
+    /// SQLite: commit concurrent writes together, one fsync per batch (false: one
+    /// transaction per write) [default: true]
+    #[arg(long, env = "KIE_SQLITE_GROUP_COMMIT", value_name = "BOOL")]
+    pub sqlite_group_commit: Option<bool>,
 }
 
 /// The TOML file: the same settings as the flags, plus the ones only a file can express
@@ -161,6 +165,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     ip_rate_limit: Option<u32>,
     db_acquire_timeout: Option<String>,
+    sqlite_group_commit: Option<bool>,
     pricing: Option<PricingFile>,
     models: Option<BTreeMap<String, ModelFile>>,
 }
@@ -247,6 +252,9 @@ pub struct Config {
     /// Longest wait for a PostgreSQL connection of a busy pool (an unreachable database
     /// is detected by `store::health` and fails requests at once instead).
     pub db_acquire_timeout: Duration,
+    /// SQLite: commit concurrent write transactions together (one fsync per batch;
+    /// nothing is acknowledged before its batch is on disk).
+    pub sqlite_group_commit: bool,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
     /// See `conn_guard`: head deadline (and keep-alive idle timeout).
@@ -530,6 +538,10 @@ impl Config {
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
             db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "3s")?,
+            sqlite_group_commit: a
+                .sqlite_group_commit
+                .or(f.sqlite_group_commit)
+                .unwrap_or(true),
             price_download_url,
             models,
             header_read_timeout: positive(

@@ -1,7 +1,10 @@
 //! The credit ledger. All money logic lives here.
 //!
 //! Invariants (checked by tests under concurrency, on both backends):
-//! * Entries are append-only; each has a unique idempotency key.
+//! * Entries are append-only; each has a unique idempotency key. Grants, deducts and
+//!   adjustments look their key up first (a replay returns the earlier entry); holds,
+//!   posts and voids do not need to: their keys derive from a fresh hold id or from the
+//!   one `pending → posted|voided` transition, and the unique index still guards them.
 //! * `accounts.balance` = sum of `ledger_entries.amount` and `accounts.held` = sum of
 //!   `ledger_entries.held_delta`, because both change in the same transaction as the
 //!   entry that explains them.
@@ -286,6 +289,12 @@ pub struct TxCtx<'a> {
 #[async_trait::async_trait]
 pub trait InSameTx: Sync {
     async fn run(&self, conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError>;
+
+    /// True when there is nothing to write (lets PostgreSQL run a hold or resolution
+    /// as one autocommit statement).
+    fn is_alone(&self) -> bool {
+        false
+    }
 }
 
 /// Nothing else to write.
@@ -295,6 +304,10 @@ pub struct Alone;
 impl InSameTx for Alone {
     async fn run(&self, _conn: TxConn<'_>, _ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
         Ok(())
+    }
+
+    fn is_alone(&self) -> bool {
+        true
     }
 }
 
@@ -307,6 +320,118 @@ pub async fn hold(
     reason: Option<&str>,
 ) -> Result<Hold, LedgerError> {
     hold_with(db, account_id, amount, reason, &Alone).await
+}
+
+/// A new hold's rows.
+struct NewHold<'a> {
+    hold_id: &'a str,
+    account_id: &'a str,
+    amount: i64,
+    reason: Option<&'a str>,
+    now: i64,
+}
+
+/// PostgreSQL: the hold's three writes (account, entry, hold row) as one statement —
+/// one round trip, and in autocommit mode one transaction.
+const PG_HOLD: &str = "WITH a AS ( \
+       UPDATE accounts SET held = held + $1 \
+       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
+       RETURNING balance, held), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a), \
+     h AS ( \
+       INSERT INTO holds (id, account_id, amount, state, created_at) \
+       SELECT $4, $2, $1, 'pending', $7 FROM a) \
+     SELECT balance, held FROM a";
+
+macro_rules! pg_hold_query {
+    ($h:expr, $entry_id:expr, $idem:expr) => {
+        sqlx::query_as::<_, (i64, i64)>(PG_HOLD)
+            .bind($h.amount)
+            .bind($h.account_id)
+            .bind($entry_id)
+            .bind($h.hold_id)
+            .bind($h.reason)
+            .bind($idem)
+            .bind($h.now)
+    };
+}
+
+/// Why a conditional account update matched nothing.
+async fn refusal(db: &Db, account_id: &str) -> LedgerError {
+    let exists: Result<Option<i64>, sqlx::Error> = crate::with_read!(db, |p| {
+        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(p)
+            .await
+    });
+    match exists {
+        Ok(Some(_)) => LedgerError::InsufficientCredits,
+        Ok(None) => LedgerError::UnknownAccount,
+        Err(e) => LedgerError::Db(e),
+    }
+}
+
+/// Writes a hold inside an open transaction. `None`: the account is unknown or its
+/// available balance is too small (nothing was written). The hold's idempotency key
+/// derives from its fresh id, so it cannot have been used: no lookup, the unique index
+/// still guards it.
+async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, sqlx::Error> {
+    let entry_id = new_id("ent");
+    let idem = format!("hold:{}", h.hold_id);
+    let row = match conn {
+        TxConn::Postgres(c) => {
+            pg_hold_query!(h, &entry_id, &idem)
+                .fetch_optional(&mut *c)
+                .await?
+        }
+        TxConn::Sqlite(c) => {
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE accounts SET held = held + $1 \
+                 WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
+                 RETURNING balance, held",
+            )
+            .bind(h.amount)
+            .bind(h.account_id)
+            .fetch_optional(&mut *c)
+            .await?;
+            if row.is_some() {
+                sqlx::query(
+                    "INSERT INTO ledger_entries \
+                     (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+                     VALUES ($1, $2, 'hold', 0, $3, $4, $5, $6, $7)",
+                )
+                .bind(&entry_id)
+                .bind(h.account_id)
+                .bind(h.amount)
+                .bind(h.hold_id)
+                .bind(h.reason)
+                .bind(&idem)
+                .bind(h.now)
+                .execute(&mut *c)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO holds (id, account_id, amount, state, created_at) \
+                     VALUES ($1, $2, $3, 'pending', $4)",
+                )
+                .bind(h.hold_id)
+                .bind(h.account_id)
+                .bind(h.amount)
+                .bind(h.now)
+                .execute(&mut *c)
+                .await?;
+            }
+            row
+        }
+    };
+    Ok(row.map(|(balance, held)| Applied {
+        entry_id,
+        balance: Credits(balance),
+        held: Credits(held),
+        replayed: false,
+    }))
 }
 
 /// [`hold`], plus `also` in the same transaction.
@@ -323,35 +448,48 @@ pub async fn hold_with(
         ));
     }
     let hold_id = new_id("hold");
-    let idem = format!("hold:{hold_id}");
-    let c = Change {
+    let h = NewHold {
+        hold_id: &hold_id,
         account_id,
-        kind: Kind::Hold,
-        amount: 0,
-        held_delta: amount.0,
-        hold_id: Some(&hold_id),
+        amount: amount.0,
         reason,
-        idempotency_key: &idem,
+        now: now_ms(),
     };
-    let applied = with_tx!(db, |tx| {
-        let applied = apply_in_tx!(tx, &c);
-        sqlx::query("INSERT INTO holds (id, account_id, amount, state, created_at) VALUES ($1, $2, $3, 'pending', $4)")
-            .bind(&hold_id)
-            .bind(account_id)
-            .bind(amount.0)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        let ctx = TxCtx {
-            hold_id: &hold_id,
-            account_id,
-            charged: Credits::ZERO,
-            applied: &applied,
-        };
-        also.run(TxConn::from(&mut *tx), &ctx).await?;
-        applied
-    });
-    Ok(Hold { hold_id, applied })
+    let applied = match db {
+        // Nothing else to write: the one statement is the transaction.
+        Db::Postgres(p) if also.is_alone() => {
+            let entry_id = new_id("ent");
+            let idem = format!("hold:{hold_id}");
+            pg_hold_query!(h, &entry_id, &idem)
+                .fetch_optional(p)
+                .await?
+                .map(|(balance, held)| Applied {
+                    entry_id,
+                    balance: Credits(balance),
+                    held: Credits(held),
+                    replayed: false,
+                })
+        }
+        _ => with_tx!(db, |tx| {
+            match hold_in(TxConn::from(&mut *tx), &h).await? {
+                Some(applied) => {
+                    let ctx = TxCtx {
+                        hold_id: &hold_id,
+                        account_id,
+                        charged: Credits::ZERO,
+                        applied: &applied,
+                    };
+                    also.run(TxConn::from(&mut *tx), &ctx).await?;
+                    Some(applied)
+                }
+                None => None,
+            }
+        }),
+    };
+    match applied {
+        Some(applied) => Ok(Hold { hold_id, applied }),
+        None => Err(refusal(db, account_id).await),
+    }
 }
 
 /// How a hold ends.
@@ -373,6 +511,151 @@ pub async fn resolve(
     resolve_with(db, hold_id, how, reason, &Alone).await
 }
 
+/// PostgreSQL: a resolution's three writes (hold state, account, entry) as one
+/// statement. Matches only a pending hold, so it resolves exactly once.
+const PG_RESOLVE: &str = "WITH h AS ( \
+       UPDATE holds SET state = $1, \
+         charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
+         resolved_at = $3 \
+       WHERE id = $4 AND state = 'pending' \
+       RETURNING account_id, amount, charged), \
+     a AS ( \
+       UPDATE accounts SET balance = accounts.balance - h.charged, held = accounts.held - h.amount \
+       FROM h WHERE accounts.id = h.account_id \
+       RETURNING accounts.balance, accounts.held), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $5, h.account_id, $6, -h.charged, -h.amount, $4, $7, $8, $3 FROM h) \
+     SELECT a.balance, a.held, h.account_id, h.charged FROM a, h";
+
+/// A resolution to write.
+struct Resolve<'a> {
+    hold_id: &'a str,
+    state: &'static str,
+    kind: Kind,
+    /// Requested charge (clamped to the hold in SQL); 0 for a void.
+    charge: i64,
+    reason: Option<&'a str>,
+    now: i64,
+}
+
+/// What a resolution did.
+struct Resolved {
+    applied: Applied,
+    account_id: String,
+    charged: i64,
+}
+
+macro_rules! pg_resolve_query {
+    ($r:expr, $entry_id:expr, $idem:expr) => {
+        sqlx::query_as::<_, (i64, i64, String, i64)>(PG_RESOLVE)
+            .bind($r.state)
+            .bind($r.charge)
+            .bind($r.now)
+            .bind($r.hold_id)
+            .bind($entry_id)
+            .bind($r.kind.as_str())
+            .bind($r.reason)
+            .bind($idem)
+    };
+}
+
+fn resolved(entry_id: String, row: (i64, i64, String, i64)) -> Resolved {
+    let (balance, held, account_id, charged) = row;
+    Resolved {
+        applied: Applied {
+            entry_id,
+            balance: Credits(balance),
+            held: Credits(held),
+            replayed: false,
+        },
+        account_id,
+        charged,
+    }
+}
+
+/// Why a pending-only update of a hold matched nothing.
+fn hold_refusal(exists: Option<i64>) -> LedgerError {
+    match exists {
+        Some(_) => LedgerError::HoldResolved,
+        None => LedgerError::UnknownHold,
+    }
+}
+
+/// Resolves a pending hold inside an open transaction. The entry's idempotency key
+/// (`post:`/`void:` + hold id) can only be written by the one call that moves the hold
+/// out of `pending`, so it needs no lookup; the unique index still guards it.
+async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, LedgerError> {
+    let entry_id = new_id("ent");
+    let idem = format!("{}:{}", r.kind.as_str(), r.hold_id);
+    let exists_sql = "SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1";
+    match conn {
+        TxConn::Postgres(c) => {
+            let row = pg_resolve_query!(r, &entry_id, &idem)
+                .fetch_optional(&mut *c)
+                .await?;
+            match row {
+                Some(row) => Ok(resolved(entry_id, row)),
+                None => Err(hold_refusal(
+                    sqlx::query_scalar(exists_sql)
+                        .bind(r.hold_id)
+                        .fetch_optional(&mut *c)
+                        .await?,
+                )),
+            }
+        }
+        TxConn::Sqlite(c) => {
+            let hold: Option<(String, i64, i64)> = sqlx::query_as(
+                "UPDATE holds SET state = $1, \
+                 charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
+                 resolved_at = $3 WHERE id = $4 AND state = 'pending' \
+                 RETURNING account_id, amount, charged",
+            )
+            .bind(r.state)
+            .bind(r.charge)
+            .bind(r.now)
+            .bind(r.hold_id)
+            .fetch_optional(&mut *c)
+            .await?;
+            let Some((account_id, amount, charged)) = hold else {
+                return Err(hold_refusal(
+                    sqlx::query_scalar(exists_sql)
+                        .bind(r.hold_id)
+                        .fetch_optional(&mut *c)
+                        .await?,
+                ));
+            };
+            let (balance, held): (i64, i64) = sqlx::query_as(
+                "UPDATE accounts SET balance = balance - $1, held = held - $2 WHERE id = $3 \
+                 RETURNING balance, held",
+            )
+            .bind(charged)
+            .bind(amount)
+            .bind(&account_id)
+            .fetch_one(&mut *c)
+            .await?;
+            sqlx::query(
+                "INSERT INTO ledger_entries \
+                 (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&entry_id)
+            .bind(&account_id)
+            .bind(r.kind.as_str())
+            .bind(-charged)
+            .bind(-amount)
+            .bind(r.hold_id)
+            .bind(r.reason)
+            .bind(&idem)
+            .bind(r.now)
+            .execute(&mut *c)
+            .await?;
+            Ok(resolved(entry_id, (balance, held, account_id, charged)))
+        }
+    }
+}
+
 /// [`resolve`], plus `also` in the same transaction (run only when this call is the
 /// one that resolves the hold).
 pub async fn resolve_with(
@@ -382,56 +665,51 @@ pub async fn resolve_with(
     reason: Option<&str>,
     also: &dyn InSameTx,
 ) -> Result<(Applied, Credits), LedgerError> {
-    let (state, kind, idem) = match how {
-        Resolution::Post(_) => ("posted", Kind::Post, format!("post:{hold_id}")),
-        Resolution::Void => ("voided", Kind::Void, format!("void:{hold_id}")),
+    let (state, kind, charge) = match how {
+        Resolution::Post(c) => ("posted", Kind::Post, c.0),
+        Resolution::Void => ("voided", Kind::Void, 0),
     };
-    let r = with_tx!(db, |tx| {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT account_id, amount FROM holds WHERE id = $1")
-                .bind(hold_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((account_id, held)) = row else {
-            return Err(LedgerError::UnknownHold);
-        };
-        let charged = match how {
-            Resolution::Post(c) => c.0.clamp(0, held),
-            Resolution::Void => 0,
-        };
-        let changed = sqlx::query(
-            "UPDATE holds SET state = $1, charged = $2, resolved_at = $3 WHERE id = $4 AND state = 'pending'",
-        )
-        .bind(state)
-        .bind(charged)
-        .bind(now_ms())
-        .bind(hold_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed != 1 {
-            return Err(LedgerError::HoldResolved);
+    let r = Resolve {
+        hold_id,
+        state,
+        kind,
+        charge,
+        reason,
+        now: now_ms(),
+    };
+    let done = match db {
+        // Nothing else to write: the one statement is the transaction.
+        Db::Postgres(p) if also.is_alone() => {
+            let entry_id = new_id("ent");
+            let idem = format!("{}:{hold_id}", kind.as_str());
+            match pg_resolve_query!(r, &entry_id, &idem)
+                .fetch_optional(p)
+                .await?
+            {
+                Some(row) => resolved(entry_id, row),
+                None => {
+                    return Err(hold_refusal(
+                        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1")
+                            .bind(hold_id)
+                            .fetch_optional(p)
+                            .await?,
+                    ))
+                }
+            }
         }
-        let c = Change {
-            account_id: &account_id,
-            kind,
-            amount: -charged,
-            held_delta: -held,
-            hold_id: Some(hold_id),
-            reason,
-            idempotency_key: &idem,
-        };
-        let applied = apply_in_tx!(tx, &c);
-        let ctx = TxCtx {
-            hold_id,
-            account_id: &account_id,
-            charged: Credits(charged),
-            applied: &applied,
-        };
-        also.run(TxConn::from(&mut *tx), &ctx).await?;
-        (applied, Credits(charged))
-    });
-    Ok(r)
+        _ => with_tx!(db, |tx| {
+            let done = resolve_in(TxConn::from(&mut *tx), &r).await?;
+            let ctx = TxCtx {
+                hold_id,
+                account_id: &done.account_id,
+                charged: Credits(done.charged),
+                applied: &done.applied,
+            };
+            also.run(TxConn::from(&mut *tx), &ctx).await?;
+            done
+        }),
+    };
+    Ok((done.applied, Credits(done.charged)))
 }
 
 /// Posted balance and held credits of an account.

@@ -26,7 +26,12 @@ pub mod health;
 pub struct SqliteDb {
     pub read: SqlitePool,
     pub write: SqlitePool,
+    /// Group commit of write transactions (see [`group`]); `None` runs one
+    /// transaction (and one fsync) per [`with_tx!`].
+    pub group: Option<std::sync::Arc<group::Group>>,
 }
+
+pub mod group;
 
 /// A connected metadata store.
 #[derive(Clone, Debug)]
@@ -51,16 +56,32 @@ macro_rules! with_read {
 
 /// Runs `$body` inside one write transaction bound to `$tx`, committing when the body
 /// evaluates; an early return (`?`) drops the transaction, which rolls it back.
+///
+/// On SQLite with group commit (the default) `$tx` is the shared write connection and
+/// the body runs inside its own `SAVEPOINT` of the current batch transaction: an early
+/// return rolls back to that savepoint (only this body's writes), and the macro
+/// returns only after the whole batch has committed (one fsync for many bodies).
 #[macro_export]
 macro_rules! with_tx {
     ($db:expr, |$tx:ident| $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite(s) => {
-                let mut $tx = s.write.begin_with("BEGIN IMMEDIATE").await?;
-                let r = $body;
-                $tx.commit().await?;
-                r
-            }
+            $crate::store::Db::Sqlite(s) => match &s.group {
+                // One savepoint inside the shared batch transaction; acknowledged only
+                // once the batch has committed.
+                Some(g) => {
+                    // Derefs to the write connection, like a transaction.
+                    let mut $tx = g.enter().await?;
+                    let r = $body;
+                    $tx.finish().await?;
+                    r
+                }
+                None => {
+                    let mut $tx = s.write.begin_with("BEGIN IMMEDIATE").await?;
+                    let r = $body;
+                    $tx.commit().await?;
+                    r
+                }
+            },
             $crate::store::Db::Postgres(p) => {
                 let mut $tx = p.begin().await?;
                 let r = $body;
@@ -94,6 +115,8 @@ pub struct OpenOptions {
     /// Limit of the first connection at start-up (a database that does not answer is
     /// reported, not waited for).
     pub connect_timeout: Duration,
+    /// SQLite: group commit of concurrent write transactions (see [`group`]).
+    pub sqlite_group_commit: bool,
 }
 
 impl Default for OpenOptions {
@@ -104,6 +127,7 @@ impl Default for OpenOptions {
             acquire_timeout: Duration::from_secs(3),
             pg_acquire_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
+            sqlite_group_commit: true,
         }
     }
 }
@@ -172,7 +196,10 @@ impl Db {
                     .connect_with(base.read_only(true))
                     .await
                     .map_err(connect_err)?;
-                Db::Sqlite(SqliteDb { read, write })
+                let group = opts
+                    .sqlite_group_commit
+                    .then(|| group::Group::start(write.clone()));
+                Db::Sqlite(SqliteDb { read, write, group })
             }
             DatabaseUrl::Postgres(u) => {
                 let connect_err = |e: sqlx::Error| OpenError::Connect {
@@ -239,6 +266,9 @@ impl Db {
     pub async fn close(&self) {
         match self {
             Db::Sqlite(s) => {
+                if let Some(g) = &s.group {
+                    g.flush().await;
+                }
                 s.read.close().await;
                 s.write.close().await;
             }

@@ -12,6 +12,14 @@
 //!   is refused and changes nothing), and no finished task can lack its callback.
 //! * Claiming is a conditional UPDATE on `state IN ('waiting','queuing')`: one worker
 //!   wins, on any number of nodes.
+//!
+//! States: a task is `waiting` from creation until a worker claims it, `generating`
+//! while claimed, then `success` or `fail`. `queuing` (SPEC §4 lists it among the
+//! values of `state` but gives it no transition) is never written: every unclaimed
+//! task is claimable at once, so there is no second pre-claim stage to report, and
+//! writing one would cost an extra write per task on the hot path. Claims, the
+//! reaper and the queue index accept it, so a scheduler that holds tasks back (e.g.
+//! per-account concurrency) can use it without a migration.
 
 use kie_wire::task::{RecordInfo, STATE_FAIL, STATE_SUCCESS};
 use kie_wire::Credits;

@@ -3,11 +3,12 @@
 
 mod harness;
 
+mod cli_e2e;
 mod crash;
 mod diskfull;
-mod cli_e2e;
 mod files;
 mod foundation;
+mod group_commit;
 mod hostile;
 mod jobs;
 mod multinode;
