@@ -6,4 +6,6 @@ mod harness;
 mod files;
 mod foundation;
 mod jobs;
+mod secrets;
+mod ssrf;
 mod wire_bodies;
