@@ -124,6 +124,26 @@ pub fn scan(text: &str) -> Vec<Finding> {
     out
 }
 
+/// `text` with every [`scan`] finding replaced by `<redacted>`.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    let found = scan(text);
+    if found.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        if f.offset < at {
+            continue; // overlapping finding, already redacted
+        }
+        out.push_str(&text[at..f.offset]);
+        out.push_str("<redacted>");
+        at = f.offset + f.len;
+    }
+    out.push_str(&text[at..]);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +194,17 @@ mod tests {
         );
         // a key glued to other text is still found
         assert_eq!(kinds(&format!("xx{api}yy")), [SecretKind::ApiKey]);
+    }
+
+    #[test]
+    fn redact_replaces_every_finding() {
+        let api = crate::apikey::generate();
+        let wh = crate::webhook::generate_key();
+        assert_eq!(redact("/api/v1/chat/credit"), "/api/v1/chat/credit");
+        assert_eq!(
+            redact(&format!("/x/{api}/y/{wh}")),
+            "/x/<redacted>/y/<redacted>"
+        );
     }
 
     #[test]
