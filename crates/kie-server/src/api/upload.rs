@@ -352,15 +352,13 @@ struct BlobSink<'s> {
 
 impl PartSink for BlobSink<'_> {
     type Stored = StoredBytes;
-    fn store<'a>(
+    async fn store<'a>(
         &'a mut self,
         field: axum::extract::multipart::Field<'a>,
-    ) -> impl std::future::Future<Output = Result<StoredBytes, ApiError>> + Send + 'a {
-        async move {
-            files::put_bytes(self.blobs, Box::pin(field), self.limit)
-                .await
-                .map_err(|e| file_error(e, self.limit))
-        }
+    ) -> Result<StoredBytes, ApiError> {
+        files::put_bytes(self.blobs, Box::pin(field), self.limit)
+            .await
+            .map_err(|e| file_error(e, self.limit))
     }
 }
 
