@@ -113,12 +113,23 @@ pub async fn list(db: &Db) -> Result<Vec<Account>, sqlx::Error> {
 }
 
 /// A newly created key: the only value that ever contains the key itself.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct NewKey {
     pub id: String,
     pub key: String,
     pub prefix: String,
     pub account: String,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key itself
+        f.debug_struct("NewKey")
+            .field("id", &self.id)
+            .field("prefix", &self.prefix)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,10 +343,20 @@ pub async fn key_by_digest(db: &Db, digest: &str) -> Result<Option<KeyAuth>, sql
     ))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct WebhookKey {
     pub account: String,
     pub key: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key itself
+        f.debug_struct("WebhookKey")
+            .field("account", &self.account)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Generates (or replaces) the account's webhook HMAC key.
@@ -367,4 +388,30 @@ pub async fn webhook_key(db: &Db, account: &str) -> Result<WebhookKey, AccountEr
         account: acc.id,
         key,
     })
+}
+
+#[cfg(test)]
+mod debug_redaction_tests {
+    use super::*;
+
+    #[test]
+    fn key_types_never_debug_print_the_key() {
+        let api = kie_wire::apikey::generate();
+        let k = NewKey {
+            id: "key1".into(),
+            key: api.clone(),
+            prefix: kie_wire::apikey::display_prefix(&api).into(),
+            account: "acc".into(),
+        };
+        let d = format!("{k:?} {k:#?}");
+        assert!(!d.contains(&api), "{d}");
+        assert!(kie_wire::secrets::scan(&d).is_empty(), "{d}");
+        let wh = kie_wire::webhook::generate_key();
+        let w = WebhookKey {
+            account: "acc".into(),
+            key: Some(wh.clone()),
+        };
+        let d = format!("{w:?} {w:#?}");
+        assert!(!d.contains(&wh) && d.contains("<redacted>"), "{d}");
+    }
 }

@@ -95,7 +95,7 @@ pub struct ServeArgs {
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    pub worker_token: Option<String>,
+    pub worker_token: Option<kie_wire::secrets::Secret>,
     /// Create (once) a demo account with credits and print its API key and a curl line
     #[arg(long, env = "KIE_DEMO")]
     pub demo: bool,
@@ -143,7 +143,7 @@ struct FileConfig {
     key_rate_limit: Option<u32>,
     max_body: Option<usize>,
     max_upload: Option<u64>,
-    worker_token: Option<String>,
+    worker_token: Option<kie_wire::secrets::Secret>,
     log_format: Option<LogFormat>,
     file_hosts: Option<Vec<String>>,
     public_result_urls: Option<bool>,
@@ -225,7 +225,8 @@ pub struct Config {
     pub key_rate_limit: u32,
     pub max_body: usize,
     pub max_upload: u64,
-    pub worker_token: Option<String>,
+    /// Redacted in `Debug` ([`kie_wire::secrets::Secret`]).
+    pub worker_token: Option<kie_wire::secrets::Secret>,
     pub demo: bool,
     pub log_format: LogFormat,
     /// Lower-cased host[:port] of hosts whose URLs name our files.

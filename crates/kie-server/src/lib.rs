@@ -11,10 +11,10 @@
 //! * `store` — the metadata store boundary (SQLite or PostgreSQL)
 //! * `blobs` — the object-store boundary (local directory or S3) for file bytes
 //! * `files` — stored files, their public URLs, download links and retention
-//! * `net_guard` — the SSRF guard for outgoing requests (URL uploads, callbacks)
+//! * `net_guard` — the SSRF guard for outgoing requests (URL uploads and callbacks: the only one)
 //! * `tasks` — Jobs API tasks: creation with a credit hold, queue, settlement
 //! * `workers` — the worker protocol (internal API) and the in-process demo models
-//! * `webhooks` — callback payloads, the durable outbox, the dispatcher, SSRF guard
+//! * `webhooks` — callback payloads, the durable outbox, the dispatcher (through `net_guard`)
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;

@@ -14,9 +14,21 @@
 //!   itself (at most [`MAX_REDIRECTS`]) and checks every hop the same way;
 //! * proxies are disabled: a proxy would resolve names where we cannot check them.
 //!
-//! Use from other modules (webhooks): build one client with [`client`], call
-//! [`Policy::check_url`] on the target before sending, and map errors with
+//! This is the only SSRF guard: URL uploads (`api/upload.rs`, through [`get`]) and
+//! webhook callbacks (`api/jobs.rs` at task creation with [`Policy::check_url`],
+//! `webhooks/dispatch.rs` at delivery with a [`client`] and [`Policy::check_url`];
+//! callbacks never follow redirects) both use it. Map reqwest errors with
 //! [`is_forbidden`] to tell "refused by the guard" from other transport failures.
+//!
+//! A DNS answer mixing allowed and forbidden addresses is refused as a whole: it is an
+//! attack pattern (DNS rebinding), not an accident.
+//!
+//! Testing names that resolve to loopback: the resolver is the system's
+//! (`tokio::net::lookup_host`, i.e. getaddrinfo with /etc/hosts), and there is
+//! deliberately no switch to replace it in a production build. Tests use `localhost`
+//! and `localhost.` (resolved through /etc/hosts to 127.0.0.1 and/or ::1), and the unit
+//! test `resolver_refuses_any_forbidden_answer` drives [`Policy::check_resolved`], the
+//! function the resolver applies to every answer, with hand-made answers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -59,6 +71,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The operator's policy: `allow_private_targets` and `allowed_private_targets`.
+    pub fn from_config(config: &crate::config::Config) -> Policy {
+        Policy::new(
+            config.allow_private_targets,
+            config.allowed_private_targets.clone(),
+        )
+    }
+
     pub fn new(allow_private: bool, allow: Vec<IpAddr>) -> Policy {
         Policy {
             allow_private,
@@ -77,7 +97,11 @@ impl Policy {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Refused::Scheme);
         }
+        if url.cannot_be_a_base() {
+            return Err(Refused::NoHost);
+        }
         match url.host() {
+            Some(url::Host::Domain("")) => Err(Refused::NoHost),
             None => Err(Refused::NoHost),
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)),
@@ -100,6 +124,39 @@ impl Policy {
             Err(Refused::Forbidden)
         }
     }
+
+    /// Parses `raw` and checks it with [`Policy::check_url`] (what task creation does
+    /// with a `callBackUrl`).
+    pub fn check_raw(&self, raw: &str) -> Result<Url, CheckError> {
+        let url = Url::parse(raw).map_err(|_| CheckError::BadUrl)?;
+        self.check_url(&url).map_err(|r| match r {
+            Refused::Scheme | Refused::NoHost => CheckError::BadUrl,
+            r => CheckError::Refused(r),
+        })?;
+        Ok(url)
+    }
+
+    /// The verdict on one DNS answer: the addresses to connect to, or a refusal when
+    /// the answer is empty or any address in it is forbidden.
+    pub fn check_resolved(&self, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
+        if addrs.is_empty() {
+            return Err(Refused::Unresolvable);
+        }
+        if addrs.iter().any(|a| !self.allows(a.ip())) {
+            return Err(Refused::Forbidden);
+        }
+        Ok(addrs)
+    }
+}
+
+/// Why [`Policy::check_raw`] refused a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// Not an http(s) URL with a host.
+    #[error("must be an http or https URL with a host")]
+    BadUrl,
+    #[error(transparent)]
+    Refused(Refused),
 }
 
 /// IPv4-mapped and IPv4-compatible IPv6 addresses as the IPv4 address they carry.
@@ -203,14 +260,9 @@ impl Resolve for GuardedResolver {
                         as Box<dyn std::error::Error + Send + Sync>)
                 }
             };
-            let allowed: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| policy.allows(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(GuardError(Refused::Forbidden))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = policy
+                .check_resolved(addrs)
+                .map_err(|r| Box::new(GuardError(r)) as Box<dyn std::error::Error + Send + Sync>)?;
             let it: Addrs = Box::new(allowed.into_iter());
             Ok(it)
         })
@@ -392,6 +444,56 @@ mod tests {
             p.check_url(&Url::parse("https://example.com/").unwrap()),
             Ok(())
         );
+    }
+
+    #[test]
+    fn resolver_refuses_any_forbidden_answer() {
+        let sa = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let p = Policy::default();
+        assert_eq!(
+            p.check_resolved(vec![sa("93.184.216.34:80")]),
+            Ok(vec![sa("93.184.216.34:80")])
+        );
+        for bad in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "0.0.0.0:80",
+            "169.254.169.254:80",
+            "10.0.0.1:80",
+        ] {
+            assert_eq!(
+                p.check_resolved(vec![sa(bad)]),
+                Err(Refused::Forbidden),
+                "{bad}"
+            );
+            // a rebinding answer: one public, one forbidden address
+            assert_eq!(
+                p.check_resolved(vec![sa("93.184.216.34:80"), sa(bad)]),
+                Err(Refused::Forbidden),
+                "{bad}"
+            );
+        }
+        assert_eq!(p.check_resolved(vec![]), Err(Refused::Unresolvable));
+        let open = Policy::new(true, vec![]);
+        assert!(open.check_resolved(vec![sa("127.0.0.1:80")]).is_ok());
+    }
+
+    #[test]
+    fn check_raw_classifies() {
+        let p = Policy::default();
+        assert_eq!(p.check_raw("ftp://x/"), Err(CheckError::BadUrl));
+        assert_eq!(p.check_raw("not a url"), Err(CheckError::BadUrl));
+        assert_eq!(p.check_raw("http:/x"), Ok(Url::parse("http://x/").unwrap()));
+        assert_eq!(p.check_raw("mailto:a@b"), Err(CheckError::BadUrl));
+        assert_eq!(
+            p.check_raw("http://127.0.0.1:9/x"),
+            Err(CheckError::Refused(Refused::Forbidden))
+        );
+        assert!(Policy::new(true, vec![])
+            .check_raw("http://127.0.0.1:9/x")
+            .is_ok());
+        assert!(p.check_raw("https://example.com/hook").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod apikey;
 pub mod credits;
 pub mod envelope;
+pub mod secrets;
 pub mod task;
 pub mod webhook;
 

@@ -98,7 +98,8 @@ fn check_timestamp(timestamp: &str, now: i64, tolerance: i64) -> Result<i64, Ver
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if (now - ts).abs() > tolerance {
+    // abs_diff: extreme timestamps must not overflow
+    if now.abs_diff(ts) > tolerance.max(0) as u64 {
         return Err(VerifyError::TimestampOutOfRange);
     }
     Ok(ts)

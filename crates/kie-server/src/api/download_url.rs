@@ -27,7 +27,7 @@ pub struct DownloadUrlRequest {
 const NOT_FOUND: &str = "File not found";
 
 /// Where a URL of ours points: the file id and decoded name, or nothing.
-fn locate(public_url: &Url, u: &Url) -> Option<(String, String)> {
+pub fn locate(public_url: &Url, u: &Url) -> Option<(String, String)> {
     // `url` has already resolved dot segments, including %2e forms; what is left is
     // the still percent-encoded path, which parse_id_and_name decodes exactly once.
     let prefix = public_url.path().trim_end_matches('/');

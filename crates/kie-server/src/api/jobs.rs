@@ -9,8 +9,8 @@ use crate::auth::Caller;
 use crate::config::ModelKind;
 use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult};
+use crate::net_guard::{CheckError, Policy};
 use crate::tasks::{self, CreateError, NewTask};
-use crate::webhooks::target::{self, TargetError};
 
 /// Longest accepted `callBackUrl`.
 const MAX_CALLBACK_URL: usize = 2048;
@@ -48,9 +48,9 @@ fn validate(state: &AppState, req: &CreateTaskRequest) -> Result<Option<String>,
             "Invalid field 'callBackUrl': longer than {MAX_CALLBACK_URL} characters"
         )));
     }
-    match target::check_syntax(url, state.config.allow_private_targets) {
+    match Policy::from_config(&state.config).check_raw(url) {
         Ok(_) => Ok(Some(url.to_string())),
-        Err(TargetError::Refused) => Err(ApiError::validation(
+        Err(CheckError::Refused(_)) => Err(ApiError::validation(
             "Invalid field 'callBackUrl': the target address is not allowed (loopback, private or link-local)",
         )),
         Err(_) => Err(ApiError::validation(

@@ -301,80 +301,155 @@ async fn stream_upload(state: AppState, req: Request) -> UploadResult {
     let mut mp = Multipart::from_request(req, &state).await.map_err(|_| {
         ApiError::validation("Content-Type must be multipart/form-data with a boundary")
     })?;
-    let mut upload_path: Option<String> = None;
-    let mut file_name: Option<String> = None;
-    let mut stored: Option<(StoredBytes, Option<String>, Option<String>)> = None;
-    let malformed = || ApiError::validation("Malformed multipart body");
-    let mut parts = 0;
-    let result: Result<(), ApiError> = async {
-        while let Some(mut field) = mp.next_field().await.map_err(|_| malformed())? {
-            parts += 1;
-            if parts > MAX_PARTS {
-                return Err(ApiError::validation(format!(
-                    "Too many multipart fields (at most {MAX_PARTS})"
-                )));
-            }
-            let name = field.name().unwrap_or_default().to_string();
-            match name.as_str() {
-                "file" => {
-                    if stored.is_some() {
-                        return Err(ApiError::validation("Only one 'file' part is allowed"));
-                    }
-                    let part_name = field.file_name().map(|n| {
-                        // browsers on Windows may send a full path
-                        n.rsplit(['/', '\\']).next().unwrap_or_default().to_string()
-                    });
-                    let part_mime = field.content_type().map(str::to_string);
-                    let s = files::put_bytes(&state.blobs, Box::pin(field), limit)
-                        .await
-                        .map_err(|e| file_error(e, limit))?;
-                    stored = Some((s, part_name, part_mime));
-                }
-                "uploadPath" | "fileName" => {
-                    let mut buf = Vec::new();
-                    while let Some(chunk) = field.chunk().await.map_err(|_| malformed())? {
-                        buf.extend_from_slice(&chunk);
-                        if buf.len() > MAX_TEXT_FIELD {
-                            return Err(ApiError::validation(format!(
-                                "Field '{name}' is longer than {MAX_TEXT_FIELD} bytes"
-                            )));
-                        }
-                    }
-                    let v = String::from_utf8(buf).map_err(|_| {
-                        ApiError::validation(format!("Field '{name}' is not valid UTF-8"))
-                    })?;
-                    let v = Some(v).filter(|s| !s.is_empty());
-                    if name == "uploadPath" {
-                        upload_path = v;
-                    } else {
-                        file_name = v;
-                    }
-                }
-                // unknown fields are ignored, like unknown JSON fields
-                _ => while field.chunk().await.map_err(|_| malformed())?.is_some() {},
-            }
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        if let Some((s, _, _)) = stored {
-            files::discard(&state.blobs, s).await;
+    let mut sink = BlobSink {
+        blobs: &state.blobs,
+        limit,
+    };
+    let mut form = UploadForm::default();
+    if let Err(e) = read_upload_form(&mut mp, &mut sink, &mut form).await {
+        if let Some(f) = form.file {
+            files::discard(&state.blobs, f.stored).await;
         }
         return Err(e);
     }
-    let Some((stored, part_name, part_mime)) = stored else {
-        return Err(if upload_path.is_none() {
+    let Some(file) = form.file else {
+        return Err(if form.upload_path.is_none() {
             ApiError::validation("Missing required parameters: file, uploadPath")
         } else {
             missing("file")
         });
     };
-    let file_name = file_name
-        .or(part_name.filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| generated_name(part_mime.as_deref()));
-    let mime = pick_mime(part_mime.as_deref(), &file_name);
-    finish(&state, &caller, upload_path, file_name, mime, stored).await
+    let file_name = form
+        .file_name
+        .or(file.part_name.filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| generated_name(file.part_mime.as_deref()));
+    let mime = pick_mime(file.part_mime.as_deref(), &file_name);
+    finish(
+        &state,
+        &caller,
+        form.upload_path,
+        file_name,
+        mime,
+        file.stored,
+    )
+    .await
+}
+
+/// Where the `file` part of a multipart upload goes (the blob store in the server, an
+/// in-memory buffer in the fuzz target).
+pub trait PartSink {
+    type Stored: Send;
+    fn store<'a>(
+        &'a mut self,
+        field: axum::extract::multipart::Field<'a>,
+    ) -> impl std::future::Future<Output = Result<Self::Stored, ApiError>> + Send + 'a;
+}
+
+struct BlobSink<'s> {
+    blobs: &'s crate::blobs::Blobs,
+    limit: u64,
+}
+
+impl PartSink for BlobSink<'_> {
+    type Stored = StoredBytes;
+    async fn store<'a>(
+        &'a mut self,
+        field: axum::extract::multipart::Field<'a>,
+    ) -> Result<StoredBytes, ApiError> {
+        files::put_bytes(self.blobs, Box::pin(field), self.limit)
+            .await
+            .map_err(|e| file_error(e, self.limit))
+    }
+}
+
+/// The `file` part of a multipart upload, once stored.
+#[derive(Debug)]
+pub struct FilePart<S> {
+    pub stored: S,
+    /// The part's file name, without any directory a browser may have sent.
+    pub part_name: Option<String>,
+    pub part_mime: Option<String>,
+}
+
+/// What a multipart upload carried. Non-empty text fields only.
+#[derive(Debug)]
+pub struct UploadForm<S> {
+    pub upload_path: Option<String>,
+    pub file_name: Option<String>,
+    pub file: Option<FilePart<S>>,
+}
+
+impl<S> Default for UploadForm<S> {
+    fn default() -> Self {
+        UploadForm {
+            upload_path: None,
+            file_name: None,
+            file: None,
+        }
+    }
+}
+
+/// The part's file name without directories (browsers on Windows may send a full path).
+pub fn part_file_name(n: &str) -> String {
+    n.rsplit(['/', '\\']).next().unwrap_or_default().to_string()
+}
+
+/// Reads the fields of a multipart upload into `form`, the `file` part through
+/// `sink`. On error, `form.file` may hold stored bytes the caller must discard.
+pub async fn read_upload_form<K: PartSink>(
+    mp: &mut Multipart,
+    sink: &mut K,
+    form: &mut UploadForm<K::Stored>,
+) -> Result<(), ApiError> {
+    let malformed = || ApiError::validation("Malformed multipart body");
+    let mut parts = 0;
+    while let Some(mut field) = mp.next_field().await.map_err(|_| malformed())? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(ApiError::validation(format!(
+                "Too many multipart fields (at most {MAX_PARTS})"
+            )));
+        }
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" => {
+                if form.file.is_some() {
+                    return Err(ApiError::validation("Only one 'file' part is allowed"));
+                }
+                let part_name = field.file_name().map(part_file_name);
+                let part_mime = field.content_type().map(str::to_string);
+                let stored = sink.store(field).await?;
+                form.file = Some(FilePart {
+                    stored,
+                    part_name,
+                    part_mime,
+                });
+            }
+            "uploadPath" | "fileName" => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|_| malformed())? {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > MAX_TEXT_FIELD {
+                        return Err(ApiError::validation(format!(
+                            "Field '{name}' is longer than {MAX_TEXT_FIELD} bytes"
+                        )));
+                    }
+                }
+                let v = String::from_utf8(buf).map_err(|_| {
+                    ApiError::validation(format!("Field '{name}' is not valid UTF-8"))
+                })?;
+                let v = Some(v).filter(|s| !s.is_empty());
+                if name == "uploadPath" {
+                    form.upload_path = v;
+                } else {
+                    form.file_name = v;
+                }
+            }
+            // unknown fields are ignored, like unknown JSON fields
+            _ => while field.chunk().await.map_err(|_| malformed())?.is_some() {},
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- base64 upload
@@ -394,7 +469,7 @@ pub struct Base64UploadRequest<'a> {
 }
 
 /// Splits a `data:<mime>;base64,<data>` URL; plain base64 passes through.
-fn split_data_url(s: &str) -> Result<(Option<&str>, &str), ApiError> {
+pub fn split_data_url(s: &str) -> Result<(Option<&str>, &str), ApiError> {
     let Some(rest) = s.strip_prefix("data:") else {
         return Ok((None, s));
     };
@@ -414,6 +489,15 @@ fn split_data_url(s: &str) -> Result<(Option<&str>, &str), ApiError> {
 /// Decodes base64 (standard or URL-safe alphabet, padding optional, whitespace
 /// ignored) as a stream of chunks, so the decoded file never sits in memory whole.
 fn decode_stream(data: &str) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + '_ {
+    decode_stream_chunked(data, 256 * 1024)
+}
+
+/// [`decode_stream`] with `in_chunk` input characters per chunk (rounded down to a
+/// multiple of 4, at least 4). Every chunk size gives the same answer.
+pub fn decode_stream_chunked(
+    data: &str,
+    in_chunk: usize,
+) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + '_ {
     use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
     use base64::engine::DecodePaddingMode;
     let cfg = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -429,17 +513,23 @@ fn decode_stream(data: &str) -> impl futures::Stream<Item = Result<Bytes, String
         Cow::Borrowed(data.as_bytes())
     };
     // 4 input characters → 3 bytes: chunks of a multiple of 4 decode independently.
-    const IN_CHUNK: usize = 256 * 1024;
+    let in_chunk = (in_chunk / 4).max(1) * 4;
     let mut pos = 0;
     futures::stream::poll_fn(move |_| {
         if pos >= clean.len() {
             return std::task::Poll::Ready(None);
         }
-        let end = (pos + IN_CHUNK).min(clean.len());
-        let r = engine
-            .decode(&clean[pos..end])
-            .map(Bytes::from)
-            .map_err(|_| "invalid base64".to_string());
+        let end = (pos + in_chunk).min(clean.len());
+        // padding ends the data: in a chunk that is not the last it would let
+        // "QQ==QQ==" through, which a single decode refuses
+        let r = if end < clean.len() && clean[pos..end].contains(&b'=') {
+            Err("invalid base64".to_string())
+        } else {
+            engine
+                .decode(&clean[pos..end])
+                .map(Bytes::from)
+                .map_err(|_| "invalid base64".to_string())
+        };
         pos = end;
         std::task::Poll::Ready(Some(r))
     })
@@ -514,7 +604,7 @@ pub struct UrlUploadRequest {
 }
 
 /// The last path segment of a URL, decoded, when it is a usable file name.
-fn name_from_url(u: &url::Url) -> Option<String> {
+pub fn name_from_url(u: &url::Url) -> Option<String> {
     let seg = u.path_segments()?.next_back()?;
     let name = percent_encoding::percent_decode_str(seg)
         .decode_utf8()

@@ -249,6 +249,69 @@ pub fn parse_query(q: Option<&str>) -> Result<LinkQuery<'_>, LinkRefused> {
     Ok(out)
 }
 
+/// A link's query, checked for shape: canonical expiry, key id syntax, decodable
+/// signature. Still unverified.
+#[derive(Debug)]
+pub struct ParsedLink<'a> {
+    pub expiry: i64,
+    pub key_id: &'a str,
+    sig: Vec<u8>,
+}
+
+/// The pure first half of [`verify`]: the query's shape, no key needed.
+pub fn parse_link<'a>(q: &LinkQuery<'a>) -> Result<ParsedLink<'a>, LinkRefused> {
+    let (Some(e), Some(k), Some(s)) = (q.expiry, q.key_id, q.sig) else {
+        return Err(LinkRefused::Malformed);
+    };
+    // canonical decimal only: "+5" or "05" would be another spelling of the same link
+    let expiry: i64 = match e.parse() {
+        Ok(v) if e.bytes().all(|b| b.is_ascii_digit()) && !e.starts_with('0') => v,
+        _ => return Err(LinkRefused::Malformed),
+    };
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(s) else {
+        return Err(LinkRefused::BadSignature);
+    };
+    if k.is_empty() || k.len() > 32 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(LinkRefused::BadSignature);
+    }
+    Ok(ParsedLink {
+        expiry,
+        key_id: k,
+        sig,
+    })
+}
+
+/// The pure second half of [`verify`]: the signature (constant-time) and the expiry
+/// against `now_ms`, with `key` the key named by `link.key_id`.
+pub fn check_link(
+    key: &SigningKey,
+    file_id: &str,
+    name: &str,
+    link: &ParsedLink<'_>,
+    now_ms: i64,
+) -> Result<(), LinkRefused> {
+    let expected = mac(key, file_id, link.expiry, name);
+    if link.sig.len() != expected.len() || !bool::from(expected.ct_eq(&link.sig[..])) {
+        return Err(LinkRefused::BadSignature);
+    }
+    // checked after the signature, so an expired answer is only given for real links
+    if link.expiry.saturating_mul(1000) <= now_ms {
+        return Err(LinkRefused::Expired);
+    }
+    Ok(())
+}
+
+impl SigningKey {
+    /// A key from raw secret bytes (at least 32). For tests and fuzzing; the server
+    /// only reads keys from the key ring.
+    pub fn from_secret(id: &str, secret: &[u8]) -> Option<SigningKey> {
+        (secret.len() >= 32).then(|| SigningKey {
+            id: id.to_string(),
+            secret: secret.into(),
+        })
+    }
+}
+
 /// Verifies a link's signature (constant-time) and expiry. `name` is the decoded file
 /// name from the link's path.
 pub async fn verify(
@@ -258,32 +321,14 @@ pub async fn verify(
     name: &str,
     q: &LinkQuery<'_>,
 ) -> Result<Result<(), LinkRefused>, sqlx::Error> {
-    let (Some(e), Some(k), Some(s)) = (q.expiry, q.key_id, q.sig) else {
-        return Ok(Err(LinkRefused::Malformed));
+    let link = match parse_link(q) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
     };
-    // canonical decimal only: "+5" or "05" would be another spelling of the same link
-    let expiry: i64 = match e.parse() {
-        Ok(v) if e.bytes().all(|b| b.is_ascii_digit()) && !e.starts_with('0') => v,
-        _ => return Ok(Err(LinkRefused::Malformed)),
-    };
-    let Ok(given) = URL_SAFE_NO_PAD.decode(s) else {
+    let Some(key) = cache.get(db, link.key_id).await? else {
         return Ok(Err(LinkRefused::BadSignature));
     };
-    if k.is_empty() || k.len() > 32 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Ok(Err(LinkRefused::BadSignature));
-    }
-    let Some(key) = cache.get(db, k).await? else {
-        return Ok(Err(LinkRefused::BadSignature));
-    };
-    let expected = mac(&key, file_id, expiry, name);
-    if given.len() != expected.len() || !bool::from(expected.ct_eq(&given[..])) {
-        return Ok(Err(LinkRefused::BadSignature));
-    }
-    // checked after the signature, so an expired answer is only given for real links
-    if expiry * 1000 <= now_ms() {
-        return Ok(Err(LinkRefused::Expired));
-    }
-    Ok(Ok(()))
+    Ok(check_link(&key, file_id, name, &link, now_ms()))
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct RequestCtx {
 }
 
 /// An incoming request id is echoed when it is short and plain; otherwise a new one.
+/// One that looks like a credential (a client sending its API key by mistake) is
+/// replaced too: request ids are logged.
 fn request_id_from(req: &Request) -> String {
     req.headers()
         .get(REQUEST_ID)
@@ -40,6 +42,7 @@ fn request_id_from(req: &Request) -> String {
                 && s.len() <= 64
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                && kie_wire::secrets::scan(s).is_empty()
         })
         .map(str::to_owned)
         .unwrap_or_else(|| crate::store::new_id("req"))
@@ -140,7 +143,8 @@ pub async fn envelope_layer(
         .map(|(a, p)| (a.as_str(), p.as_str()))
         .unwrap_or(("-", "-"));
     // The path is logged without its query string: download links carry their
-    // signature there.
+    // signature there; anything in it that looks like a credential is redacted.
+    let path = kie_wire::secrets::redact(&path);
     tracing::info!(
         request_id = %ctx.id,
         %method,

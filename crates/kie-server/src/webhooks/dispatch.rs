@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::target::{self, TargetError};
 use crate::app::AppState;
+use crate::net_guard::{self, CheckError, Policy};
 use crate::store::{now_ms, Db};
 use crate::with_tx;
 
@@ -215,19 +215,19 @@ fn httpdate(s: &str) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
-/// The shared client: no redirects (a redirect is a failed attempt, never followed to
-/// a target the guard did not check), the per-attempt timeout.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+/// The shared client, made by the SSRF guard ([`net_guard::client`]): names resolve
+/// through the guarded resolver (the connection goes only to checked addresses), no
+/// proxies, no redirects (a redirect is a failed attempt, never followed), the
+/// per-attempt timeout.
+pub fn http_client(timeout: Duration, policy: Policy) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
-        .user_agent(concat!("kie-common/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("HTTP client builds")
+        .user_agent(concat!("kie-common/", env!("CARGO_PKG_VERSION")));
+    net_guard::client(builder, policy).expect("HTTP client builds")
 }
 
 /// Makes one attempt: SSRF check, signing, POST.
-async fn attempt(state: &AppState, shared: &reqwest::Client, d: &Leased) -> Attempt {
+async fn attempt(state: &AppState, client: &reqwest::Client, d: &Leased) -> Attempt {
     let cfg = &state.config;
     let fail = |error: String, refused: bool| Attempt {
         status: None,
@@ -235,33 +235,15 @@ async fn attempt(state: &AppState, shared: &reqwest::Client, d: &Leased) -> Atte
         retry_after: None,
         refused,
     };
-    // Literal IPs were checked when the task was created and need no DNS; with
-    // private targets allowed there is nothing to check. Otherwise resolve, check,
-    // and pin the connection to the checked addresses.
-    let client = match target::check_syntax(&d.url, cfg.allow_private_targets) {
-        Err(e) => return fail(e.to_string(), true),
-        Ok(u) if cfg.allow_private_targets || !matches!(u.host(), Some(url::Host::Domain(_))) => {
-            shared.clone()
-        }
-        Ok(u) => match target::check_callback_url(&d.url, false).await {
-            Ok((_, addrs)) => {
-                let host = u.host_str().unwrap_or_default().to_string();
-                match reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .timeout(cfg.webhook_timeout)
-                    .resolve_to_addrs(&host, &addrs)
-                    .build()
-                {
-                    Ok(c) => c,
-                    Err(e) => return fail(format!("client: {e}"), false),
-                }
-            }
-            Err(e @ TargetError::Refused) | Err(e @ TargetError::BadUrl) => {
-                return fail(e.to_string(), true)
-            }
-            Err(e) => return fail(e.to_string(), false),
-        },
-    };
+    // Literal IPs are checked here (again: the policy may have changed since the task
+    // was created); host names by the client's guarded resolver when connecting.
+    if let Err(e) = Policy::from_config(cfg).check_raw(&d.url) {
+        let msg = match e {
+            CheckError::BadUrl => "callback URL must be http or https with a host".to_string(),
+            CheckError::Refused(r) => format!("callback target refused: {r}"),
+        };
+        return fail(msg, true);
+    }
     let key = match crate::accounts::webhook_key(&state.db, &d.account_id).await {
         Ok(k) => k.key,
         Err(e) => return fail(format!("reading the webhook key: {e}"), false),
@@ -305,6 +287,11 @@ async fn attempt(state: &AppState, shared: &reqwest::Client, d: &Leased) -> Atte
                 refused: false,
             }
         }
+        Err(e) if net_guard::is_forbidden(&e).is_some() => {
+            let r = net_guard::is_forbidden(&e).expect("checked");
+            let refused = !matches!(r, net_guard::Refused::Unresolvable);
+            fail(format!("callback target refused: {r}"), refused)
+        }
         Err(e) if e.is_timeout() => fail(
             format!("timed out after {} ms", cfg.webhook_timeout.as_millis()),
             false,
@@ -325,7 +312,10 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// Runs the dispatcher until `stop` flips, then lets attempts in flight finish.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let shared = http_client(state.config.webhook_timeout);
+    let shared = http_client(
+        state.config.webhook_timeout,
+        Policy::from_config(&state.config),
+    );
     // A lease must outlive the attempt it covers, recording included.
     let lease = state.config.webhook_timeout * 2 + Duration::from_secs(30);
     let schedule: Arc<Vec<Duration>> = Arc::new(state.config.webhook_retry_schedule.clone());

@@ -11,7 +11,6 @@
 //! schedule is exhausted), `refused` (the target resolves to a forbidden address).
 
 pub mod dispatch;
-pub mod target;
 
 use kie_wire::task::STATE_SUCCESS;
 use kie_wire::Credits;

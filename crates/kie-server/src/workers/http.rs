@@ -94,7 +94,7 @@ impl FromRequestParts<AppState> for WorkerAuth {
     type Rejection = Answer;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Answer> {
-        let Some(expected) = state.config.worker_token.as_deref() else {
+        let Some(expected) = state.config.worker_token.as_ref().map(|t| t.expose()) else {
             return Err(err(
                 StatusCode::UNAUTHORIZED,
                 "worker API disabled: the server has no --worker-token",

@@ -326,12 +326,15 @@ impl Server {
 
     /// Runs `kie admin ARGS` and returns the raw output.
     pub fn admin_raw(&self, args: &[&str]) -> Output {
-        self.admin_cmd(args).output().unwrap()
+        let out = self.admin_cmd(args).output().unwrap();
+        keep_output(&out);
+        out
     }
 
     /// Runs `kie admin ARGS --json`, asserts success and parses stdout.
     pub fn admin(&self, args: &[&str]) -> Value {
         let out = self.admin_cmd(args).arg("--json").output().unwrap();
+        keep_output(&out);
         assert!(
             out.status.success(),
             "kie admin {args:?} failed: {}",
@@ -357,6 +360,37 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        keep_log(&self.stderr_log, "serve");
+    }
+}
+
+/// Where every `kie serve` log and `kie admin` stderr of the suite is kept for the
+/// secrets scan (`scripts/test` runs `--example scan-secrets` over it at the end):
+/// `KIE_TEST_LOG_DIR`, default `target/tmp/test-logs`.
+pub fn test_log_dir() -> PathBuf {
+    std::env::var_os("KIE_TEST_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs"))
+}
+
+/// Copies a log into [`test_log_dir`] (best effort: a full disk must not fail a test).
+fn keep_log(src: &Path, what: &str) {
+    let dir = test_log_dir();
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::copy(src, dir.join(format!("{what}-{}.log", rand_suffix())));
+    }
+}
+
+fn keep_output(out: &Output) {
+    if out.stderr.is_empty() {
+        return;
+    }
+    let dir = test_log_dir();
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(
+            dir.join(format!("admin-{}.log", rand_suffix())),
+            &out.stderr,
+        );
     }
 }
 

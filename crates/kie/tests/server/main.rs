@@ -14,4 +14,6 @@ mod jobs;
 mod multinode;
 mod outage;
 mod s3;
+mod secrets;
+mod ssrf;
 mod wire_bodies;
