@@ -33,6 +33,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Wake-ups of task workers and the webhook dispatcher.
     pub jobs: crate::tasks::Runtime,
+    /// Direct point reads for the hottest endpoints (SQLite only; see `http::fastread`).
+    pub fast: Option<Arc<crate::http::fastread::FastReader>>,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -256,7 +258,14 @@ impl Server {
             config.auth_cache_ttl,
             config.key_rate_limit,
         ));
+        let fast = match &config.database {
+            crate::config::DatabaseUrl::Sqlite(path) => {
+                Some(Arc::new(crate::http::fastread::FastReader::new(path)))
+            }
+            crate::config::DatabaseUrl::Postgres(_) => None,
+        };
         let state = AppState {
+            fast,
             config: Arc::new(config),
             db,
             blobs,
