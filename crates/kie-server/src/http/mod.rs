@@ -11,7 +11,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use error::{error_body, BodyCode, InternalDetail, UploadEnvelope};
 pub use error::{ApiError, ApiOk, ApiResult};
@@ -182,19 +182,65 @@ pub async fn envelope_layer(
         .unwrap_or(("-", "-"));
     // The path is logged without its query string: download links carry their
     // signature there.
-    tracing::info!(
-        request_id = %ctx.id,
-        %method,
-        path = %path,
-        route,
-        status = resp.status().as_u16(),
-        code,
-        account,
-        key_prefix,
-        latency_us = elapsed.as_micros() as u64,
-        "request"
-    );
+    macro_rules! request_log {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                request_id = %ctx.id,
+                %method,
+                path = %path,
+                route,
+                status = resp.status().as_u16(),
+                code,
+                account,
+                key_prefix,
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            )
+        };
+    }
+    match request_log_level(&method, path, resp.status(), code, elapsed) {
+        tracing::Level::WARN => request_log!(tracing::Level::WARN),
+        tracing::Level::INFO => request_log!(tracing::Level::INFO),
+        _ => request_log!(tracing::Level::DEBUG),
+    }
     resp
+}
+
+/// Requests slower than this are logged at WARN.
+pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
+/// Successful reads faster than this are logged at DEBUG (see [`request_log_level`]).
+pub const QUIET_UNDER: Duration = Duration::from_millis(100);
+
+/// The level of a request's log line. Every failure (HTTP status ≥ 400 or body code
+/// ≠ 200), every write (non-GET/HEAD) and every file download is logged at INFO, slow
+/// requests at WARN; successful fast reads of the API and the health/metrics endpoints
+/// (credit balance and task polls, probes, scrapes: the bulk of the traffic, already
+/// counted in `kie_http_requests_total`) at DEBUG, so the INFO log stays the useful
+/// record and costs nothing on the hottest path. `KIE_LOG=debug` shows them all.
+pub fn request_log_level(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    code: i64,
+    elapsed: Duration,
+) -> tracing::Level {
+    if elapsed >= SLOW_REQUEST {
+        return tracing::Level::WARN;
+    }
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let quiet_path =
+        path.starts_with("/api/") || matches!(path, "/healthz" | "/readyz" | "/metrics");
+    if read
+        && quiet_path
+        && status.as_u16() < 400
+        && code == codes::SUCCESS
+        && elapsed < QUIET_UNDER
+    {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    }
 }
 
 /// Inner (route) layer: remembers the matched route for logs and metrics.
@@ -219,4 +265,67 @@ pub async fn unknown_endpoint(method: Method) -> Response {
 /// An empty body (used for non-API 405s).
 pub fn empty(status: StatusCode) -> Response {
     (status, Body::empty()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn request_ids_are_distinct_and_plain() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+        assert!(a.starts_with("req_"));
+        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_eq!(a[..9], b[..9], "same process prefix");
+    }
+
+    #[test]
+    fn request_log_levels() {
+        let fast = Duration::from_millis(2);
+        let ok = StatusCode::OK;
+        let lvl = request_log_level;
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 200, fast),
+            Level::DEBUG
+        );
+        assert_eq!(lvl(&Method::GET, "/healthz", ok, 200, fast), Level::DEBUG);
+        // failures, writes, downloads and slow requests stay visible
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 401, fast),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(
+                &Method::GET,
+                "/api/v1/chat/credit",
+                StatusCode::UNAUTHORIZED,
+                401,
+                fast
+            ),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(&Method::POST, "/api/v1/common/download-url", ok, 200, fast),
+            Level::INFO
+        );
+        assert_eq!(lvl(&Method::GET, "/links/x/y", ok, 200, fast), Level::INFO);
+        assert_eq!(
+            lvl(
+                &Method::GET,
+                "/api/v1/chat/credit",
+                ok,
+                200,
+                Duration::from_millis(150)
+            ),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 200, SLOW_REQUEST),
+            Level::WARN
+        );
+    }
 }
