@@ -67,6 +67,7 @@ for r in $(seq 1 "$STARTS"); do
   read -r nms nrss <<<"$(measure "$np" / nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;')"
   kp=$(free_port)
   read -r kms krss <<<"$(KIE_LOG=warn measure "$kp" /readyz "$KIE_BIN" serve --demo --data-dir "$work/kie/data" --bind "127.0.0.1:$kp")"
+  nms=$(printf %.1f "$nms"); kms=$(printf %.1f "$kms")
   echo "start $r: nginx ready ${nms} ms (RSS $((nrss / 1024)) MiB)   kie ready ${kms} ms (idle RSS $((krss / 1024)) MiB)"
   echo "$nms $nrss" >>"$work/ngx.txt"; echo "$kms $krss" >>"$work/kie.txt"
 done
