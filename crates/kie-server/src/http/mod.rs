@@ -214,7 +214,7 @@ pub const QUIET_UNDER: Duration = Duration::from_millis(100);
 
 /// The level of a request's log line. Every failure (HTTP status ≥ 400 or body code
 /// ≠ 200), every write (non-GET/HEAD) and every file download is logged at INFO, slow
-/// requests at WARN; successful fast reads of the API and the health/metrics endpoints
+/// API requests (≥ [`SLOW_REQUEST`]) at WARN; successful fast reads of the API and the health/metrics endpoints
 /// (credit balance and task polls, probes, scrapes: the bulk of the traffic, already
 /// counted in `kie_http_requests_total`) at DEBUG, so the INFO log stays the useful
 /// record and costs nothing on the hottest path. `KIE_LOG=debug` shows them all.
@@ -225,7 +225,9 @@ pub fn request_log_level(
     code: i64,
     elapsed: Duration,
 ) -> tracing::Level {
-    if elapsed >= SLOW_REQUEST {
+    // Uploads (their body is read in the handler) and the worker long-poll
+    // (`/internal/…`) are slow by nature: INFO.
+    if elapsed >= SLOW_REQUEST && path.starts_with("/api/") && !path.starts_with("/api/file-") {
         return tracing::Level::WARN;
     }
     let read = *method == Method::GET || *method == Method::HEAD;
