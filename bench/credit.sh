@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GET /api/v1/chat/credit with a valid key vs nginx answering a constant JSON body,
 # same wrk settings (1 thread, 32 connections), alternating rounds, medians and ratio.
+# With KIE_BASELINE_BIN=<older kie binary> that binary is measured too, in the same
+# alternating rounds (before/after of a change).
 # Usage: bench/credit.sh [ROUNDS] [SECONDS]
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
@@ -9,20 +11,38 @@ need wrk wrk
 need nginx nginx-light
 build_kie
 work=$(mktemp -d)
-trap 'kill $KIE_PID $NGINX_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-start_kie "$work/kie"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+start_kie "$work/kie"; PIDS+=("$KIE_PID"); K_URL=$KIE_URL; K_KEY=$KIE_KEY
+if [ -n "$KIE_BASELINE_BIN" ]; then
+  BIN=$KIE_BASELINE_BIN start_kie "$work/base"; PIDS+=("$KIE_PID"); B_URL=$KIE_URL; B_KEY=$KIE_KEY
+fi
 start_nginx "$work" "location / { default_type application/json; return 200 '{\"code\":200,\"msg\":\"success\",\"data\":100}'; }"
-curl -sf "$KIE_URL/api/v1/chat/credit" -H "Authorization: Bearer $KIE_KEY" >/dev/null
-echo "credit endpoint vs nginx constant JSON: $ROUNDS rounds x ${SECS}s, wrk -t1 -c32 ($(nproc) cores)"
-: >"$work/kie.txt"; : >"$work/ngx.txt"
+PIDS+=("$NGINX_PID")
+curl -sf "$K_URL/api/v1/chat/credit" -H "Authorization: Bearer $K_KEY" | grep -q '"code":200' || { echo "credit did not answer 200" >&2; exit 1; }
+echo "credit endpoint vs nginx constant JSON: $ROUNDS rounds x ${SECS}s, wrk -t1 -c32 ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
+: >"$work/kie.txt"; : >"$work/ngx.txt"; : >"$work/base.txt"
 for r in $(seq 1 "$ROUNDS"); do
   read -r nr np <<<"$(wrk_rps -t1 -c32 -d"${SECS}s" "$NGINX_URL/")"
-  read -r kr kp <<<"$(wrk_rps -t1 -c32 -d"${SECS}s" -H "Authorization: Bearer $KIE_KEY" "$KIE_URL/api/v1/chat/credit")"
-  echo "round $r: nginx ${nr} req/s (p99 ${np} ms)   kie ${kr} req/s (p99 ${kp} ms)"
+  read -r kr kp <<<"$(wrk_rps -t1 -c32 -d"${SECS}s" -H "Authorization: Bearer $K_KEY" "$K_URL/api/v1/chat/credit")"
+  line="round $r: nginx ${nr} req/s (p99 ${np} ms)   kie ${kr} req/s (p99 ${kp} ms)"
   echo "$nr $np" >>"$work/ngx.txt"; echo "$kr $kp" >>"$work/kie.txt"
+  if [ -n "$KIE_BASELINE_BIN" ]; then
+    read -r br bp <<<"$(wrk_rps -t1 -c32 -d"${SECS}s" -H "Authorization: Bearer $B_KEY" "$B_URL/api/v1/chat/credit")"
+    line="$line   kie-baseline ${br} req/s (p99 ${bp} ms)"; echo "$br $bp" >>"$work/base.txt"
+  fi
+  echo "$line"
 done
 nm=$(cut -d' ' -f1 "$work/ngx.txt" | median); km=$(cut -d' ' -f1 "$work/kie.txt" | median)
+kp=$(cut -d' ' -f2 "$work/kie.txt" | median)
 echo "nginx req/s: $(cut -d' ' -f1 "$work/ngx.txt" | stats)"
 echo "kie   req/s: $(cut -d' ' -f1 "$work/kie.txt" | stats)"
 echo "kie   p99 ms: $(cut -d' ' -f2 "$work/kie.txt" | stats)"
-awk -v k="$km" -v n="$nm" 'BEGIN {printf "ratio kie/nginx (median req/s): %.2f\n", k/n}'
+ratio=$(awk -v k="$km" -v n="$nm" 'BEGIN {printf "%.2f", k/n}')
+echo "ratio kie/nginx (median req/s): $ratio"
+if [ -n "$KIE_BASELINE_BIN" ]; then
+  bm=$(cut -d' ' -f1 "$work/base.txt" | median)
+  echo "kie-baseline req/s: $(cut -d' ' -f1 "$work/base.txt" | stats); p99 ms: $(cut -d' ' -f2 "$work/base.txt" | stats)"
+  echo "ratio kie/kie-baseline: $(awk -v k="$km" -v n="$bm" 'BEGIN {printf "%.2f", k/n}')   kie-baseline/nginx: $(awk -v k="$bm" -v n="$nm" 'BEGIN {printf "%.2f", k/n}')"
+fi
+echo "SUMMARY credit: kie $km req/s vs nginx $nm req/s, ratio $ratio (target >= 0.7); kie p99 $kp ms (target <= 2)"

@@ -3,7 +3,10 @@
 
 set -euo pipefail
 BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-KIE_BIN="$BENCH_ROOT/target/release/kie"
+KIE_BIN="${KIE_BIN:-$BENCH_ROOT/target/release/kie}"
+# KIE_BASELINE_BIN=/path/to/older/kie: scripts that support it measure that binary as a
+# third contender in the same alternating rounds (before/after of a change).
+KIE_BASELINE_BIN="${KIE_BASELINE_BIN:-}"
 
 need() { # need CMD DEBIAN-PACKAGE
   if ! command -v "$1" >/dev/null 2>&1; then
@@ -20,13 +23,16 @@ build_kie() {
   (cd "$BENCH_ROOT" && cargo build --release --quiet -p kie)
 }
 
-# start_kie DATA_DIR EXTRA_ARGS… — starts kie serve --demo; sets KIE_PID, KIE_URL, KIE_KEY
+# start_kie DATA_DIR EXTRA_ARGS… — starts kie serve --demo; sets KIE_PID, KIE_URL, KIE_KEY.
+# Logs at kie's default level (info; BENCH_KIE_LOG overrides) to DATA_DIR/serve.err, as
+# an operator would run it. BIN=path overrides the binary for one call.
 start_kie() {
   local dir=$1; shift
+  local bin=${BIN:-$KIE_BIN}
   local port; port=$(free_port)
   local out="$dir/serve.out"
   mkdir -p "$dir"
-  KIE_LOG=warn "$KIE_BIN" serve --demo --data-dir "$dir/data" --bind "127.0.0.1:$port" --key-rate-limit 0 "$@" >"$out" 2>"$dir/serve.err" &
+  ${BENCH_KIE_LOG:+env KIE_LOG=$BENCH_KIE_LOG} "$bin" serve --demo --data-dir "$dir/data" --bind "127.0.0.1:$port" --key-rate-limit 0 "$@" >"$out" 2>"$dir/serve.err" &
   KIE_PID=$!
   for _ in $(seq 1 200); do
     grep -q '^listening on' "$out" 2>/dev/null && break

@@ -18,9 +18,22 @@ use crate::http::{self, ApiError};
 use crate::settings::{self, LiveSettings};
 use crate::store::{self, Db, OpenOptions};
 
-/// Everything a handler needs, cheap to clone.
+/// Everything a handler needs: one `Arc`, so the clone every extractor and middleware
+/// makes per request is a single reference-count increment (cloning the fields one by
+/// one was ~10% of a `GET /api/v1/chat/credit`, see BENCHMARKS.md). Fields are reached
+/// through `Deref` (`state.db`, `state.config`, …).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub db: Db,
     /// File bytes (local directory or S3).
@@ -37,6 +50,8 @@ pub struct AppState {
     pub ip_limiter: Option<Arc<crate::conn_guard::IpLimiter>>,
     /// Whether the database is reachable (PostgreSQL probe; see `store::health`).
     pub db_health: store::health::DbHealth,
+    /// Direct point reads for the hottest endpoints (SQLite only; see `http::fastread`).
+    pub fast: Option<Arc<crate::http::fastread::FastReader>>,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -364,8 +379,15 @@ impl Server {
             config.key_rate_limit,
         ));
         let ip_limiter = crate::conn_guard::IpLimiter::new(config.ip_rate_limit);
-        let state = AppState {
+        let fast = match &config.database {
+            crate::config::DatabaseUrl::Sqlite(path) => {
+                Some(Arc::new(crate::http::fastread::FastReader::new(path)))
+            }
+            crate::config::DatabaseUrl::Postgres(_) => None,
+        };
+        let state = AppState(Arc::new(AppStateInner {
             ip_limiter,
+            fast,
             config: Arc::new(config),
             db,
             blobs,
@@ -378,7 +400,7 @@ impl Server {
                 ..Default::default()
             },
             db_health: Default::default(),
-        };
+        }));
         Ok(Server {
             state,
             listener,

@@ -1,7 +1,8 @@
 //! Prometheus metrics: request counts and latency by route and body code.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -27,14 +28,85 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-pub fn record_request(method: &axum::http::Method, route: &str, code: i64, elapsed: Duration) {
+/// Request metric handles by (route, method, body code), registered once: recording
+/// is then two atomic updates instead of building and hashing label sets per request.
+struct RequestHandles {
+    method: axum::http::Method,
+    code: i64,
+    count: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+type HandleMap = HashMap<String, Vec<RequestHandles>>;
+static REQUEST_HANDLES: OnceLock<RwLock<HandleMap>> = OnceLock::new();
+/// Label sets beyond this are recorded without a cached handle (bounded memory).
+const MAX_HANDLES: usize = 4096;
+
+/// Standard methods keep their name; anything else is counted as `OTHER` (a client
+/// must not be able to create label sets at will).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+fn register(
+    method: &'static str,
+    route: &str,
+    code: i64,
+) -> (metrics::Counter, metrics::Histogram) {
     let labels = [
-        ("method", method.as_str().to_owned()),
+        ("method", method.to_owned()),
         ("route", route.to_owned()),
         ("code", code.to_string()),
     ];
-    metrics::counter!("kie_http_requests_total", &labels).increment(1);
-    metrics::histogram!("kie_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    (
+        metrics::counter!("kie_http_requests_total", &labels),
+        metrics::histogram!("kie_http_request_duration_seconds", &labels),
+    )
+}
+
+pub fn record_request(method: &axum::http::Method, route: &str, code: i64, elapsed: Duration) {
+    let map = REQUEST_HANDLES.get_or_init(Default::default);
+    let secs = elapsed.as_secs_f64();
+    if let Ok(m) = map.read() {
+        if let Some(h) = m
+            .get(route)
+            .and_then(|v| v.iter().find(|h| h.code == code && h.method == method))
+        {
+            h.count.increment(1);
+            h.duration.record(secs);
+            return;
+        }
+    }
+    let label = method_label(method);
+    let (count, duration) = register(label, route, code);
+    count.increment(1);
+    duration.record(secs);
+    if let Ok(mut m) = map.write() {
+        let n: usize = m.values().map(Vec::len).sum();
+        if n < MAX_HANDLES {
+            let v = m.entry(route.to_owned()).or_default();
+            if !v.iter().any(|h| h.code == code && h.method == method) {
+                v.push(RequestHandles {
+                    method: method.clone(),
+                    code,
+                    count,
+                    duration,
+                });
+            }
+        }
+    }
 }
 
 /// One webhook attempt: counted by outcome (HTTP status class or `error`).

@@ -75,7 +75,11 @@ pub async fn resolve_file_url(
     }
     let (id, name) = locate(&state.config.public_url, &u).ok_or(ApiError::not_found(NOT_FOUND))?;
     // One answer for "no such file", "not yours", "expired" and "deleted".
-    match files::get(&state.db, &id).await? {
+    let rec = match state.fast.as_ref().and_then(|f| f.file(&id)) {
+        Some(r) => r,
+        None => files::get(&state.db, &id).await?,
+    };
+    match rec {
         Some(f) if f.account_id == account_id && f.name == name && files::is_live(&f, now_ms()) => {
             Ok(f)
         }
@@ -89,7 +93,7 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
     let ttl = state.config.link_ttl;
     match state.blobs.kind {
         BlobKind::Local(_) => {
-            let key = links::active_key(&state.db).await?;
+            let key = links::active_key_with(&state.db, state.fast.as_deref()).await?;
             Ok(links::sign(
                 &state.config.public_url,
                 &key,

@@ -58,14 +58,28 @@ fn new_key_material() -> (String, String) {
     )
 }
 
+/// `active_key`'s read (also run directly by `http::fastread`).
+pub(crate) const ACTIVE_KEY_SQL: &str =
+    "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1";
+
+/// [`active_key`] with its read done through `fast` when there is one (SQLite): no
+/// caching, a rotation is seen by the next link issued.
+pub async fn active_key_with(
+    db: &Db,
+    fast: Option<&crate::http::fastread::FastReader>,
+) -> Result<SigningKey, sqlx::Error> {
+    if let Some(Some((id, s))) = fast.and_then(|f| f.active_signing_key()) {
+        if let Some(k) = decode_secret(id, &s) {
+            return Ok(k);
+        }
+    }
+    active_key(db).await
+}
+
 /// The newest active key, creating the first one if the ring is empty.
 pub async fn active_key(db: &Db) -> Result<SigningKey, sqlx::Error> {
     let row: Option<(String, String)> = with_read!(db, |p| {
-        sqlx::query_as(
-        "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1"
-    )
-    .fetch_optional(p)
-    .await?
+        sqlx::query_as(ACTIVE_KEY_SQL).fetch_optional(p).await?
     });
     if let Some(k) = row.and_then(|(id, s)| decode_secret(id, &s)) {
         return Ok(k);
@@ -181,8 +195,50 @@ impl KeyCache {
 
 fn mac(key: &SigningKey, file_id: &str, expiry: i64, name: &str) -> [u8; 32] {
     let mut m = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes any key length");
-    m.update(format!("kie-link-v1\n{}\n{file_id}\n{expiry}\n{name}", key.id).as_bytes());
+    // "kie-link-v1\n{key_id}\n{file_id}\n{expiry}\n{name}", fed in parts (no allocation)
+    let mut digits = [0u8; 24];
+    let mut n = expiry.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if expiry < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    for part in [
+        b"kie-link-v1\n".as_slice(),
+        key.id.as_bytes(),
+        b"\n",
+        file_id.as_bytes(),
+        b"\n",
+        &digits[at..],
+        b"\n",
+        name.as_bytes(),
+    ] {
+        m.update(part);
+    }
     m.finalize().into_bytes().into()
+}
+
+/// Constant-time check of a link signature (`s`, base64url) for these fields.
+pub fn check_signature(
+    key: &SigningKey,
+    file_id: &str,
+    expiry: i64,
+    name: &str,
+    sig: &str,
+) -> bool {
+    let mut given = [0u8; 32];
+    match URL_SAFE_NO_PAD.decode_slice(sig, &mut given) {
+        Ok(32) => bool::from(mac(key, file_id, expiry, name).ct_eq(&given)),
+        _ => false,
+    }
 }
 
 /// The link for `file_id`/`name`, valid until `expiry` (Unix seconds).
@@ -353,6 +409,20 @@ mod tests {
             l.starts_with("https://h/prefix/links/abc/x?e=5&k=kTEST&s="),
             "{l}"
         );
+        let mut m = HmacSha256::new_from_slice(&[7u8; 32]).unwrap();
+        m.update(b"kie-link-v1\nkTEST\nabc\n1700000000\na b.png");
+        let want: [u8; 32] = m.finalize().into_bytes().into();
+        assert_eq!(mac(&key, "abc", 1700000000, "a b.png"), want);
+        let sig = URL_SAFE_NO_PAD.encode(want);
+        assert!(check_signature(&key, "abc", 1700000000, "a b.png", &sig));
+        assert!(!check_signature(&key, "abc", 1700000001, "a b.png", &sig));
+        assert!(!check_signature(
+            &key,
+            "abc",
+            1700000000,
+            "a b.png",
+            &sig[..42]
+        ));
         assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abd", 5, "x"));
         assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abc", 6, "x"));
         assert_ne!(mac(&key, "abc", 5, "x"), mac(&key, "abc", 5, "y"));

@@ -385,9 +385,13 @@ fn to_record(r: FileRow) -> FileRecord {
 }
 
 /// A file record by id (deleted or not: callers decide what a deleted file means).
+/// `get`'s query (also run directly by `http::fastread`); the columns of FILE_COLUMNS.
+pub(crate) const GET_BY_ID_SQL: &str = "SELECT id, account_id, name, content_type, size, sha256, \
+     kind, upload_path, task_id, storage_key, created_at, expires_at, deleted_at \
+     FROM files WHERE id = $1";
+
 pub async fn get(db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
-    let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1");
-    let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(&sql)
+    let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(GET_BY_ID_SQL)
         .bind(id)
         .fetch_optional(p)
         .await?);

@@ -2,6 +2,7 @@
 //! request logs and metrics, the JSON body extractor, and the 404/405 answers.
 
 pub mod error;
+pub mod fastread;
 pub mod json;
 
 use axum::body::Body;
@@ -10,7 +11,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use error::{error_body, BodyCode, InternalDetail, UploadEnvelope};
 pub use error::{ApiError, ApiOk, ApiResult};
@@ -25,7 +26,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     pub id: String,
-    pub route: OnceLock<String>,
+    pub route: OnceLock<MatchedPath>,
     /// (account id, key prefix) once the caller is authenticated.
     pub caller: OnceLock<(String, String)>,
 }
@@ -45,7 +46,41 @@ fn request_id_from(req: &Request) -> String {
                 && kie_wire::secrets::scan(s).is_empty()
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::store::new_id("req"))
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh request id: `req_` + 16 base62 characters, 5 drawn once per process from
+/// the OS RNG and 11 encoding a scrambled per-process counter (a bijection of the
+/// counter, so ids never repeat within a process). Ids are not secrets; this costs a
+/// few nanoseconds instead of a `getrandom` call per request.
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<(String, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (prefix, key) = PREFIX.get_or_init(|| {
+        use rand::RngCore;
+        (
+            kie_wire::apikey::random_base62(5),
+            rand::rngs::OsRng.next_u64(),
+        )
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 finaliser over (n + key): invertible, so distinct n give distinct ids
+    let mut z = n.wrapping_add(*key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut tail = [b'0'; 11]; // 62^11 > 2^64
+    for slot in tail.iter_mut().rev() {
+        *slot = B62[(z % 62) as usize];
+        z /= 62;
+    }
+    let mut id = String::with_capacity(4 + 5 + 11);
+    id.push_str("req_");
+    id.push_str(prefix);
+    id.push_str(std::str::from_utf8(&tail).expect("ascii"));
+    id
 }
 
 /// The HTTP status for an enveloped answer under `mode` (SPEC §2).
@@ -82,7 +117,9 @@ pub async fn envelope_layer(
     });
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // a cheap clone (shared bytes); logged without its query string below
+    let uri = req.uri().clone();
+    let path = uri.path();
     let is_api = path.starts_with("/api/");
 
     let mut resp = next.run(req).await;
@@ -132,7 +169,11 @@ pub async fn envelope_layer(
     }
 
     let elapsed = started.elapsed();
-    let route = ctx.route.get().map(String::as_str).unwrap_or("unmatched");
+    let route = ctx
+        .route
+        .get()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
     let code = body_code
         .map(|b| b.code)
         .unwrap_or(resp.status().as_u16() as i64);
@@ -145,19 +186,67 @@ pub async fn envelope_layer(
     // The path is logged without its query string: download links carry their
     // signature there; anything in it that looks like a credential is redacted.
     let path = kie_wire::secrets::redact(&path);
-    tracing::info!(
-        request_id = %ctx.id,
-        %method,
-        path = %path,
-        route,
-        status = resp.status().as_u16(),
-        code,
-        account,
-        key_prefix,
-        latency_us = elapsed.as_micros() as u64,
-        "request"
-    );
+    macro_rules! request_log {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                request_id = %ctx.id,
+                %method,
+                path = %path,
+                route,
+                status = resp.status().as_u16(),
+                code,
+                account,
+                key_prefix,
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            )
+        };
+    }
+    match request_log_level(&method, &path, resp.status(), code, elapsed) {
+        tracing::Level::WARN => request_log!(tracing::Level::WARN),
+        tracing::Level::INFO => request_log!(tracing::Level::INFO),
+        _ => request_log!(tracing::Level::DEBUG),
+    }
     resp
+}
+
+/// Requests slower than this are logged at WARN.
+pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
+/// Successful reads faster than this are logged at DEBUG (see [`request_log_level`]).
+pub const QUIET_UNDER: Duration = Duration::from_millis(100);
+
+/// The level of a request's log line. Every failure (HTTP status ≥ 400 or body code
+/// ≠ 200), every write (non-GET/HEAD) and every file download is logged at INFO, slow
+/// API requests (≥ [`SLOW_REQUEST`]) at WARN; successful fast reads of the API and the health/metrics endpoints
+/// (credit balance and task polls, probes, scrapes: the bulk of the traffic, already
+/// counted in `kie_http_requests_total`) at DEBUG, so the INFO log stays the useful
+/// record and costs nothing on the hottest path. `KIE_LOG=debug` shows them all.
+pub fn request_log_level(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    code: i64,
+    elapsed: Duration,
+) -> tracing::Level {
+    // Uploads (their body is read in the handler) and the worker long-poll
+    // (`/internal/…`) are slow by nature: INFO.
+    if elapsed >= SLOW_REQUEST && path.starts_with("/api/") && !path.starts_with("/api/file-") {
+        return tracing::Level::WARN;
+    }
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let quiet_path =
+        path.starts_with("/api/") || matches!(path, "/healthz" | "/readyz" | "/metrics");
+    if read
+        && quiet_path
+        && status.as_u16() < 400
+        && code == codes::SUCCESS
+        && elapsed < QUIET_UNDER
+    {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    }
 }
 
 /// Inner (route) layer: remembers the matched route for logs and metrics.
@@ -166,7 +255,7 @@ pub async fn route_label_layer(req: Request, next: Next) -> Response {
         req.extensions().get::<Arc<RequestCtx>>(),
         req.extensions().get::<MatchedPath>(),
     ) {
-        let _ = ctx.route.set(p.as_str().to_owned());
+        let _ = ctx.route.set(p.clone());
     }
     next.run(req).await
 }
@@ -182,4 +271,67 @@ pub async fn unknown_endpoint(method: Method) -> Response {
 /// An empty body (used for non-API 405s).
 pub fn empty(status: StatusCode) -> Response {
     (status, Body::empty()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn request_ids_are_distinct_and_plain() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+        assert!(a.starts_with("req_"));
+        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_eq!(a[..9], b[..9], "same process prefix");
+    }
+
+    #[test]
+    fn request_log_levels() {
+        let fast = Duration::from_millis(2);
+        let ok = StatusCode::OK;
+        let lvl = request_log_level;
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 200, fast),
+            Level::DEBUG
+        );
+        assert_eq!(lvl(&Method::GET, "/healthz", ok, 200, fast), Level::DEBUG);
+        // failures, writes, downloads and slow requests stay visible
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 401, fast),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(
+                &Method::GET,
+                "/api/v1/chat/credit",
+                StatusCode::UNAUTHORIZED,
+                401,
+                fast
+            ),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(&Method::POST, "/api/v1/common/download-url", ok, 200, fast),
+            Level::INFO
+        );
+        assert_eq!(lvl(&Method::GET, "/links/x/y", ok, 200, fast), Level::INFO);
+        assert_eq!(
+            lvl(
+                &Method::GET,
+                "/api/v1/chat/credit",
+                ok,
+                200,
+                Duration::from_millis(150)
+            ),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(&Method::GET, "/api/v1/chat/credit", ok, 200, SLOW_REQUEST),
+            Level::WARN
+        );
+    }
 }

@@ -664,6 +664,15 @@ async fn operational_endpoints_work() {
         m.contains("kie_http_request_duration_seconds_bucket"),
         "latency histogram"
     );
+    // A refused request is logged at INFO with the caller's key prefix (successful
+    // fast reads like the credit GET above are DEBUG lines, see request_log_level).
+    let (_, _, refused) = post_json(
+        &s.url("/api/v1/common/download-url"),
+        Some(&key),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(refused["code"], 422, "{refused}");
     // the key never reaches the log
     assert!(!s.log().contains(&key));
     assert!(s.log().contains(&key[..12]), "the key prefix is logged");
