@@ -185,7 +185,7 @@ pub async fn envelope_layer(
         .unwrap_or(("-", "-"));
     // The path is logged without its query string: download links carry their
     // signature there; anything in it that looks like a credential is redacted.
-    let path = kie_wire::secrets::redact(&path);
+    let path = kie_wire::secrets::redact(path);
     macro_rules! request_log {
         ($level:expr) => {
             tracing::event!(
