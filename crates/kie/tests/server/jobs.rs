@@ -579,7 +579,13 @@ async fn creation_limit_answers_http_429_with_retry_after() {
     .await;
 }
 
+/// An external-worker server whose tasks time out after `task_timeout`. Tests that are
+/// not about timeouts use a generous one: a 2 s limit races a loaded machine.
 fn worker_opts() -> Opts {
+    worker_opts_with_timeout("30s")
+}
+
+fn worker_opts_with_timeout(task_timeout: &str) -> Opts {
     Opts::default()
         .args(&[
             "--allow-private-targets",
@@ -588,11 +594,11 @@ fn worker_opts() -> Opts {
             "--worker-token",
             WORKER_TOKEN,
         ])
-        .config(
-            "task_timeout = \"2s\"\nwebhook_timeout = \"1s\"\n\
+        .config(&format!(
+            "task_timeout = \"{task_timeout}\"\nwebhook_timeout = \"1s\"\n\
              [models.\"ext/echo\"]\nprice = \"3\"\nkind = \"external\"\n\
-             [models.\"demo/text\"]\nprice = \"0.5\"\nkind = \"text\"\n",
-        )
+             [models.\"demo/text\"]\nprice = \"0.5\"\nkind = \"text\"\n"
+        ))
 }
 
 async fn worker_post(s: &Server, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
@@ -783,7 +789,7 @@ async fn external_worker_protocol_settles_and_refuses_double_completion() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_voids_the_hold_and_late_completion_is_refused() {
-    let s = Server::start(worker_opts());
+    let s = Server::start(worker_opts_with_timeout("2s"));
     let (acc, key) = s.account_with_key("slow", "10");
     let mut rcv = receiver().await;
     let claimed_id = create_ok(
