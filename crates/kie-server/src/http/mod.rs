@@ -184,15 +184,15 @@ pub async fn envelope_layer(
         .map(|(a, p)| (a.as_str(), p.as_str()))
         .unwrap_or(("-", "-"));
     // The path is logged without its query string: download links carry their
-    // signature there; anything in it that looks like a credential is redacted.
-    let path = kie_wire::secrets::redact(path);
+    // signature there; anything in it that looks like a credential is redacted (only
+    // when the line is written: tracing evaluates fields after its level check).
     macro_rules! request_log {
         ($level:expr) => {
             tracing::event!(
                 $level,
                 request_id = %ctx.id,
                 %method,
-                path = %path,
+                path = %kie_wire::secrets::redact(path),
                 route,
                 status = resp.status().as_u16(),
                 code,
@@ -203,7 +203,7 @@ pub async fn envelope_layer(
             )
         };
     }
-    match request_log_level(&method, &path, resp.status(), code, elapsed) {
+    match request_log_level(&method, path, resp.status(), code, elapsed) {
         tracing::Level::WARN => request_log!(tracing::Level::WARN),
         tracing::Level::INFO => request_log!(tracing::Level::INFO),
         _ => request_log!(tracing::Level::DEBUG),

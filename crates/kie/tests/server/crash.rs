@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -253,31 +253,6 @@ fn hundredths(v: &Value) -> i64 {
     (v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) * 100.0).round() as i64
 }
 
-/// Every regular file under `dir` as a key relative to it (`ab/abcd…`, `ab/abcd…#1`).
-fn stored_keys(dir: &Path) -> HashSet<String> {
-    fn walk(root: &Path, p: &Path, out: &mut HashSet<String>) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = HashSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn live_keys(s: &Server) -> HashSet<String> {
-    s.sql("SELECT storage_key FROM files WHERE deleted_at IS NULL")
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect()
-}
-
 /// Ledger invariants through `kie admin`: balance = sum of entries, nothing negative,
 /// every acknowledged grant present exactly once.
 fn check_ledger(s: &Server, acked: &Acked) -> i64 {
@@ -369,17 +344,17 @@ async fn check_after_restart(
     }
     // no record without bytes (now), no bytes without a record (after the orphan pass)
     let store = s.data_dir.join("files");
-    for k in live_keys(s) {
+    for k in s.live_storage_keys() {
         assert!(store.join(&k).is_file(), "file record {k} without bytes");
     }
     let clean = eventually(Duration::from_secs(20), || async {
-        let live = live_keys(s);
+        let live = s.live_storage_keys();
         let stored = stored_keys(&store);
         stored.is_subset(&live)
     })
     .await;
     if clean.is_none() {
-        let live = live_keys(s);
+        let live = s.live_storage_keys();
         let extra: Vec<_> = stored_keys(&store).difference(&live).cloned().collect();
         panic!("bytes without a live record after the sweeper ran: {extra:?}");
     }

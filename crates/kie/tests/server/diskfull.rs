@@ -6,7 +6,6 @@
 use crate::harness::*;
 use rand::Rng;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,30 +36,6 @@ impl Drop for Tmpfs {
             .arg(&self.0)
             .status();
     }
-}
-
-fn all_files(dir: &Path) -> HashSet<String> {
-    fn walk(root: &Path, p: &Path, out: &mut HashSet<String>) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = HashSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn live_keys(s: &Server) -> HashSet<String> {
-    s.sql("SELECT storage_key FROM files WHERE deleted_at IS NULL")
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect()
 }
 
 async fn stream_upload(s: &Server, key: &str, name: &str, data: &[u8]) -> Value {
@@ -166,16 +141,16 @@ async fn a_full_local_store_fails_uploads_cleanly_and_recovers() {
 
     // Nothing partial under any name, no record for the failed uploads.
     let clean = eventually(Duration::from_secs(5), || async {
-        all_files(&store) == live_keys(&s)
+        stored_keys(&store) == s.live_storage_keys()
     })
     .await;
     assert!(
         clean.is_some(),
         "store {:?} vs records {:?}",
-        all_files(&store),
-        live_keys(&s)
+        stored_keys(&store),
+        s.live_storage_keys()
     );
-    assert_eq!(live_keys(&s).len(), stored.len());
+    assert_eq!(s.live_storage_keys().len(), stored.len());
     // Earlier files are intact.
     for (url, data) in &stored {
         let r = client().get(url).send().await.unwrap();
@@ -207,6 +182,6 @@ async fn a_full_local_store_fails_uploads_cleanly_and_recovers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(all_files(&store), live_keys(&s));
+    assert_eq!(stored_keys(&store), s.live_storage_keys());
     drop(s);
 }

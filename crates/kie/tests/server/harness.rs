@@ -712,3 +712,32 @@ impl Drop for PrivatePg {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Every regular file under a local store directory, as a key relative to it
+/// (`ab/abcd…`, or `ab/abcd…#1` for a staged write).
+pub fn stored_keys(dir: &Path) -> std::collections::HashSet<String> {
+    fn walk(root: &Path, p: &Path, out: &mut std::collections::HashSet<String>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+impl Server {
+    /// The storage keys of the file records not deleted (read-only SQL).
+    pub fn live_storage_keys(&self) -> std::collections::HashSet<String> {
+        self.sql("SELECT storage_key FROM files WHERE deleted_at IS NULL")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect()
+    }
+}
