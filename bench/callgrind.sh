@@ -45,7 +45,10 @@ LUA
     callgrind_control -d "$VG_PID" >/dev/null 2>&1
     callgrind_control -i off "$VG_PID" >/dev/null 2>&1
     sleep 0.5
-    local ir; ir=$(ls "$dir"/cg.* | sort -V | head -n 1 | xargs cat | awk '/^summary:/ {s+=$2} /^totals:/ {t+=$2} END {print (s>0?s:t)}')
+    local cg; cg=$(ls "$dir"/cg.* | sort -V | head -n 1)
+    local ir; ir=$(awk '/^summary:/ {s+=$2} /^totals:/ {t+=$2} END {print (s>0?s:t)}' "$cg")
+    # CALLGRIND_KEEP=DIR keeps each profile (callgrind_annotate DIR/…) for a look inside
+    if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP"; cp "$cg" "$CALLGRIND_KEEP/$(basename "$bin")-$name.cg"; fi
     printf '%-22s %-16s %10.0f Ir/request  (%s requests)\n' "$(basename "$bin")" "$name" "$(awk -v a="$ir" -v b="$n" 'BEGIN{print a/b}')" "$n"
   }
   measure healthz "$url/healthz"

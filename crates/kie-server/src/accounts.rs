@@ -5,6 +5,7 @@
 
 use kie_wire::{apikey, Credits};
 use serde::Serialize;
+use std::sync::Arc;
 
 use crate::ledger::{self, LedgerError};
 use crate::store::{is_unique_violation, new_id, now_ms, Db};
@@ -308,9 +309,9 @@ pub async fn roll_key(
 /// What the server needs to know about a presented key.
 #[derive(Debug, Clone)]
 pub struct KeyAuth {
-    pub key_id: String,
-    pub account_id: String,
-    pub prefix: String,
+    pub key_id: Arc<str>,
+    pub account_id: Arc<str>,
+    pub prefix: Arc<str>,
     pub expires_at: Option<i64>,
     pub revoked: bool,
 }
@@ -334,9 +335,9 @@ pub async fn key_by_digest(db: &Db, digest: &str) -> Result<Option<KeyAuth>, sql
     });
     Ok(row.map(
         |(key_id, account_id, prefix, expires_at, revoked_at)| KeyAuth {
-            key_id,
-            account_id,
-            prefix,
+            key_id: key_id.into(),
+            account_id: account_id.into(),
+            prefix: prefix.into(),
             expires_at,
             revoked: revoked_at.is_some(),
         },

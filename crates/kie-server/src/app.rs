@@ -86,23 +86,29 @@ fn feature_of(path: &str) -> Option<&'static str> {
 
 /// Maintenance (455) and disabled features (505) for `/api/...`, before auth.
 async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if path.starts_with("/api/") {
-        let s = state.settings.current();
-        let upload = path.starts_with("/api/file-");
-        let err = if s.maintenance {
-            Some(ApiError::maintenance())
-        } else {
-            feature_of(path)
-                .filter(|f| s.is_disabled(f))
-                .map(ApiError::feature_disabled)
-        };
-        if let Some(mut e) = err {
-            e.upload = upload;
-            return e.into_response();
-        }
+    if let Some(refused) = api_refusal(&state, req.uri().path()) {
+        return refused;
     }
     next.run(req).await
+}
+
+/// The answer of [`api_guard`] for `path`, if it refuses it.
+pub fn api_refusal(state: &AppState, path: &str) -> Option<Response> {
+    if !path.starts_with("/api/") {
+        return None;
+    }
+    let s = state.settings.current();
+    let err = if s.maintenance {
+        Some(ApiError::maintenance())
+    } else {
+        feature_of(path)
+            .filter(|f| s.is_disabled(f))
+            .map(ApiError::feature_disabled)
+    };
+    err.map(|mut e| {
+        e.upload = path.starts_with("/api/file-");
+        e.into_response()
+    })
 }
 
 /// Answers API and worker requests at once while the database is known to be down,
@@ -439,7 +445,14 @@ impl Server {
         };
         // Accepting, header/body timeouts and the connection limit: see conn_guard.
         let graceful = tokio::spawn(graceful);
-        let served = crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
+        let served = crate::conn_guard::serve(
+            listener,
+            app,
+            Some(state.clone()),
+            limits,
+            shutdown_tx.subscribe(),
+        )
+        .await;
         graceful.abort();
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}

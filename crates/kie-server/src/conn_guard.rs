@@ -57,6 +57,7 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    hot: Option<crate::app::AppState>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -106,6 +107,7 @@ pub async fn serve(
         // which Nagle would hold until the client's (delayed) ACK.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let hot = hot.clone();
         let builder = builder.clone();
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_read_timeout;
@@ -123,11 +125,19 @@ pub async fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+                // The hottest routes skip the router (see `http::hot`).
+                let hot = hot
+                    .as_ref()
+                    .and_then(|s| Some((s.clone(), crate::http::hot::route_of(s, &req)?)));
                 let app = app.clone();
                 async move {
+                    if let Some((state, route)) = hot {
+                        return Ok(crate::http::hot::serve(&state, route, req, peer).await);
+                    }
+                    req.extensions_mut().insert(ConnectInfo(peer));
                     use tower::ServiceExt;
-                    app.oneshot(req.map(Body::new)).await
+                    // Boxed: keeps this future (moved by hyper on every request) small.
+                    Box::pin(app.oneshot(req.map(Body::new))).await
                 }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
@@ -208,6 +218,12 @@ pub async fn body_deadline(State(timeout): State<Duration>, req: Request, next: 
     if !fired.load(Ordering::Relaxed) {
         return resp;
     }
+    body_timed_out(timeout, upload)
+}
+
+/// The answer to a request whose body did not arrive within `timeout`: code 408 and
+/// `Connection: close`.
+pub fn body_timed_out(timeout: Duration, upload: bool) -> Response {
     tracing::info!(
         timeout_ms = timeout.as_millis() as u64,
         "request body not received in time; closing the connection"
@@ -248,6 +264,15 @@ impl IpLimiter {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
+
+    /// `Some(answer)` (429 with `Retry-After`) when `ip` is over its limit.
+    pub fn check(&self, ip: IpAddr, path: &str) -> Option<Response> {
+        let not_until = self.limiter.check_key(&ip).err()?;
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
+        e.upload = path.starts_with("/api/file-");
+        Some(e.into_response())
+    }
 }
 
 /// Middleware: the per-IP rate limit.
@@ -256,13 +281,8 @@ pub async fn ip_limit(State(l): State<Arc<IpLimiter>>, req: Request, next: Next)
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Some(ip) = ip {
-        if let Err(not_until) = l.limiter.check_key(&ip) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
-            e.upload = req.uri().path().starts_with("/api/file-");
-            return e.into_response();
-        }
+    if let Some(refused) = ip.and_then(|ip| l.check(ip, req.uri().path())) {
+        return refused;
     }
     next.run(req).await
 }

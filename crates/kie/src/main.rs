@@ -9,6 +9,12 @@ mod admin;
 mod client;
 mod serve;
 
+/// mimalloc instead of glibc's malloc: per-thread free lists make the many small,
+/// short-lived allocations of a request (headers, envelopes, ids) cheaper; measured in
+/// BENCHMARKS.md ("Credit endpoint").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kie",

@@ -80,7 +80,7 @@ pub fn parse_id_and_name(raw: &str) -> Option<(&str, String)> {
 }
 
 /// GET/HEAD `/links/{id}/{name}?e=…&k=…&s=…`: a signed temporary link.
-async fn serve_link(State(state): State<AppState>, req: Request) -> Response {
+pub(crate) async fn serve_link(State(state): State<AppState>, req: Request) -> Response {
     let raw = req.uri().path().strip_prefix("/links/").unwrap_or_default();
     let Some((id, name)) = parse_id_and_name(raw) else {
         return plain_error(StatusCode::FORBIDDEN, &LinkRefused::Malformed.to_string());
@@ -110,7 +110,7 @@ async fn serve_link(State(state): State<AppState>, req: Request) -> Response {
 }
 
 /// GET/HEAD `/files/{id}/{name}`: the file URL itself, when public result URLs are on.
-async fn serve_public_url(State(state): State<AppState>, req: Request) -> Response {
+pub(crate) async fn serve_public_url(State(state): State<AppState>, req: Request) -> Response {
     if !state.config.public_result_urls
         || state.settings.current().is_disabled("public-result-urls")
     {

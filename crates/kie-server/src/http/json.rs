@@ -24,6 +24,17 @@ pub fn is_json_content_type(v: Option<&axum::http::HeaderValue>) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// Refuses a body that is not declared as JSON.
+pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if is_json_content_type(headers.get(CONTENT_TYPE)) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
 /// Parses `bytes` as `T`, naming the offending field on a type error.
 pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -63,11 +74,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json_content_type(req.headers().get(CONTENT_TYPE)) {
-            return Err(ApiError::validation(
-                "Content-Type must be application/json",
-            ));
-        }
+        require_json_content_type(req.headers())?;
         let limit = state.config.max_body;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

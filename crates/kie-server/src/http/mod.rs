@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod fastread;
+pub mod hot;
 pub mod json;
 
 use axum::body::Body;
@@ -28,14 +29,14 @@ pub struct RequestCtx {
     pub id: String,
     pub route: OnceLock<MatchedPath>,
     /// (account id, key prefix) once the caller is authenticated.
-    pub caller: OnceLock<(String, String)>,
+    pub caller: OnceLock<(Arc<str>, Arc<str>)>,
 }
 
 /// An incoming request id is echoed when it is short and plain; otherwise a new one.
 /// One that looks like a credential (a client sending its API key by mistake) is
 /// replaced too: request ids are logged.
-fn request_id_from(req: &Request) -> String {
-    req.headers()
+pub fn request_id_from(headers: &axum::http::HeaderMap) -> String {
+    headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
@@ -112,17 +113,36 @@ pub async fn envelope_layer(
 ) -> Response {
     let started = Instant::now();
     let ctx = Arc::new(RequestCtx {
-        id: request_id_from(&req),
+        id: request_id_from(req.headers()),
         ..Default::default()
     });
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     // a cheap clone (shared bytes); logged without its query string below
     let uri = req.uri().clone();
-    let path = uri.path();
-    let is_api = path.starts_with("/api/");
+    let resp = next.run(req).await;
+    let route = ctx
+        .route
+        .get()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    finish(&state, &ctx, &method, uri.path(), route, resp, started)
+}
 
-    let mut resp = next.run(req).await;
+/// The way out of every request (the envelope layer, and `hot` for the routes it
+/// serves): envelopes for answers produced outside the handlers, internal details
+/// replaced by the request id, the status mode, the `x-request-id` header, metrics and
+/// the request log line.
+pub fn finish(
+    state: &AppState,
+    ctx: &RequestCtx,
+    method: &Method,
+    path: &str,
+    route: &str,
+    mut resp: Response,
+    started: Instant,
+) -> Response {
+    let is_api = path.starts_with("/api/");
 
     // Answers the router or a tower layer produced without an envelope.
     if is_api && resp.extensions().get::<BodyCode>().is_none() {
@@ -169,19 +189,14 @@ pub async fn envelope_layer(
     }
 
     let elapsed = started.elapsed();
-    let route = ctx
-        .route
-        .get()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
     let code = body_code
         .map(|b| b.code)
         .unwrap_or(resp.status().as_u16() as i64);
-    crate::metrics::record_request(&method, route, code, elapsed);
+    crate::metrics::record_request(method, route, code, elapsed);
     let (account, key_prefix) = ctx
         .caller
         .get()
-        .map(|(a, p)| (a.as_str(), p.as_str()))
+        .map(|(a, p)| (&**a, &**p))
         .unwrap_or(("-", "-"));
     // The path is logged without its query string: download links carry their
     // signature there; anything in it that looks like a credential is redacted (only
@@ -203,7 +218,7 @@ pub async fn envelope_layer(
             )
         };
     }
-    match request_log_level(&method, path, resp.status(), code, elapsed) {
+    match request_log_level(method, path, resp.status(), code, elapsed) {
         tracing::Level::WARN => request_log!(tracing::Level::WARN),
         tracing::Level::INFO => request_log!(tracing::Level::INFO),
         _ => request_log!(tracing::Level::DEBUG),
@@ -217,11 +232,14 @@ pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 pub const QUIET_UNDER: Duration = Duration::from_millis(100);
 
 /// The level of a request's log line. Every failure (HTTP status ≥ 400 or body code
-/// ≠ 200), every write (non-GET/HEAD) and every file download is logged at INFO, slow
-/// API requests (≥ [`SLOW_REQUEST`]) at WARN; successful fast reads of the API and the health/metrics endpoints
-/// (credit balance and task polls, probes, scrapes: the bulk of the traffic, already
-/// counted in `kie_http_requests_total`) at DEBUG, so the INFO log stays the useful
-/// record and costs nothing on the hottest path. `KIE_LOG=debug` shows them all.
+/// ≠ 200), every write (any other POST, PUT, DELETE …) and every slow request is
+/// logged at INFO, slow API requests (≥ [`SLOW_REQUEST`]) at WARN. Successful fast
+/// reads — API GETs, health/metrics endpoints, file downloads (`/links/…`,
+/// `/files/…`) and link requests (`POST /api/v1/common/download-url`, which changes
+/// nothing but, when priced, the ledger, whose entry records it) — are logged at DEBUG:
+/// they are the bulk of the traffic and already counted in `kie_http_requests_total`,
+/// so the INFO log stays the useful record and costs nothing on the hottest paths.
+/// `KIE_LOG=debug` shows them all.
 pub fn request_log_level(
     method: &Method,
     path: &str,
@@ -234,13 +252,21 @@ pub fn request_log_level(
     if elapsed >= SLOW_REQUEST && path.starts_with("/api/") && !path.starts_with("/api/file-") {
         return tracing::Level::WARN;
     }
-    let read = *method == Method::GET || *method == Method::HEAD;
-    let quiet_path =
-        path.starts_with("/api/") || matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let read = match *method {
+        Method::GET | Method::HEAD => {
+            path.starts_with("/api/")
+                || path.starts_with("/links/")
+                || path.starts_with("/files/")
+                || matches!(path, "/healthz" | "/readyz" | "/metrics")
+        }
+        Method::POST => path == "/api/v1/common/download-url",
+        _ => false,
+    };
     if read
-        && quiet_path
         && status.as_u16() < 400
-        && code == codes::SUCCESS
+        // API answers carry their own code (200 = success); file answers (200, 206,
+        // 304) are counted by their HTTP status
+        && (code == codes::SUCCESS || code == i64::from(status.as_u16()))
         && elapsed < QUIET_UNDER
     {
         tracing::Level::DEBUG
@@ -316,9 +342,35 @@ mod tests {
         );
         assert_eq!(
             lvl(&Method::POST, "/api/v1/common/download-url", ok, 200, fast),
+            Level::DEBUG
+        );
+        assert_eq!(
+            lvl(&Method::POST, "/api/v1/common/download-url", ok, 404, fast),
             Level::INFO
         );
-        assert_eq!(lvl(&Method::GET, "/links/x/y", ok, 200, fast), Level::INFO);
+        assert_eq!(
+            lvl(&Method::POST, "/api/v1/jobs/createTask", ok, 200, fast),
+            Level::INFO
+        );
+        assert_eq!(lvl(&Method::GET, "/links/x/y", ok, 200, fast), Level::DEBUG);
+        assert_eq!(
+            lvl(
+                &Method::GET,
+                "/links/x/y",
+                StatusCode::PARTIAL_CONTENT,
+                206,
+                fast
+            ),
+            Level::DEBUG
+        );
+        assert_eq!(
+            lvl(&Method::GET, "/links/x/y", StatusCode::FORBIDDEN, 403, fast),
+            Level::INFO
+        );
+        assert_eq!(
+            lvl(&Method::DELETE, "/api/v1/chat/credit", ok, 200, fast),
+            Level::INFO
+        );
         assert_eq!(
             lvl(
                 &Method::GET,
