@@ -301,7 +301,20 @@ pub trait InSameTx: Sync {
     fn is_alone(&self) -> bool {
         false
     }
+
+    /// The same writes as [`InSameTx::run`] as synchronous SQLite statements, for the
+    /// group commit's direct path ([`crate::store::group::Group::run`]: the hold and
+    /// these statements run in one go with other writers, in one savepoint). `None`
+    /// (the default): the hold takes the statement-by-statement path.
+    fn sqlite_direct(&self) -> Option<SqliteDirect> {
+        None
+    }
 }
+
+/// Writes that go with a hold, run on the SQLite write connection inside the hold's
+/// savepoint (see [`InSameTx::sqlite_direct`]). An error undoes the hold too.
+pub type SqliteDirect =
+    Box<dyn FnOnce(&rusqlite::Connection, &TxCtx<'_>) -> Result<(), LedgerError> + Send>;
 
 /// Nothing else to write.
 pub struct Alone;
@@ -527,9 +540,14 @@ pub async fn hold_with(
         reason,
         now: now_ms(),
     };
+    let direct = match db {
+        Db::Sqlite(SqliteDb { group: Some(_), .. }) if !also.is_alone() => also.sqlite_direct(),
+        _ => None,
+    };
     let applied = match db {
-        // Nothing else to write: the group committer runs the statements in one go.
-        Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() => {
+        // Nothing else to write, or its writes as SQLite statements: the group
+        // committer runs them in one go.
+        Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() || direct.is_some() => {
             let h = OwnedHold {
                 hold_id: hold_id.clone(),
                 account_id: account_id.to_owned(),
@@ -537,7 +555,21 @@ pub async fn hold_with(
                 reason: reason.map(str::to_owned),
                 now: h.now,
             };
-            let applied = g.run(move |c| sqlite_hold(c, &h)).await?;
+            let applied = g
+                .run(move |c| {
+                    let applied = sqlite_hold(c, &h)?;
+                    if let Some(also) = direct {
+                        let ctx = TxCtx {
+                            hold_id: &h.hold_id,
+                            account_id: &h.account_id,
+                            charged: Credits::ZERO,
+                            applied: &applied,
+                        };
+                        also(c, &ctx)?;
+                    }
+                    Ok::<_, LedgerError>(applied)
+                })
+                .await?;
             return Ok(Hold { hold_id, applied });
         }
         // Nothing else to write: the one statement is the transaction.
