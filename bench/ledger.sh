@@ -9,6 +9,8 @@
 # postgres: holds+posts/s with 32 concurrent callers vs `pgbench -N -c 32 -j 2` on the
 #           same database (PG_URL, default postgres://postgres@127.0.0.1:5432), alternating.
 # Prints every round, then medians, min–max and the ratio.
+# LEDGER_BASELINE_BIN=/path/to/older/bench_ledger (sqlite): that build's group commit is
+# measured as a third arm in the same alternating rounds (before/after of a change).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 which="${1:-all}"
@@ -30,17 +32,29 @@ echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 ops() { sed -n 's/^ops\/s \([0-9]*\).*/\1/p'; }
 
 if [ "$which" = sqlite ] || [ "$which" = all ]; then
-  : >"$tmp/on"; : >"$tmp/off"
+  base="${LEDGER_BASELINE_BIN:-}"
+  arms="off on"; [ -z "$base" ] || arms="off base on"
+  : >"$tmp/on"; : >"$tmp/off"; : >"$tmp/base"
   for r in $(seq "$rounds"); do
-    for mode in off on; do
+    for arm in $arms; do
       rm -f "$tmp"/l.db*
-      n=$("$bin" "sqlite://$tmp/l.db" holds 64 "$secs" "$mode" | ops)
-      echo "sqlite round $r group-commit=$mode: $n holds/s"
-      echo "$n" >>"$tmp/$mode"
+      if [ "$arm" = base ]; then
+        n=$("$base" "sqlite://$tmp/l.db" holds 64 "$secs" on | ops)
+        echo "sqlite round $r baseline group-commit=on: $n holds/s"
+      else
+        n=$("$bin" "sqlite://$tmp/l.db" holds 64 "$secs" "$arm" | ops)
+        echo "sqlite round $r group-commit=$arm: $n holds/s"
+      fi
+      echo "$n" >>"$tmp/$arm"
     done
   done
   on=$(median <"$tmp/on"); off=$(median <"$tmp/off")
+  echo "machine after: load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "SQLite holds/s, 64 callers: group commit $(stats <"$tmp/on"); one tx per hold $(stats <"$tmp/off"); ratio $(awk -v a="$on" -v b="$off" 'BEGIN{printf "%.2f", a/b}')"
+  if [ -n "$base" ]; then
+    b=$(median <"$tmp/base")
+    echo "  baseline build's group commit $(stats <"$tmp/base"); ratio to one tx per hold $(awk -v a="$b" -v b="$off" 'BEGIN{printf "%.2f", a/b}'); this build / baseline $(awk -v a="$on" -v b="$b" 'BEGIN{printf "%.2f", a/b}')"
+  fi
 fi
 
 if [ "$which" = postgres ] || [ "$which" = all ]; then

@@ -20,7 +20,7 @@
 use kie_wire::Credits;
 use serde::Serialize;
 
-use crate::store::{is_unique_violation, new_id, now_ms, Db, TxConn};
+use crate::store::{is_unique_violation, new_id, now_ms, Db, SqliteDb, TxConn};
 use crate::with_tx;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,12 @@ pub enum LedgerError {
     Refused(Box<dyn std::error::Error + Send + Sync>),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Db(crate::store::group::db_error(e))
+    }
 }
 
 /// The result of one applied (or replayed) entry.
@@ -295,7 +301,20 @@ pub trait InSameTx: Sync {
     fn is_alone(&self) -> bool {
         false
     }
+
+    /// The same writes as [`InSameTx::run`] as synchronous SQLite statements, for the
+    /// group commit's direct path ([`crate::store::group::Group::run`]: the hold and
+    /// these statements run in one go with other writers, in one savepoint). `None`
+    /// (the default): the hold takes the statement-by-statement path.
+    fn sqlite_direct(&self) -> Option<SqliteDirect> {
+        None
+    }
 }
+
+/// Writes that go with a hold, run on the SQLite write connection inside the hold's
+/// savepoint (see [`InSameTx::sqlite_direct`]). An error undoes the hold too.
+pub type SqliteDirect =
+    Box<dyn FnOnce(&rusqlite::Connection, &TxCtx<'_>) -> Result<(), LedgerError> + Send>;
 
 /// Nothing else to write.
 pub struct Alone;
@@ -434,6 +453,72 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, s
     }))
 }
 
+/// A new hold's rows, owned (for [`crate::store::group::Group::run`]).
+struct OwnedHold {
+    hold_id: String,
+    account_id: String,
+    amount: i64,
+    reason: Option<String>,
+    now: i64,
+}
+
+/// SQLite, on the group commit's write connection: the hold's three writes, or why
+/// it was refused (then nothing was written).
+fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, LedgerError> {
+    use rusqlite::OptionalExtension;
+    let row: Option<(i64, i64)> = c
+        .prepare_cached(
+            "UPDATE accounts SET held = held + ?1 \
+             WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
+             RETURNING balance, held",
+        )?
+        .query_row(rusqlite::params![h.amount, h.account_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((balance, held)) = row else {
+        return Err(sqlite_refusal(c, &h.account_id)?);
+    };
+    let entry_id = new_id("ent");
+    c.prepare_cached(
+        "INSERT INTO ledger_entries \
+         (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+         VALUES (?1, ?2, 'hold', 0, ?3, ?4, ?5, 'hold:' || ?4, ?6)",
+    )?
+    .execute(rusqlite::params![
+        entry_id,
+        h.account_id,
+        h.amount,
+        h.hold_id,
+        h.reason,
+        h.now
+    ])?;
+    c.prepare_cached(
+        "INSERT INTO holds (id, account_id, amount, state, created_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4)",
+    )?
+    .execute(rusqlite::params![h.hold_id, h.account_id, h.amount, h.now])?;
+    Ok(Applied {
+        entry_id,
+        balance: Credits(balance),
+        held: Credits(held),
+        replayed: false,
+    })
+}
+
+/// Why a conditional account update matched nothing (SQLite, inside the batch).
+fn sqlite_refusal(c: &rusqlite::Connection, account_id: &str) -> rusqlite::Result<LedgerError> {
+    use rusqlite::OptionalExtension;
+    let exists = c
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .query_row([account_id], |_| Ok(()))
+        .optional()?;
+    Ok(match exists {
+        Some(()) => LedgerError::InsufficientCredits,
+        None => LedgerError::UnknownAccount,
+    })
+}
+
 /// [`hold`], plus `also` in the same transaction.
 pub async fn hold_with(
     db: &Db,
@@ -455,7 +540,38 @@ pub async fn hold_with(
         reason,
         now: now_ms(),
     };
+    let direct = match db {
+        Db::Sqlite(SqliteDb { group: Some(_), .. }) if !also.is_alone() => also.sqlite_direct(),
+        _ => None,
+    };
     let applied = match db {
+        // Nothing else to write, or its writes as SQLite statements: the group
+        // committer runs them in one go.
+        Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() || direct.is_some() => {
+            let h = OwnedHold {
+                hold_id: hold_id.clone(),
+                account_id: account_id.to_owned(),
+                amount: amount.0,
+                reason: reason.map(str::to_owned),
+                now: h.now,
+            };
+            let applied = g
+                .run(move |c| {
+                    let applied = sqlite_hold(c, &h)?;
+                    if let Some(also) = direct {
+                        let ctx = TxCtx {
+                            hold_id: &h.hold_id,
+                            account_id: &h.account_id,
+                            charged: Credits::ZERO,
+                            applied: &applied,
+                        };
+                        also(c, &ctx)?;
+                    }
+                    Ok::<_, LedgerError>(applied)
+                })
+                .await?;
+            return Ok(Hold { hold_id, applied });
+        }
         // Nothing else to write: the one statement is the transaction.
         Db::Postgres(p) if also.is_alone() => {
             let entry_id = new_id("ent");
@@ -656,6 +772,66 @@ async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, Ledge
     }
 }
 
+/// A resolution to write, owned (for [`crate::store::group::Group::run`]).
+struct OwnedResolve {
+    hold_id: String,
+    state: &'static str,
+    kind: Kind,
+    charge: i64,
+    reason: Option<String>,
+    now: i64,
+}
+
+/// SQLite, on the group commit's write connection: a resolution's three writes (the
+/// same statements as [`resolve_in`]), or why it was refused (nothing written).
+fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved, LedgerError> {
+    use rusqlite::OptionalExtension;
+    let hold: Option<(String, i64, i64)> = c
+        .prepare_cached(
+            "UPDATE holds SET state = ?1, \
+             charged = CASE WHEN ?2 < 0 THEN 0 WHEN ?2 > amount THEN amount ELSE ?2 END, \
+             resolved_at = ?3 WHERE id = ?4 AND state = 'pending' \
+             RETURNING account_id, amount, charged",
+        )?
+        .query_row(
+            rusqlite::params![r.state, r.charge, r.now, r.hold_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let Some((account_id, amount, charged)) = hold else {
+        let exists = c
+            .prepare_cached("SELECT 1 FROM holds WHERE id = ?1")?
+            .query_row([&r.hold_id], |_| Ok(1))
+            .optional()?;
+        return Err(hold_refusal(exists));
+    };
+    let (balance, held): (i64, i64) = c
+        .prepare_cached(
+            "UPDATE accounts SET balance = balance - ?1, held = held - ?2 WHERE id = ?3 \
+             RETURNING balance, held",
+        )?
+        .query_row(rusqlite::params![charged, amount, account_id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    let entry_id = new_id("ent");
+    c.prepare_cached(
+        "INSERT INTO ledger_entries \
+         (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?3 || ':' || ?6, ?8)",
+    )?
+    .execute(rusqlite::params![
+        entry_id,
+        account_id,
+        r.kind.as_str(),
+        -charged,
+        -amount,
+        r.hold_id,
+        r.reason,
+        r.now
+    ])?;
+    Ok(resolved(entry_id, (balance, held, account_id, charged)))
+}
+
 /// [`resolve`], plus `also` in the same transaction (run only when this call is the
 /// one that resolves the hold).
 pub async fn resolve_with(
@@ -678,6 +854,18 @@ pub async fn resolve_with(
         now: now_ms(),
     };
     let done = match db {
+        // Nothing else to write: the group committer runs the statements in one go.
+        Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() => {
+            let r = OwnedResolve {
+                hold_id: hold_id.to_owned(),
+                state,
+                kind,
+                charge,
+                reason: reason.map(str::to_owned),
+                now: r.now,
+            };
+            g.run(move |c| sqlite_resolve(c, &r)).await?
+        }
         // Nothing else to write: the one statement is the transaction.
         Db::Postgres(p) if also.is_alone() => {
             let entry_id = new_id("ent");
@@ -795,4 +983,156 @@ pub async fn entry_sums(db: &Db, account_id: &str) -> Result<(Credits, Credits),
         .await?
     });
     Ok((Credits(a), Credits(h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseUrl;
+    use crate::store::OpenOptions;
+    use std::path::PathBuf;
+
+    async fn open(group_commit: bool) -> (Db, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "kie-ledger-{}-{}",
+            std::process::id(),
+            kie_wire::apikey::random_base62(8)
+        ));
+        let opts = OpenOptions {
+            sqlite_group_commit: group_commit,
+            ..Default::default()
+        };
+        let db = Db::open(&DatabaseUrl::Sqlite(dir.join("l.db")), &opts)
+            .await
+            .unwrap();
+        (db, dir)
+    }
+
+    async fn check_sums(db: &Db, acc: &str) -> Balance {
+        let b = balance(db, acc).await.unwrap().unwrap();
+        assert_eq!(entry_sums(db, acc).await.unwrap(), (b.balance, b.held));
+        b
+    }
+
+    async fn keys_of(db: &Db, hold_id: &str) -> Vec<String> {
+        crate::with_read!(db, |p| sqlx::query_scalar(
+            "SELECT idempotency_key FROM ledger_entries WHERE hold_id = $1 ORDER BY seq"
+        )
+        .bind(hold_id)
+        .fetch_all(p)
+        .await
+        .unwrap())
+    }
+
+    /// 64 concurrent holds on one account that pays for 10: exactly 10 are taken, on
+    /// the group commit's direct path and on one transaction per hold alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_holds_take_exactly_what_the_balance_allows() {
+        for group_commit in [true, false] {
+            let (db, dir) = open(group_commit).await;
+            let acc = crate::accounts::create(&db, "a", Some(Credits(1000)))
+                .await
+                .unwrap()
+                .id;
+            let mut all = Vec::new();
+            for _ in 0..64 {
+                let (db, acc) = (db.clone(), acc.clone());
+                all.push(tokio::spawn(async move {
+                    hold(&db, &acc, Credits(100), Some("r")).await
+                }));
+            }
+            let (mut held, mut refused) = (Vec::new(), 0);
+            for h in all {
+                match h.await.unwrap() {
+                    Ok(h) => held.push(h),
+                    Err(LedgerError::InsufficientCredits) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(
+                (held.len(), refused),
+                (10, 54),
+                "group commit {group_commit}"
+            );
+            let b = check_sums(&db, &acc).await;
+            assert_eq!((b.balance, b.held), (Credits(1000), Credits(1000)));
+            // Every acknowledged hold is readable at once, and pending.
+            for h in &held {
+                assert!(h.applied.held.0 <= 1000 && !h.applied.replayed);
+                assert_eq!(
+                    keys_of(&db, &h.hold_id).await,
+                    [format!("hold:{}", h.hold_id)]
+                );
+            }
+            db.close().await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Holds and resolutions, and each refusal, the same on both SQLite paths.
+    #[tokio::test]
+    async fn holds_and_resolutions() {
+        for group_commit in [true, false] {
+            let (db, dir) = open(group_commit).await;
+            let acc = crate::accounts::create(&db, "a", Some(Credits(1000)))
+                .await
+                .unwrap()
+                .id;
+            let h = hold(&db, &acc, Credits(300), Some("task")).await.unwrap();
+            assert_eq!(
+                (h.applied.balance, h.applied.held),
+                (Credits(1000), Credits(300))
+            );
+            let (a, charged) = resolve(&db, &h.hold_id, Resolution::Post(Credits(500)), None)
+                .await
+                .unwrap();
+            // Clamped to the hold.
+            assert_eq!(
+                (a.balance, a.held, charged),
+                (Credits(700), Credits(0), Credits(300))
+            );
+            assert_eq!(
+                keys_of(&db, &h.hold_id).await,
+                [format!("hold:{}", h.hold_id), format!("post:{}", h.hold_id)]
+            );
+            assert!(matches!(
+                resolve(&db, &h.hold_id, Resolution::Void, None).await,
+                Err(LedgerError::HoldResolved)
+            ));
+            let v = hold(&db, &acc, Credits(0), None).await.unwrap();
+            let (a, charged) = resolve(&db, &v.hold_id, Resolution::Void, None)
+                .await
+                .unwrap();
+            assert_eq!(
+                (a.balance, a.held, charged),
+                (Credits(700), Credits(0), Credits(0))
+            );
+            assert!(matches!(
+                resolve(&db, "hold_nope", Resolution::Void, None).await,
+                Err(LedgerError::UnknownHold)
+            ));
+            assert!(matches!(
+                hold(&db, "acc_nope", Credits(1), None).await,
+                Err(LedgerError::UnknownAccount)
+            ));
+            assert!(matches!(
+                hold(&db, &acc, Credits(701), None).await,
+                Err(LedgerError::InsufficientCredits)
+            ));
+            let b = check_sums(&db, &acc).await;
+            assert_eq!((b.balance, b.held), (Credits(700), Credits(0)));
+            db.close().await;
+            // Durable: a new process sees the same.
+            let db2 = Db::open(
+                &DatabaseUrl::Sqlite(dir.join("l.db")),
+                &OpenOptions::default(),
+            )
+            .await
+            .unwrap();
+            let b = check_sums(&db2, &acc).await;
+            assert_eq!((b.balance, b.held), (Credits(700), Credits(0)));
+            db2.close().await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

@@ -186,6 +186,56 @@ impl InSameTx for InsertTask<'_> {
         });
         Ok(())
     }
+
+    fn sqlite_direct(&self) -> Option<ledger::SqliteDirect> {
+        let n = self.new;
+        let id = self.id.to_owned();
+        let account_id = n.account_id.to_owned();
+        let model = n.model.name.clone();
+        let param = n.param.clone();
+        let callback_url = n.callback_url.clone();
+        let price = n.model.price.0;
+        let now = self.now;
+        let deadline = now + n.timeout.as_millis() as i64;
+        let rate = n.rate.filter(|(l, _)| *l > 0);
+        Some(Box::new(move |c, ctx| {
+            if let Some((limit, window)) = rate {
+                let since = now - window.as_millis() as i64;
+                let (count, oldest): (i64, Option<i64>) = c
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(created_at) FROM tasks \
+                         WHERE account_id = ?1 AND created_at > ?2",
+                    )?
+                    .query_row(rusqlite::params![account_id, since], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                if count >= i64::from(limit) {
+                    let free_at = oldest.unwrap_or(now) + window.as_millis() as i64;
+                    let wait_ms = (free_at - now).max(1) as u64;
+                    return Err(LedgerError::Refused(Box::new(RateLimited {
+                        retry_after: wait_ms.div_ceil(1000),
+                    })));
+                }
+            }
+            c.prepare_cached(
+                "INSERT INTO tasks (id, account_id, model, state, param, callback_url, hold_id, \
+                 price, created_at, updated_at, deadline_at) \
+                 VALUES (?1, ?2, ?3, 'waiting', ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+            )?
+            .execute(rusqlite::params![
+                id,
+                account_id,
+                model,
+                param,
+                callback_url,
+                ctx.hold_id,
+                price,
+                now,
+                deadline
+            ])?;
+            Ok(())
+        }))
+    }
 }
 
 /// Creates a task in state `waiting` with its price held. Returns the task id.
