@@ -30,7 +30,9 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone)]
 pub struct SigningKey {
     pub id: String,
-    secret: Arc<[u8]>,
+    /// HMAC-SHA256 keyed with the secret, its key schedule done once (a link costs the
+    /// message's compressions only); as secret as the key itself.
+    prepared: HmacSha256,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -40,12 +42,9 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-fn decode_secret(id: String, secret: &str) -> Option<SigningKey> {
+pub(crate) fn decode_secret(id: String, secret: &str) -> Option<SigningKey> {
     let bytes = URL_SAFE_NO_PAD.decode(secret).ok()?;
-    (bytes.len() >= 32).then(|| SigningKey {
-        id,
-        secret: bytes.into(),
-    })
+    SigningKey::from_secret(&id, &bytes)
 }
 
 fn new_key_material() -> (String, String) {
@@ -62,16 +61,14 @@ fn new_key_material() -> (String, String) {
 pub(crate) const ACTIVE_KEY_SQL: &str =
     "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1";
 
-/// [`active_key`] with its read done through `fast` when there is one (SQLite): no
-/// caching, a rotation is seen by the next link issued.
+/// [`active_key`] with its read done through `fast` when there is one (SQLite; cached
+/// only until the next commit, so a rotation is seen by the next link issued).
 pub async fn active_key_with(
     db: &Db,
     fast: Option<&crate::http::fastread::FastReader>,
 ) -> Result<SigningKey, sqlx::Error> {
-    if let Some(Some((id, s))) = fast.and_then(|f| f.active_signing_key()) {
-        if let Some(k) = decode_secret(id, &s) {
-            return Ok(k);
-        }
+    if let Some(Some(k)) = fast.and_then(|f| f.active_signing_key()) {
+        return Ok(k);
     }
     active_key(db).await
 }
@@ -194,7 +191,7 @@ impl KeyCache {
 }
 
 fn mac(key: &SigningKey, file_id: &str, expiry: i64, name: &str) -> [u8; 32] {
-    let mut m = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes any key length");
+    let mut m = key.prepared.clone();
     // "kie-link-v1\n{key_id}\n{file_id}\n{expiry}\n{name}", fed in parts (no allocation)
     let mut digits = [0u8; 24];
     let mut n = expiry.unsigned_abs();
@@ -363,7 +360,7 @@ impl SigningKey {
     pub fn from_secret(id: &str, secret: &[u8]) -> Option<SigningKey> {
         (secret.len() >= 32).then(|| SigningKey {
             id: id.to_string(),
-            secret: secret.into(),
+            prepared: HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"),
         })
     }
 }
@@ -393,10 +390,7 @@ mod tests {
 
     #[test]
     fn link_shape_and_mac_binding() {
-        let key = SigningKey {
-            id: "kTEST".into(),
-            secret: vec![7u8; 32].into(),
-        };
+        let key = SigningKey::from_secret("kTEST", &[7u8; 32]).unwrap();
         let base = url::Url::parse("http://h:1/").unwrap();
         let l = sign(&base, &key, "abc", "a b.png", 1700000000);
         assert!(

@@ -79,6 +79,15 @@ pub fn parse_id_and_name(raw: &str) -> Option<(&str, String)> {
     Some((id, name))
 }
 
+/// A file's record: on SQLite a direct read, cached only until the next commit (a
+/// deleted or swept file answers 404 at once); otherwise the record cache (1 s).
+async fn record(state: &AppState, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
+    if let Some(r) = state.fast.as_ref().and_then(|f| f.file(id)) {
+        return Ok(r);
+    }
+    state.files.records.get(&state.db, id).await
+}
+
 /// GET/HEAD `/links/{id}/{name}?e=…&k=…&s=…`: a signed temporary link.
 pub(crate) async fn serve_link(State(state): State<AppState>, req: Request) -> Response {
     let raw = req.uri().path().strip_prefix("/links/").unwrap_or_default();
@@ -94,7 +103,7 @@ pub(crate) async fn serve_link(State(state): State<AppState>, req: Request) -> R
         Ok(Err(e)) => return plain_error(StatusCode::FORBIDDEN, &e.to_string()),
         Err(e) => return internal(e),
     }
-    let rec = match state.files.records.get(&state.db, id).await {
+    let rec = match record(&state, id).await {
         Ok(Some(r)) if is_live(&r, now_ms()) && r.name == name => r,
         Ok(_) => return gone(),
         Err(e) => return internal(e),
@@ -123,7 +132,7 @@ pub(crate) async fn serve_public_url(State(state): State<AppState>, req: Request
     let Some((id, name)) = parse_id_and_name(raw) else {
         return gone();
     };
-    let rec = match state.files.records.get(&state.db, id).await {
+    let rec = match record(&state, id).await {
         Ok(Some(r)) if is_live(&r, now_ms()) && r.name == name => r,
         Ok(_) => return gone(),
         Err(e) => return internal(e),

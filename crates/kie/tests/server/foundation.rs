@@ -742,3 +742,53 @@ async fn openapi_document_matches_the_router() {
         }
     }
 }
+
+/// Issue 7: the credit read may be answered from a cache (SQLite: valid only while no
+/// transaction committed since; see `http::fastread`), and must still show every
+/// acknowledged change at once — this server's own holds (group commit) and changes
+/// made by another process (`kie admin`) — with reads repeated between changes so that
+/// each change lands on a warm cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn credit_reads_show_every_acknowledged_change_at_once() {
+    let s = Server::start(Opts::default().config("task_rate = 0\ndemo_workers = 0\n"));
+    let (acc, key) = s.account_with_key("cache", "50");
+    let (_, other_key) = s.account_with_key("other", "7");
+    let url = s.url("/api/v1/chat/credit");
+    let create = s.url("/api/v1/jobs/createTask");
+    let credit = |k: String| {
+        let url = url.clone();
+        async move {
+            let (_, _, v) = get_json(&url, Some(&k)).await;
+            assert_eq!(v["code"], 200, "{v}");
+            v["data"].as_f64().unwrap()
+        }
+    };
+    let mut want = 50.0;
+    for round in 0..6 {
+        // warm: two reads of the same state, and another account's read in between
+        assert_eq!(credit(key.clone()).await, want, "round {round}");
+        assert_eq!(credit(other_key.clone()).await, 7.0);
+        assert_eq!(credit(key.clone()).await, want, "round {round}");
+        if round % 2 == 0 {
+            // this server's own write: a 2-credit hold through the ledger
+            let (_, _, r) = post_json(
+                &create,
+                Some(&key),
+                &json!({"model": "demo/image", "input": {"prompt": "p", "width": 8, "height": 8}}),
+            )
+            .await;
+            assert_eq!(r["code"], 200, "{r}");
+            want -= 2.0;
+        } else {
+            // another process: kie admin on the same database
+            s.admin(&["credits", "grant", "--account", &acc, "--amount", "1.25"]);
+            want += 1.25;
+        }
+        assert_eq!(
+            credit(key.clone()).await,
+            want,
+            "right after change {round}"
+        );
+    }
+    assert_eq!(want, 50.0 - 6.0 + 3.75);
+}
