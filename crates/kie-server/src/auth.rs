@@ -42,11 +42,14 @@ pub struct Caller {
 /// Extracts the key from an `Authorization` header value.
 pub fn bearer_token(value: &str) -> Option<&str> {
     let v = value.trim();
-    let (scheme, rest) = v.split_once(|c: char| c.is_ascii_whitespace())?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // "bearer" (any case), then ASCII whitespace: no search through the token
+    let scheme = v.get(..6)?;
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || !v[6..].starts_with(|c: char| c.is_ascii_whitespace())
+    {
         return None;
     }
-    let token = rest.trim();
+    let token = v[6..].trim();
     (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
 }
 

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::json::{parse_json, require_json_content_type, ApiJson};
-use super::{finish, request_id_from, ApiError, RequestCtx};
+use super::{finish, request_id_from, ApiError, ApiOk, RequestCtx};
 use crate::app::AppState;
 use crate::auth::Caller;
 
@@ -115,9 +115,18 @@ where
     // that the connection's future, which hyper moves on every request, stays small.
     let resp = match refusal(state, parts.uri.path(), peer) {
         Some(refused) => refused,
-        None if route == Route::Credit => credit(state, &ctx, parts, peer).await,
+        None if route == Route::Credit => credit(state, &ctx, parts).await,
         None => Box::pin(answer(state, route, &ctx, parts, body, peer)).await,
     };
+    // A success answer of `credit` carries no `BodyCode` extension (an allocation):
+    // a 200 answer without one on that route is its success envelope.
+    let known = (route == Route::Credit
+        && resp.status() == http::StatusCode::OK
+        && resp.extensions().is_empty())
+    .then_some(super::error::BodyCode {
+        code: kie_wire::codes::SUCCESS,
+        too_large: false,
+    });
     finish(
         state,
         &ctx,
@@ -125,6 +134,7 @@ where
         uri.path(),
         route.label(),
         resp,
+        known,
         started,
     )
 }
@@ -139,18 +149,35 @@ fn refusal(state: &AppState, path: &str, peer: SocketAddr) -> Option<Response> {
     crate::app::api_refusal(state, path)
 }
 
-async fn credit(
-    state: &AppState,
-    ctx: &Arc<RequestCtx>,
-    mut parts: http::request::Parts,
-    peer: SocketAddr,
-) -> Response {
-    parts.extensions.insert(ctx.clone());
-    parts.extensions.insert(ConnectInfo(peer));
-    match Caller::from_request_parts(&mut parts, state).await {
-        Ok(caller) => crate::api::credit::get_credit(State(state.clone()), caller)
-            .await
-            .into_response(),
+/// `GET /api/v1/chat/credit`: the handler of the router, with the caller authenticated
+/// directly (no extension map) and the envelope written straight into the body.
+async fn credit(state: &AppState, ctx: &RequestCtx, parts: http::request::Parts) -> Response {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match state.auth.authenticate(header).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let _ = ctx
+        .caller
+        .set((caller.account_id.clone(), caller.key_prefix.clone()));
+    match crate::api::credit::get_credit(State(state.clone()), caller).await {
+        Ok(ApiOk(credits)) => {
+            let mut body = Vec::with_capacity(64);
+            body.extend_from_slice(br#"{"code":200,"msg":"success","data":"#);
+            if serde_json::to_writer(&mut body, &credits).is_err() {
+                return ApiError::internal("serialising the balance").into_response();
+            }
+            body.push(b'}');
+            let mut r = Response::new(Body::from(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -170,7 +197,7 @@ where
     parts.extensions.insert(ctx.clone());
     parts.extensions.insert(ConnectInfo(peer));
     match route {
-        Route::Credit => credit(state, ctx, parts, peer).await,
+        Route::Credit => credit(state, ctx, parts).await,
         Route::DownloadUrl => {
             // Extractor order of the handler: the caller, then the JSON body.
             let caller = match Caller::from_request_parts(&mut parts, state).await {

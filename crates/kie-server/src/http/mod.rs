@@ -22,6 +22,9 @@ use crate::config::StatusMode;
 use kie_wire::codes;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// [`REQUEST_ID`] as a header name (no parsing per request).
+pub static REQUEST_ID_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(REQUEST_ID);
 
 /// Per-request facts gathered on the way in and logged on the way out.
 #[derive(Debug, Default)]
@@ -37,7 +40,7 @@ pub struct RequestCtx {
 /// replaced too: request ids are logged.
 pub fn request_id_from(headers: &axum::http::HeaderMap) -> String {
     headers
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty()
@@ -126,13 +129,23 @@ pub async fn envelope_layer(
         .get()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
-    finish(&state, &ctx, &method, uri.path(), route, resp, started)
+    finish(
+        &state,
+        &ctx,
+        &method,
+        uri.path(),
+        route,
+        resp,
+        None,
+        started,
+    )
 }
 
 /// The way out of every request (the envelope layer, and `hot` for the routes it
 /// serves): envelopes for answers produced outside the handlers, internal details
 /// replaced by the request id, the status mode, the `x-request-id` header, metrics and
 /// the request log line.
+#[allow(clippy::too_many_arguments)]
 pub fn finish(
     state: &AppState,
     ctx: &RequestCtx,
@@ -140,12 +153,13 @@ pub fn finish(
     path: &str,
     route: &str,
     mut resp: Response,
+    known: Option<BodyCode>,
     started: Instant,
 ) -> Response {
     let is_api = path.starts_with("/api/");
 
     // Answers the router or a tower layer produced without an envelope.
-    if is_api && resp.extensions().get::<BodyCode>().is_none() {
+    if is_api && known.is_none() && resp.extensions().get::<BodyCode>().is_none() {
         let (code, msg, too_large) = match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => (
                 codes::METHOD_NOT_ALLOWED,
@@ -173,7 +187,7 @@ pub fn finish(
         }
     }
 
-    let body_code = resp.extensions().get::<BodyCode>().copied();
+    let body_code = known.or_else(|| resp.extensions().get::<BodyCode>().copied());
     if let Some(bc) = body_code {
         if let Some(InternalDetail(detail)) = resp.extensions().get::<InternalDetail>().cloned() {
             tracing::error!(request_id = %ctx.id, %method, path = %path, error = %detail, "request failed");
@@ -185,7 +199,7 @@ pub fn finish(
         *resp.status_mut() = http_status(state.config.status_mode, bc.code, bc.too_large);
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
+        resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), v);
     }
 
     let elapsed = started.elapsed();
