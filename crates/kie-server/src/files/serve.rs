@@ -6,7 +6,7 @@
 //! gone) whatever the status mode, with a short JSON body
 //! `{"code": 403, "msg": "link expired", "data": null}` for clients that read it.
 //!
-//! Bytes are streamed from disk in 256 KiB chunks (memory stays flat in file size).
+//! Bytes are streamed from disk in 32 KiB chunks (memory stays flat in file size).
 //! Ranges: one byte range (`a-b`, `a-`, `-n`) → 206; unsatisfiable → 416 with
 //! `Content-Range: bytes */SIZE`; several ranges → the whole file with 200 (allowed by
 //! RFC 9110, which lets a server ignore Range); a syntactically invalid Range is
@@ -26,7 +26,7 @@ use super::{is_live, FileRecord};
 use crate::app::AppState;
 use crate::store::now_ms;
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 32 * 1024;
 /// Bodies up to this size are read in one go (bounded memory: at most this per request).
 const SMALL: u64 = 64 * 1024;
 
