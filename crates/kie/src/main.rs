@@ -15,6 +15,17 @@ mod serve;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process: mimalloc asks for them on its arenas
+/// (`madvise`), and every thread touching its first page then faults in 2 MiB — idle
+/// RSS of `kie serve` was 38 MiB with them, 20 MiB without (bench/startup.sh).
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "kie",
@@ -43,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
