@@ -397,6 +397,15 @@ async fn refusal(db: &Db, account_id: &str) -> LedgerError {
 /// available balance is too small (nothing was written). The hold's idempotency key
 /// derives from its fresh id, so it cannot have been used: no lookup, the unique index
 /// still guards it.
+/// A hold's statements on SQLite, shared by the sqlx path and the group commit's
+/// direct path: take the amount if the balance allows (no row: refused) …
+const SQLITE_HOLD_UPDATE: &str = "UPDATE accounts SET held = held + ?1 \
+     WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
+     RETURNING balance, held";
+/// … and record the pending hold.
+const SQLITE_HOLD_INSERT: &str = "INSERT INTO holds (id, account_id, amount, state, created_at) \
+     VALUES (?1, ?2, ?3, 'pending', ?4)";
+
 async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, sqlx::Error> {
     let entry_id = new_id("ent");
     let idem = format!("hold:{}", h.hold_id);
@@ -407,15 +416,11 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, s
                 .await?
         }
         TxConn::Sqlite(c) => {
-            let row: Option<(i64, i64)> = sqlx::query_as(
-                "UPDATE accounts SET held = held + $1 \
-                 WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
-                 RETURNING balance, held",
-            )
-            .bind(h.amount)
-            .bind(h.account_id)
-            .fetch_optional(&mut *c)
-            .await?;
+            let row: Option<(i64, i64)> = sqlx::query_as(SQLITE_HOLD_UPDATE)
+                .bind(h.amount)
+                .bind(h.account_id)
+                .fetch_optional(&mut *c)
+                .await?;
             if row.is_some() {
                 sqlx::query(
                     "INSERT INTO ledger_entries \
@@ -431,16 +436,13 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, s
                 .bind(h.now)
                 .execute(&mut *c)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO holds (id, account_id, amount, state, created_at) \
-                     VALUES ($1, $2, $3, 'pending', $4)",
-                )
-                .bind(h.hold_id)
-                .bind(h.account_id)
-                .bind(h.amount)
-                .bind(h.now)
-                .execute(&mut *c)
-                .await?;
+                sqlx::query(SQLITE_HOLD_INSERT)
+                    .bind(h.hold_id)
+                    .bind(h.account_id)
+                    .bind(h.amount)
+                    .bind(h.now)
+                    .execute(&mut *c)
+                    .await?;
             }
             row
         }
@@ -467,11 +469,7 @@ struct OwnedHold {
 fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, LedgerError> {
     use rusqlite::OptionalExtension;
     let row: Option<(i64, i64)> = c
-        .prepare_cached(
-            "UPDATE accounts SET held = held + ?1 \
-             WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
-             RETURNING balance, held",
-        )?
+        .prepare_cached(SQLITE_HOLD_UPDATE)?
         .query_row(rusqlite::params![h.amount, h.account_id], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
@@ -493,11 +491,8 @@ fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, Ledge
         h.reason,
         h.now
     ])?;
-    c.prepare_cached(
-        "INSERT INTO holds (id, account_id, amount, state, created_at) \
-         VALUES (?1, ?2, ?3, 'pending', ?4)",
-    )?
-    .execute(rusqlite::params![h.hold_id, h.account_id, h.amount, h.now])?;
+    c.prepare_cached(SQLITE_HOLD_INSERT)?
+        .execute(rusqlite::params![h.hold_id, h.account_id, h.amount, h.now])?;
     Ok(Applied {
         entry_id,
         balance: Credits(balance),
