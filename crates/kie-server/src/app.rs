@@ -198,7 +198,50 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics_endpoint() -> impl IntoResponse {
+/// Sets the `kie_bounded_*` gauges: every in-memory structure keyed by something a
+/// client or the load chooses, with its current size and its bound (each bound and its
+/// eviction are documented beside the structure).
+fn record_bounded_sizes(state: &AppState) {
+    use crate::metrics::record_bounded;
+    if let Some(l) = &state.ip_limiter {
+        record_bounded("ip_limiter", l.len(), crate::conn_guard::IP_LIMITER_MAX);
+    }
+    record_bounded(
+        "key_limiter",
+        state.auth.limiter_len(),
+        crate::auth::LIMITER_MAX,
+    );
+    record_bounded("auth_cache", state.auth.cache_len(), crate::auth::CACHE_MAX);
+    record_bounded(
+        "file_records",
+        state.files.records.len(),
+        crate::files::RecordCache::MAX,
+    );
+    let (known, unknown) = state.files.keys.lens();
+    let key_max = crate::files::links::KEY_CACHE_MAX;
+    record_bounded("link_keys", known, key_max);
+    record_bounded("link_keys_unknown", unknown, key_max);
+    if let Some(f) = &state.fast {
+        let (balances, files, signing) = f.cache_lens();
+        let max = crate::http::fastread::MAX_CACHED;
+        record_bounded("balance_cache", balances, max);
+        record_bounded("file_cache", files, max);
+        record_bounded("signing_key_cache", signing, max);
+    }
+    record_bounded(
+        "settings_disabled_features",
+        state.settings.current().disabled.len(),
+        settings::FEATURES.len(),
+    );
+    record_bounded(
+        "metric_label_sets",
+        crate::metrics::request_handles_len(),
+        crate::metrics::MAX_HANDLES,
+    );
+}
+
+async fn metrics_endpoint(State(state): State<AppState>) -> impl IntoResponse {
+    record_bounded_sizes(&state);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -16,11 +16,8 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +26,7 @@ use kie_wire::apikey;
 use crate::accounts::{self, KeyAuth};
 use crate::app::AppState;
 use crate::http::{ApiError, RequestCtx};
+use crate::ratelimit::KeyedLimiter;
 use crate::store::{now_ms, Db};
 
 /// An authenticated caller.
@@ -53,7 +51,13 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
 }
 
-const CACHE_MAX: usize = 100_000;
+/// Bound of the auth cache. Only keys found in the database enter it (a client's
+/// made-up keys never do), each for `ttl`; housekeeping drops expired entries, and an
+/// insert into a full cache empties it first (the next requests read the database).
+pub const CACHE_MAX: usize = 100_000;
+/// Bound of the per-key limiter's state (see `ratelimit`): keys are those found in the
+/// database, so this is only reached by a deployment with that many busy keys.
+pub const LIMITER_MAX: usize = 100_000;
 
 pub struct Authenticator {
     db: Db,
@@ -61,15 +65,13 @@ pub struct Authenticator {
     cache: RwLock<HashMap<u128, (Instant, KeyAuth)>>,
     /// Per-process random keys of the fingerprint.
     fingerprint: (RandomState, RandomState),
-    limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    limiter: Option<KeyedLimiter<Arc<str>>>,
 }
 
 impl Authenticator {
     pub fn new(db: Db, ttl: Duration, per_key_per_second: u32) -> Self {
-        let limiter = NonZeroU32::new(per_key_per_second).map(|n| {
-            // burst: one second's worth
-            RateLimiter::keyed(Quota::per_second(n).allow_burst(n))
-        });
+        // burst: one second's worth
+        let limiter = KeyedLimiter::new(per_key_per_second, LIMITER_MAX);
         Authenticator {
             db,
             ttl,
@@ -124,8 +126,7 @@ impl Authenticator {
             return Err(ApiError::unauthorized());
         }
         if let Some(l) = &self.limiter {
-            if let Err(not_until) = l.check_key(&k.key_id) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+            if let Err(wait) = l.check(&k.key_id) {
                 return Err(ApiError::rate_limited(
                     wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                 ));
@@ -138,10 +139,20 @@ impl Authenticator {
         })
     }
 
+    /// Entries of the auth cache now (bound: [`CACHE_MAX`]).
+    pub fn cache_len(&self) -> usize {
+        self.cache.read().expect("auth cache").len()
+    }
+
+    /// Keys the per-key limiter remembers now (bound: [`LIMITER_MAX`] + a little).
+    pub fn limiter_len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, KeyedLimiter::len)
+    }
+
     /// Drops limiter state of idle keys (called periodically).
     pub fn housekeeping(&self) {
         if let Some(l) = &self.limiter {
-            l.retain_recent();
+            l.housekeeping();
         }
         let ttl = self.ttl;
         self.cache

@@ -24,11 +24,8 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::http::ApiError;
+use crate::ratelimit::KeyedLimiter;
 
 /// The body code of a request whose body did not arrive in time.
 pub const REQUEST_TIMEOUT: i64 = 408;
@@ -244,31 +242,39 @@ pub fn body_timed_out(timeout: Duration, upload: bool) -> Response {
     r
 }
 
+/// Client addresses the per-IP limiter remembers at most (see `ratelimit` for the
+/// eviction): 64 Ki addresses are a few MiB.
+pub const IP_LIMITER_MAX: usize = 65_536;
+
 /// The per-IP request limiter.
 pub struct IpLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: KeyedLimiter<IpAddr>,
 }
 
 impl IpLimiter {
     /// `None` when `per_second` is 0 (off). The burst is one second's worth.
     pub fn new(per_second: u32) -> Option<Arc<IpLimiter>> {
-        NonZeroU32::new(per_second).map(|n| {
-            Arc::new(IpLimiter {
-                limiter: RateLimiter::keyed(Quota::per_second(n).allow_burst(n)),
-            })
-        })
+        KeyedLimiter::new(per_second, IP_LIMITER_MAX).map(|limiter| Arc::new(IpLimiter { limiter }))
     }
 
     /// Drops state of addresses that are back to a full burst (called periodically).
     pub fn housekeeping(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        self.limiter.housekeeping();
+    }
+
+    /// Addresses remembered now (bound: [`IP_LIMITER_MAX`] + a little).
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Whether no address is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
     }
 
     /// `Some(answer)` (429 with `Retry-After`) when `ip` is over its limit.
     pub fn check(&self, ip: IpAddr, path: &str) -> Option<Response> {
-        let not_until = self.limiter.check_key(&ip).err()?;
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let wait = self.limiter.check(&ip).err()?;
         let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
         e.upload = path.starts_with("/api/file-");
         Some(e.into_response())

@@ -4,6 +4,7 @@
 //! * `conn_guard` — connection limits, header/body timeouts, per-IP rate limit
 //! * `http` — where a request enters: envelope, status mode, request ids, JSON bodies
 //! * `auth` — API keys and per-key rate limits
+//! * `ratelimit` — keyed rate limiters with a hard bound on remembered keys
 //! * `ledger` — where the money is (all balance changes)
 //! * `accounts` — accounts, API keys, webhook keys
 //! * `settings` — maintenance mode and feature switches shared by all nodes
@@ -32,6 +33,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod net_guard;
 pub mod openapi;
+pub mod ratelimit;
 pub mod settings;
 pub mod store;
 pub mod tasks;

@@ -55,7 +55,9 @@ pub async fn load(db: &Db) -> Result<Snapshot, sqlx::Error> {
         if name == MAINTENANCE {
             s.maintenance = value == "on";
         } else if let Some(f) = name.strip_prefix(FEATURE_PREFIX) {
-            if value == "disabled" {
+            // Only known switches: the snapshot holds at most `FEATURES.len()` names,
+            // whatever rows the table has.
+            if value == "disabled" && FEATURES.iter().any(|(name, _)| *name == f) {
                 s.disabled.insert(f.to_string());
             }
         }

@@ -139,7 +139,9 @@ pub async fn rotate(db: &Db) -> Result<Rotation, sqlx::Error> {
 /// Verification keys by id, cached: a key's secret never changes, so an entry never
 /// goes stale. Unknown ids are looked up once in the database (another node may have
 /// rotated) and then remembered as unknown for a short while, so a flood of forged
-/// key ids cannot turn into a flood of queries.
+/// key ids cannot turn into a flood of queries. Bound: [`KEY_CACHE_MAX`] entries in
+/// each map (the unknown ids are the client's choice); an insert into a full map
+/// empties it first.
 #[derive(Clone, Default)]
 pub struct KeyCache {
     known: Arc<RwLock<HashMap<String, SigningKey>>>,
@@ -147,9 +149,17 @@ pub struct KeyCache {
 }
 
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
-const CACHE_MAX: usize = 10_000;
+pub const KEY_CACHE_MAX: usize = 10_000;
 
 impl KeyCache {
+    /// (known keys, remembered unknown ids) now.
+    pub fn lens(&self) -> (usize, usize) {
+        (
+            self.known.read().expect("key cache").len(),
+            self.unknown.read().expect("key cache").len(),
+        )
+    }
+
     pub async fn get(&self, db: &Db, id: &str) -> Result<Option<SigningKey>, sqlx::Error> {
         if let Some(k) = self.known.read().expect("key cache").get(id) {
             return Ok(Some(k.clone()));
@@ -173,14 +183,14 @@ impl KeyCache {
         match &key {
             Some(k) => {
                 let mut m = self.known.write().expect("key cache");
-                if m.len() >= CACHE_MAX {
+                if m.len() >= KEY_CACHE_MAX {
                     m.clear();
                 }
                 m.insert(k.id.clone(), k.clone());
             }
             None => {
                 let mut m = self.unknown.write().expect("key cache");
-                if m.len() >= CACHE_MAX {
+                if m.len() >= KEY_CACHE_MAX {
                     m.clear();
                 }
                 m.insert(id.to_string(), std::time::Instant::now());

@@ -37,6 +37,8 @@ pub struct FilesState {
 /// database round trip per download of a popular file. Staleness is bounded: a record
 /// deleted meanwhile is seen as deleted at most one TTL later (and its bytes, once
 /// removed, answer 404 at once); expiry is checked against the clock on every use.
+/// Bound: [`RecordCache::MAX`] records; only records that exist enter (a made-up id
+/// never does); a full cache first drops expired entries, then everything.
 #[derive(Default)]
 pub struct RecordCache(
     std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, FileRecord)>>,
@@ -44,7 +46,17 @@ pub struct RecordCache(
 
 impl RecordCache {
     pub const TTL: Duration = Duration::from_secs(1);
-    const MAX: usize = 10_000;
+    pub const MAX: usize = 10_000;
+
+    /// Records cached now.
+    pub fn len(&self) -> usize {
+        self.0.read().expect("record cache").len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 
     pub async fn get(&self, db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
         if let Some((at, r)) = self.0.read().expect("record cache").get(id) {

@@ -36,8 +36,9 @@ use std::sync::{Mutex, OnceLock};
 
 /// Idle connections kept; more may be open briefly under a burst.
 const MAX_IDLE: usize = 16;
-/// Accounts whose balance is cached; the cache is emptied when it grows past this.
-const MAX_CACHED: usize = 10_000;
+/// Bound of each cache (balances, file records — made-up file ids included, as
+/// "no such row" —, the signing key): an insert into a full cache empties it first.
+pub const MAX_CACHED: usize = 10_000;
 
 /// The WAL-index header (both copies must agree), compared as words.
 type Header = [u64; 6];
@@ -235,6 +236,14 @@ impl FastReader {
             cache.insert(key.to_owned(), (v.clone(), h));
         }
         Some(v)
+    }
+
+    /// Entries of the (balance, file record, signing key) caches now.
+    pub fn cache_lens(&self) -> (usize, usize, usize) {
+        fn n<V>(c: &Cache<V>) -> usize {
+            c.lock().map_or(0, |m| m.len())
+        }
+        (n(&self.balances), n(&self.files), n(&self.signing_key))
     }
 
     /// `balance - held` of an account (`Some(None)`: no such account); the same query
