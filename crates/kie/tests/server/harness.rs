@@ -466,6 +466,31 @@ impl Server {
         Server::start_in(opts, tmp, db)
     }
 
+    /// Runs an SQL script (several statements) against the server's database with
+    /// sqlite3 or psql: for bulk set-up that no public command could make in time.
+    pub fn sql_script(&self, script: &str) {
+        let path = self.data_dir.join("setup.sql");
+        std::fs::write(&path, script).unwrap();
+        let out = match &self.db.url {
+            Some(u) => Command::new("psql")
+                .args([u.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+                .arg(&path)
+                .output()
+                .expect("psql"),
+            None => Command::new("sqlite3")
+                .args(["-bail", "-cmd", ".timeout 10000"])
+                .arg(self.data_dir.join("kie.db"))
+                .arg(format!(".read {}", path.display()))
+                .output()
+                .expect("sqlite3"),
+        };
+        assert!(
+            out.status.success(),
+            "sql script: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Read-only SQL against the server's database (sqlite3 or psql), rows of
     /// `|`-separated columns. A last resort for invariants no public command shows.
     pub fn sql(&self, query: &str) -> Vec<Vec<String>> {

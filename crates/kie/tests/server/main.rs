@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod bounded;
 mod cli_e2e;
 mod crash;
 mod diskfull;
