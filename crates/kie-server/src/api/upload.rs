@@ -31,11 +31,17 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_TEXT_FIELD: usize = 4096;
 const MAX_PARTS: usize = 16;
 
-/// `data` of a successful upload.
+/// `data` of a successful upload: both shapes KIE.AI documents (`filePath`,
+/// `uploadedAt` … and `fileId`, `originalName`, `uploadPath`, `uploadTime` …).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadedFile {
+    /// The stored file's id (the `{id}` of its file URL)
+    pub file_id: String,
     pub file_name: String,
+    /// The name the client sent the file under (multipart file name, the last segment
+    /// of `fileUrl`), else `fileName`
+    pub original_name: String,
     /// `uploadPath/fileName`
     pub file_path: String,
     /// The file URL (same as `fileUrl`)
@@ -43,8 +49,12 @@ pub struct UploadedFile {
     pub file_url: String,
     pub file_size: i64,
     pub mime_type: String,
+    /// The `uploadPath` given (a directory, without the file name)
+    pub upload_path: String,
     /// ISO-8601 UTC with milliseconds
     pub uploaded_at: String,
+    /// Same as `uploadedAt`
+    pub upload_time: String,
     /// When the file is deleted (ISO-8601 UTC with milliseconds)
     pub expires_at: String,
 }
@@ -194,6 +204,7 @@ async fn finish(
     caller: &Caller,
     upload_path: Option<String>,
     file_name: String,
+    original_name: Option<String>,
     mime: String,
     stored: StoredBytes,
 ) -> UploadResult {
@@ -227,19 +238,37 @@ async fn finish(
     let rec = files::record(&state.db, &state.blobs, &f, stored)
         .await
         .map_err(|e| file_error(e, state.config.max_upload))?;
-    Ok(UploadOk(uploaded(state, &rec, file_path)))
+    let original_name = original_name.unwrap_or_else(|| rec.name.clone());
+    Ok(UploadOk(uploaded(
+        state,
+        &rec,
+        upload_path,
+        file_path,
+        original_name,
+    )))
 }
 
-fn uploaded(state: &AppState, rec: &FileRecord, file_path: String) -> UploadedFile {
+fn uploaded(
+    state: &AppState,
+    rec: &FileRecord,
+    upload_path: String,
+    file_path: String,
+    original_name: String,
+) -> UploadedFile {
     let url = rec.url(&state.config.public_url);
+    let uploaded_at = iso_ms(rec.created_at);
     UploadedFile {
+        file_id: rec.id.clone(),
         file_name: rec.name.clone(),
+        original_name,
+        upload_path,
+        upload_time: uploaded_at.clone(),
         file_path,
         download_url: url.clone(),
         file_url: url,
         file_size: rec.size,
         mime_type: rec.content_type.clone(),
-        uploaded_at: iso_ms(rec.created_at),
+        uploaded_at,
         expires_at: iso_ms(rec.expires_at),
     }
 }
@@ -319,9 +348,10 @@ async fn stream_upload(state: AppState, req: Request) -> UploadResult {
             missing("file")
         });
     };
+    let part_name = file.part_name.filter(|n| !n.is_empty());
     let file_name = form
         .file_name
-        .or(file.part_name.filter(|n| !n.is_empty()))
+        .or(part_name.clone())
         .unwrap_or_else(|| generated_name(file.part_mime.as_deref()));
     let mime = pick_mime(file.part_mime.as_deref(), &file_name);
     finish(
@@ -329,6 +359,7 @@ async fn stream_upload(state: AppState, req: Request) -> UploadResult {
         &caller,
         form.upload_path,
         file_name,
+        part_name,
         mime,
         file.stored,
     )
@@ -586,7 +617,16 @@ async fn base64_upload(state: AppState, req: Request) -> UploadResult {
             }
             e => file_error(e, limit),
         })?;
-    finish(&state, &caller, Some(upload_path), file_name, mime, stored).await
+    finish(
+        &state,
+        &caller,
+        Some(upload_path),
+        file_name,
+        None,
+        mime,
+        stored,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- URL upload
@@ -691,11 +731,21 @@ async fn url_upload(state: AppState, req: Request) -> UploadResult {
     .await
     .map_err(|_| ApiError::validation("fileUrl could not be fetched: timed out after 30 s"))??;
     let (stored, mime, final_url) = fetched;
+    let url_name = name_from_url(&final_url);
     let file_name = file_name
-        .or_else(|| name_from_url(&final_url))
+        .or_else(|| url_name.clone())
         .unwrap_or_else(|| generated_name(mime.as_deref().and_then(clean_mime).as_deref()));
     let mime = pick_mime(mime.as_deref(), &file_name);
-    finish(&state, &caller, Some(upload_path), file_name, mime, stored).await
+    finish(
+        &state,
+        &caller,
+        Some(upload_path),
+        file_name,
+        url_name,
+        mime,
+        stored,
+    )
+    .await
 }
 
 fn fetch_error(e: FetchError) -> ApiError {

@@ -722,16 +722,34 @@ fn assert_upload_ok(v: &Value, name: &str, path: &str, size: usize, mime: &str, 
         [
             "downloadUrl",
             "expiresAt",
+            "fileId",
             "fileName",
             "filePath",
             "fileSize",
             "fileUrl",
             "mimeType",
+            "originalName",
+            "uploadPath",
+            "uploadTime",
             "uploadedAt"
         ]
     );
     assert_eq!(d["fileName"], name);
     assert_eq!(d["filePath"], path);
+    // KIE.AI's second documented shape: the directory, the id, the time again
+    assert_eq!(
+        d["uploadPath"].as_str().unwrap(),
+        path.strip_suffix(&format!("/{name}")).unwrap()
+    );
+    assert_eq!(d["uploadTime"], d["uploadedAt"]);
+    let url = d["fileUrl"].as_str().unwrap();
+    assert_eq!(
+        d["fileId"].as_str().unwrap(),
+        url.rsplit('/').nth(1).unwrap(),
+        "fileId is the id in the file URL"
+    );
+    assert!(!d["originalName"].as_str().unwrap().is_empty());
+    assert!(d["fileSize"].is_u64(), "fileSize is an integer");
     assert_eq!(d["fileSize"], size);
     assert_eq!(d["mimeType"], mime);
     assert_eq!(d["downloadUrl"], d["fileUrl"]);
@@ -771,6 +789,7 @@ async fn the_three_upload_kinds_store_files() {
         "image/png",
         &s.base,
     );
+    assert_eq!(v["data"]["originalName"], "shot.png");
     let url1 = v["data"]["fileUrl"].as_str().unwrap().to_string();
     assert_eq!(get_raw(&url1, &[]).await.2, png);
     // and a link for it
@@ -790,6 +809,10 @@ async fn the_three_upload_kinds_store_files() {
         2,
         "image/png",
         &s.base,
+    );
+    assert_eq!(
+        v["data"]["originalName"], "other.png",
+        "the part's own name"
     );
     let url2 = v["data"]["fileUrl"].as_str().unwrap().to_string();
     assert_ne!(url1, url2);
