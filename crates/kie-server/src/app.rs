@@ -410,6 +410,10 @@ impl Server {
         settings::set(&db, "server.public_url", config.public_url.as_str())
             .await
             .map_err(store_err)?;
+        // Lets `kie admin file add` write where this server reads.
+        crate::admin::record_storage(&db, &config.storage, &config.s3)
+            .await
+            .map_err(store_err)?;
         // The link signing key ring has a key before the first link is asked for.
         crate::files::links::active_key(&db)
             .await

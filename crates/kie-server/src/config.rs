@@ -335,6 +335,13 @@ impl StoreArgs {
         resolve_store(self, &file)
     }
 
+    /// The storage named by `--storage`, `KIE_STORAGE` or the config file, if any
+    /// (`None`: the default, `file://<data-dir>/files`, applies).
+    pub fn explicit_storage(&self) -> Result<Option<String>, ConfigError> {
+        let file = read_file_config(self.config.as_deref())?;
+        Ok(self.storage.clone().or(file.storage))
+    }
+
     /// The S3 settings (`--s3-endpoint`, `--s3-addressing`, or the config file).
     pub fn s3_options(&self) -> Result<crate::blobs::S3Options, ConfigError> {
         let file = read_file_config(self.config.as_deref())?;

@@ -691,7 +691,9 @@ async fn file_cmd(db: &Db, store: &StoreArgs, cmd: FileCmd) -> Result<Out, Failu
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
-    let blobs = kie_server::admin::open_blobs(store).map_err(|e| Failure(e.to_string()))?;
+    let blobs = kie_server::admin::open_blobs(store, db)
+        .await
+        .map_err(|e| Failure(e.to_string()))?;
     let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     let rec = files::create(
         db,

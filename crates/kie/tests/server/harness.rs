@@ -307,7 +307,7 @@ impl Server {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    fn admin_cmd(&self, args: &[&str]) -> Command {
+    pub fn admin_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(KIE);
         cmd.arg("admin").arg("--data-dir").arg(&self.data_dir);
         if let Some(u) = &self.db.url {

@@ -553,6 +553,66 @@ async fn s3_file_add_link_and_public_url() {
     assert!(!s.log().contains(SECRET_KEY));
 }
 
+/// `kie admin file add` beside a server on S3 writes into the server's bucket without
+/// being told (the server records its storage at start), and refuses a different
+/// `--storage` in one line instead of writing bytes the server would answer 404 for.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_admin_file_add_uses_the_servers_storage() {
+    let moto = Moto::start();
+    let bucket = moto.bucket().await;
+    let s = s3_server(&moto, &bucket, Opts::default());
+    let (acc, _) = s.account_with_key("ola", "1");
+    let path = s.tmp().path().join("notes.txt");
+    std::fs::write(&path, b"from admin\n").unwrap();
+
+    // no KIE_STORAGE, no --storage, no endpoint: only the AWS credentials
+    let out = s
+        .admin_cmd(&["file", "add", "--account", &acc, path.to_str().unwrap()])
+        .env_remove("KIE_STORAGE")
+        .env_remove("KIE_S3_ENDPOINT")
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = f["url"].as_str().unwrap().to_string();
+    assert_eq!(moto.keys(&bucket, PREFIX).await, vec![object_key(&url)]);
+    let (st, _, body) = fetch(&url).await;
+    assert_eq!((st, body.as_slice()), (200, b"from admin\n".as_slice()));
+    // nothing was written to the local directory
+    assert!(
+        !s.data_dir.join("files").exists()
+            || crate::harness::stored_keys(&s.data_dir.join("files")).is_empty()
+    );
+
+    // told another storage: refused, one line, nothing recorded
+    let other = s.tmp().path().join("elsewhere");
+    let out = s
+        .admin_cmd(&["file", "add", "--account", &acc, path.to_str().unwrap()])
+        .env_remove("KIE_STORAGE")
+        .args(["--storage", &format!("file://{}", other.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the server serves files from s3://{bucket}/{PREFIX}, not file://"
+        )),
+        "{err}"
+    );
+    assert!(!other.exists());
+    let n = s.sql(&format!(
+        "SELECT count(*) FROM files WHERE account_id = '{acc}'"
+    ));
+    assert_eq!(n, vec![vec!["1".to_string()]]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_link_ttl_is_the_signed_expiry() {
     let moto = Moto::start();
