@@ -192,12 +192,13 @@ async fn download(c: &reqwest::Client, url: &str) -> u16 {
 struct Sample {
     t: f64,
     rss_kib: u64,
+    anon_kib: u64,
     fds: u64,
     threads: u64,
     db_conns: Option<u64>,
 }
 
-fn proc_sample(pid: u32) -> Option<(u64, u64, u64)> {
+fn proc_sample(pid: u32) -> Option<(u64, u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -207,7 +208,12 @@ fn proc_sample(pid: u32) -> Option<(u64, u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some((field("VmRSS:")?, fds, field("Threads:")?))
+    Some((
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        fds,
+        field("Threads:")?,
+    ))
 }
 
 /// Connections to the server's database: PostgreSQL sessions on its database, or the
@@ -399,11 +405,13 @@ async fn main() {
     let mut samples: Vec<Sample> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let (mut last_req, mut last_err, mut last_lim) = (0, 0, 0);
-    println!("   t(s)  rss(MiB)  fds  threads  db_conns  requests  errors  429s  callbacks");
+    println!(
+        "   t(s)  rss(MiB)  anon(MiB)  fds  threads  db_conns  requests  errors  429s  callbacks"
+    );
     loop {
         tick.tick().await;
         let t = start.elapsed().as_secs_f64();
-        let Some((rss_kib, fds, threads)) = proc_sample(o.pid) else {
+        let Some((rss_kib, anon_kib, fds, threads)) = proc_sample(o.pid) else {
             eprintln!("soak: the server (pid {}) is gone", o.pid);
             std::process::exit(1);
         };
@@ -412,8 +420,9 @@ async fn main() {
         let err = counts.errors.load(Ordering::Relaxed);
         let lim = counts.limited.load(Ordering::Relaxed);
         println!(
-            "{t:7.0}  {:8.1}  {fds:3}  {threads:7}  {:>8}  {:8}  {:6}  {:4}  {:9}",
+            "{t:7.0}  {:8.1}  {:9.1}  {fds:3}  {threads:7}  {:>8}  {:8}  {:6}  {:4}  {:9}",
             rss_kib as f64 / 1024.0,
+            anon_kib as f64 / 1024.0,
             db.map_or("-".to_string(), |d| d.to_string()),
             req - last_req,
             err - last_err,
@@ -424,6 +433,7 @@ async fn main() {
         samples.push(Sample {
             t,
             rss_kib,
+            anon_kib,
             fds,
             threads,
             db_conns: db,
@@ -436,22 +446,24 @@ async fn main() {
 
     // after the warm-up: RSS slope (least squares) and ranges
     let warm: Vec<&Sample> = samples.iter().filter(|s| s.t >= 60.0).collect();
-    let n = warm.len() as f64;
-    let (sx, sy) = warm
-        .iter()
-        .fold((0.0, 0.0), |(a, b), s| (a + s.t, b + s.rss_kib as f64));
-    let (mx, my) = (sx / n, sy / n);
-    let (num, den) = warm.iter().fold((0.0, 0.0), |(a, b), s| {
-        (
-            a + (s.t - mx) * (s.rss_kib as f64 - my),
-            b + (s.t - mx).powi(2),
-        )
-    });
-    let slope_mib_per_10min = if den > 0.0 {
-        num / den * 600.0 / 1024.0
-    } else {
-        f64::NAN
+    // least-squares slope of `f` (KiB) over the warm samples, in MiB per 10 minutes
+    let slope = |f: &dyn Fn(&Sample) -> u64| {
+        let n = warm.len() as f64;
+        let (sx, sy) = warm
+            .iter()
+            .fold((0.0, 0.0), |(a, b), s| (a + s.t, b + f(s) as f64));
+        let (mx, my) = (sx / n, sy / n);
+        let (num, den) = warm.iter().fold((0.0, 0.0), |(a, b), s| {
+            (a + (s.t - mx) * (f(s) as f64 - my), b + (s.t - mx).powi(2))
+        });
+        if den > 0.0 {
+            num / den * 600.0 / 1024.0
+        } else {
+            f64::NAN
+        }
     };
+    let slope_mib_per_10min = slope(&|s| s.rss_kib);
+    let anon_slope = slope(&|s| s.anon_kib);
     let range = |f: &dyn Fn(&Sample) -> u64| {
         let v: Vec<u64> = warm.iter().map(|s| f(s)).collect();
         (
@@ -467,7 +479,7 @@ async fn main() {
     let errors = counts.errors.load(Ordering::Relaxed);
     let limited = counts.limited.load(Ordering::Relaxed);
     println!(
-        "SOAK slope {slope_mib_per_10min:.2} MiB/10min; rss {:.1}-{:.1} MiB; fds {fmin}-{fmax}; threads {tmin}-{tmax}; db conns {dmin}-{dmax}; requests {total} ({:.0}/s); errors {errors}; 429s {limited}; callbacks {}",
+        "SOAK slope {slope_mib_per_10min:.2} MiB/10min (anonymous {anon_slope:.2}); rss {:.1}-{:.1} MiB; fds {fmin}-{fmax}; threads {tmin}-{tmax}; db conns {dmin}-{dmax}; requests {total} ({:.0}/s); errors {errors}; 429s {limited}; callbacks {}",
         rmin as f64 / 1024.0,
         rmax as f64 / 1024.0,
         total as f64 / start.elapsed().as_secs_f64(),

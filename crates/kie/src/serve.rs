@@ -20,6 +20,14 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Threads of the blocking pool (file reads and writes, DNS look-ups for callbacks and
+/// URL uploads), at most. Each blocking operation here takes microseconds; tokio's
+/// default (512) let the pool ratchet up to its busiest moment and stay there — idle
+/// threads are woken in turn, so none reaches its 10 s keep-alive — each with its own
+/// allocator heap: RSS crept up for as long as load lasted (see the soak in
+/// BENCHMARKS.md). More work than threads waits in the pool's queue.
+const BLOCKING_THREADS: usize = 32;
+
 pub fn run(args: ServeArgs) -> ExitCode {
     let config = match Config::from_args(&args) {
         Ok(c) => c,
@@ -31,6 +39,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     init_logging(config.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
