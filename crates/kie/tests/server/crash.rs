@@ -421,6 +421,8 @@ async fn sigkill_under_mixed_load_keeps_every_invariant() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         // no new operations from here; the ones in flight meet the SIGKILL
         stop.store(true, Ordering::Relaxed);
+        // the SIGKILL is ours: the server must not have ended before it
+        s.assert_running();
         s = s.crash_restart();
         phase.await.unwrap();
         let a = std::mem::take(&mut *acked.lock().unwrap());
@@ -433,6 +435,9 @@ async fn sigkill_under_mixed_load_keeps_every_invariant() {
             a.grants.len()
         );
         check_after_restart(&s, &key, &a, &new_tasks, &new_uploads).await;
+        // the checks above read the database directly too: a crashed server would
+        // only show much later, as tasks nobody times out
+        s.assert_running();
         *acked.lock().unwrap() = a;
     }
     let a = std::mem::take(&mut *acked.lock().unwrap());
@@ -459,14 +464,26 @@ async fn sigkill_under_mixed_load_keeps_every_invariant() {
     check_ledger(&s, &after_replay);
 
     // Every task ends (timed-out ones fail and void their holds).
+    s.assert_running();
     let open = eventually(Duration::from_secs(30), || async {
         s.sql("SELECT COUNT(*) FROM tasks WHERE state NOT IN ('success','fail')")[0][0] == "0"
     })
     .await;
+    if open.is_none() {
+        s.assert_running();
+    }
     assert!(
         open.is_some(),
-        "tasks never finished: {:?}",
-        s.sql("SELECT id, state FROM tasks WHERE state NOT IN ('success','fail')")
+        "tasks never finished (now {} ms; id, state, worker, claimed_at, deadline_at, \
+         hold state): {:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        s.sql(
+            "SELECT t.id, t.state, t.worker, t.claimed_at, t.deadline_at, h.state \
+             FROM tasks t LEFT JOIN holds h ON h.id = t.hold_id WHERE t.state NOT IN ('success','fail')"
+        )
     );
     let balance = check_ledger(&s, &after_replay);
     let show = s.admin(&["credits", "show", "--account", ACCOUNT]);
@@ -541,6 +558,7 @@ async fn sigkill_under_mixed_load_keeps_every_invariant() {
     let dup = seen.lock().unwrap().values().filter(|n| **n > 1).count();
     // Final state of the store after all that: every upload still byte-exact.
     check_after_restart(&s, &key, &a, &a.tasks, &a.uploads).await;
+    s.assert_running();
     eprintln!(
         "crash test: {CYCLES} SIGKILLs in {:?}; {} tasks ({} acked), {} uploads, {} grants acked; \
          {} callbacks delivered, {dup} of them more than once",
