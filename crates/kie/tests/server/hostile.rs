@@ -481,9 +481,38 @@ async fn per_key_and_per_ip_rate_limits() {
         codes.push(st);
     }
     assert_burst_then_limited(&codes, 2, t0.elapsed());
-    // Non-API paths are limited too (and still answer with the envelope).
-    let r = reqwest::get(s.url("/healthz")).await.unwrap();
-    assert_eq!(r.status(), 429);
+    // Non-API paths are limited too, from the same per-IP budget, and still answer
+    // with the envelope. The limiter refills one request every 500 ms, so a single
+    // /healthz sent after the loop may legitimately pass on a slow machine: send a
+    // burst of them and hold all 40 requests to what the limiter promises instead.
+    let health = futures::future::join_all((0..20).map(|_| async {
+        let r = reqwest::get(s.url("/healthz")).await.unwrap();
+        let st = r.status().as_u16();
+        let retry_after = r.headers().contains_key("retry-after");
+        let v: Value = r.json().await.unwrap();
+        (st, retry_after, v)
+    }))
+    .await;
+    let took = t0.elapsed();
+    for (st, retry_after, v) in &health {
+        if *st == 429 {
+            assert_eq!(
+                *v,
+                json!({"code": 429, "msg": "Rate limit exceeded", "data": null})
+            );
+            assert!(retry_after, "429 without Retry-After");
+        } else {
+            assert_eq!((*st, v), (200, &json!({"status": "ok"})));
+        }
+    }
+    let health: Vec<u16> = health.iter().map(|(st, _, _)| *st).collect();
+    assert!(health.contains(&429), "/healthz never limited: {health:?}");
+    let passed = codes.iter().chain(&health).filter(|c| **c == 200).count();
+    let refilled = (took.as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        passed <= 2 + refilled,
+        "{passed} of the API and /healthz requests passed in {took:?}: {codes:?} then {health:?}"
+    );
     // The limit refills: within ~1 s requests pass again.
     let back = eventually(Duration::from_secs(3), || async {
         reqwest::get(s.url("/healthz"))
