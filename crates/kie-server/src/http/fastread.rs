@@ -20,14 +20,20 @@
 //! rewrites the *WAL-index header* at the start of the `-shm` file (its change counter,
 //! last frame and salts), which readers map into memory and compare to decide whether
 //! their page cache is still valid (`walIndexTryHdr` in SQLite's wal.c). [`WalWatch`]
-//! maps that header read-only; a cached balance is returned only when the header is
-//! exactly the one read *before* the balance was fetched, i.e. when no transaction
-//! committed since. A change acknowledged by this server, another `kie serve` on the
-//! same file or `kie admin` rewrites the header before its COMMIT returns, so the next
-//! credit read misses the cache and sees it. A header being rewritten (its two copies
-//! differ), an uninitialised one, or a mapping that cannot be made all mean "no cache".
-//! An anchor connection stays open for the reader's life, so the `-shm` file mapped
-//! here is the live one (SQLite deletes it only when the last connection closes).
+//! reads that header (never writes it); a cached balance is returned only when the
+//! header is exactly the one read *before* the balance was fetched, i.e. when no
+//! transaction committed since. A change acknowledged by this server, another `kie
+//! serve` on the same file or `kie admin` rewrites the header before its COMMIT
+//! returns, so the next credit read misses the cache and sees it. A header being
+//! rewritten (its two copies differ), an uninitialised one, or a mapping that cannot
+//! be had all mean "no cache".
+//! The header is read through the mapping SQLite itself made of the `-shm` file for
+//! an anchor connection that stays open for the reader's life (the VFS's `xShmMap`),
+//! never through a descriptor of our own: closing any descriptor of a file drops
+//! every POSIX lock this process holds on it, SQLite's included (its "dead man
+//! switch" and reader/writer locks on `-shm`), after which another process opening
+//! the database believes it is alone, truncates `-shm` under this process's mappings
+//! (SIGBUS) and may write or checkpoint past this process's readers.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -59,37 +65,71 @@ pub struct FastReader {
 /// Values by key, each with the WAL-index header read before it was fetched.
 type Cache<V> = Mutex<HashMap<String, (V, Header)>>;
 
-/// A read-only mapping of the WAL-index header of the database's `-shm` file.
+/// The WAL-index header of the database's `-shm` file, as mapped by SQLite for the
+/// anchor connection (see the module documentation: no descriptor of our own).
 pub struct WalWatch {
+    /// Start of the first wal-index region in SQLite's mapping; only read.
     ptr: *const u8,
-    len: usize,
-    /// Keeps the `-shm` file (and so this mapping) the live one.
+    /// The connection whose mapping `ptr` points into: SQLite keeps the mapping (and
+    /// the `-shm` file, with this process's locks on it) while a connection of this
+    /// process is attached; it is only kept open, never used after `open`.
     _anchor: Connection,
 }
 
-// SAFETY: the mapping is read-only and only read with volatile loads; the pointer is
-// never handed out. The anchor connection is only kept open, never used after `open`.
+// SAFETY: the memory is only read, with volatile loads; the pointer is never handed
+// out. The anchor connection is only kept open (and closed on drop), never used after
+// `open`.
 unsafe impl Send for WalWatch {}
 unsafe impl Sync for WalWatch {}
 
-impl Drop for WalWatch {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are the mapping made in `open`, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
-    }
-}
-
 impl WalWatch {
-    const LEN: usize = 4096;
+    /// Size of a wal-index region (WALINDEX_PGSZ): what SQLite's WAL maps per call.
+    const REGION: i32 = 32 * 1024;
     /// `iVersion` of the WAL-index header (WALINDEX_MAX_VERSION).
     const VERSION: u32 = 3_007_000;
 
-    /// Maps `<db>-shm` of a WAL database, or `None` (not WAL, not initialised yet, no
-    /// mmap on this system …: the reader then reads every time).
-    pub fn open(db: &Path, anchor: Connection) -> Option<WalWatch> {
-        use std::os::fd::AsRawFd;
+    /// Region 0 of the wal-index of `anchor`'s database as SQLite mapped it (the VFS's
+    /// `xShmMap` without extending), or `None`.
+    fn shm_region0(anchor: &Connection) -> Option<*const u8> {
+        use rusqlite::ffi;
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: `anchor` is open and used by this thread only; FILE_POINTER writes
+        // the main database's `sqlite3_file` (owned by the connection, valid while it
+        // is open) into `file`.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                anchor.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&raw mut file).cast(),
+            )
+        };
+        if rc != ffi::SQLITE_OK || file.is_null() {
+            return None;
+        }
+        // SAFETY: `file` is the connection's open database file; its methods table
+        // is static in the VFS. xShmMap (I/O methods version 2+) with bExtend = 0
+        // only returns the region when the file already has it, mapped by SQLite
+        // with SQLite's own descriptor, under its shm mutex (safe with other threads'
+        // connections); the mapping stays until this process's last connection to
+        // the database detaches, and `anchor` stays attached.
+        unsafe {
+            let methods = (*file).pMethods;
+            if methods.is_null() || (*methods).iVersion < 2 {
+                return None;
+            }
+            let map = (*methods).xShmMap?;
+            let mut region: *mut std::ffi::c_void = std::ptr::null_mut();
+            let rc = map(file, 0, Self::REGION, 0, &mut region);
+            // READONLY: mapped, but read-only to this process (fine for reading)
+            ((rc == ffi::SQLITE_OK || rc == ffi::SQLITE_READONLY) && !region.is_null())
+                .then_some(region as *const u8)
+        }
+    }
+
+    /// Watches the wal-index header of a WAL database, or `None` (not WAL, not
+    /// initialised yet, no shared-memory wal-index …: the reader then reads every time).
+    pub fn open(anchor: Connection) -> Option<WalWatch> {
         // A read transaction makes sure the -shm file exists and is initialised.
         let mode: String = anchor
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -102,29 +142,9 @@ impl WalWatch {
                 r.get::<_, i64>(0)
             })
             .ok()?;
-        let mut shm = db.as_os_str().to_owned();
-        shm.push("-shm");
-        let file = std::fs::File::open(&shm).ok()?;
-        if file.metadata().ok()?.len() < Self::LEN as u64 {
-            return None;
-        }
-        // SAFETY: a fresh read-only shared mapping of a file we opened; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::LEN,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return None;
-        }
+        let ptr = Self::shm_region0(&anchor)?;
         let w = WalWatch {
-            ptr: ptr as *const u8,
-            len: Self::LEN,
+            ptr,
             _anchor: anchor,
         };
         w.header().map(|_| w)
@@ -133,7 +153,7 @@ impl WalWatch {
     /// The current header, when its two copies agree and it is initialised.
     pub fn header(&self) -> Option<Header> {
         use std::sync::atomic::{fence, Ordering};
-        // SAFETY: both 48-byte copies lie inside the page-aligned mapping; volatile
+        // SAFETY: both 48-byte copies lie inside the 32 KiB region; volatile
         // loads because another process writes them (SQLite's writer stores copy 2,
         // then copy 1, with barriers; a reader compares them, as done here).
         let (a, b) = unsafe {
@@ -205,7 +225,7 @@ impl FastReader {
     /// The current WAL-index header, if the database is watched (see the module docs).
     fn header(&self) -> Option<Header> {
         self.wal
-            .get_or_init(|| WalWatch::open(&self.path, self.open().ok()?))
+            .get_or_init(|| WalWatch::open(self.open().ok()?))
             .as_ref()
             .and_then(WalWatch::header)
     }
@@ -344,6 +364,68 @@ mod tests {
         w.execute("UPDATE accounts SET balance = 2000 WHERE id = 'a'", [])
             .unwrap();
         assert_eq!(r.available("a"), Some(Some(1700)));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// POSIX locks this process holds on `file`, as `/proc/locks` lists them: "READ 128
+    /// 128" (type, first and last byte), sorted.
+    #[cfg(target_os = "linux")]
+    fn own_locks(file: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(file).unwrap().ino().to_string();
+        let pid = std::process::id().to_string();
+        let mut held: Vec<String> = std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("->")) // waiting for a lock, not holding it
+            .filter_map(|l| {
+                // "6: POSIX  ADVISORY  READ 21467 fe:00:10027409 128 128"
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let ours = f.len() == 8
+                    && f[1] == "POSIX"
+                    && f[4] == pid
+                    && f[5].rsplit(':').next() == Some(ino.as_str());
+                ours.then(|| format!("{} {} {}", f[3], f[6], f[7]))
+            })
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// Watching the WAL-index header must not cost SQLite its locks on `-shm`: closing
+    /// any descriptor of a file drops every POSIX lock the process holds on it. Without
+    /// its shared "dead man switch" lock (byte 128), another process opening the
+    /// database takes itself for the only user and truncates `-shm` under this
+    /// process's mappings (the server died of SIGBUS, under load, in the crash test).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn watching_the_header_keeps_sqlites_locks_on_the_shm_file() {
+        let path = temp_db();
+        let w = Connection::open(&path).unwrap();
+        w.pragma_update(None, "journal_mode", "wal").unwrap();
+        w.execute_batch(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, balance INTEGER, held INTEGER);
+             INSERT INTO accounts VALUES ('a', 10, 0);",
+        )
+        .unwrap();
+        let shm = path.with_file_name("t.db-shm");
+        let held = own_locks(&shm);
+        assert!(held.contains(&"READ 128 128".to_string()), "{held:?}");
+        let r = FastReader::new(&path);
+        assert_eq!(r.available("a"), Some(Some(10)));
+        assert!(r.wal.get().unwrap().is_some(), "WAL header watched");
+        assert_eq!(r.available("a"), Some(Some(10)));
+        assert_eq!(own_locks(&shm), held, "SQLite's locks on -shm");
+        // the watch still sees commits
+        w.execute("UPDATE accounts SET balance = 12 WHERE id = 'a'", [])
+            .unwrap();
+        assert_eq!(r.available("a"), Some(Some(12)));
+        drop(r);
+        assert_eq!(
+            own_locks(&shm),
+            held,
+            "SQLite's locks on -shm after the reader"
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

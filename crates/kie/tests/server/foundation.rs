@@ -792,3 +792,71 @@ async fn credit_reads_show_every_acknowledged_change_at_once() {
     }
     assert_eq!(want, 50.0 - 6.0 + 3.75);
 }
+
+/// POSIX locks process `pid` holds on `file`, as `/proc/locks` lists them: "READ 128
+/// 128" (type, first and last byte), sorted.
+fn posix_locks(pid: u32, file: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(file).unwrap().ino().to_string();
+    let pid = pid.to_string();
+    let mut held: Vec<String> = std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("->")) // waiting for a lock, not holding it
+        .filter_map(|l| {
+            // "6: POSIX  ADVISORY  READ 21467 fe:00:10027409 128 128"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ours = f.len() == 8
+                && f[1] == "POSIX"
+                && f[4] == pid
+                && f[5].rsplit(':').next() == Some(ino.as_str());
+            ours.then(|| format!("{} {} {}", f[3], f[6], f[7]))
+        })
+        .collect();
+    held.sort();
+    held
+}
+
+/// SQLite (WAL) coordinates processes through POSIX locks on the `-shm` file, and
+/// closing *any* descriptor of a file drops every POSIX lock the process holds on it.
+/// The server must keep SQLite's locks whatever it serves (the fast read paths watch
+/// the WAL-index header): without its shared lock on byte 128, a `kie admin` opening the
+/// database takes itself for the only user and truncates `-shm` under the server's
+/// mappings — the server died of SIGBUS under load in the crash test.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_keeps_sqlites_locks_while_serving_fast_reads() {
+    let s = Server::start_in(
+        Opts::default(),
+        std::sync::Arc::new(TempDir::new()),
+        std::sync::Arc::new(TestDb::sqlite()),
+    );
+    let (acc, key) = s.account_with_key("locks", "5");
+    let shm = s.data_dir.join("kie.db-shm");
+    // the "dead man switch": every process using the database holds it shared for as
+    // long as it has the database open (other locks come and go with transactions)
+    let dms = "READ 128 128".to_string();
+    let held = posix_locks(s.pid(), &shm);
+    assert!(held.contains(&dms), "{held:?}");
+    // every fast read path: credit, a file record, the link signing key
+    let (st, _, v) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
+    assert_eq!((st, v["data"].as_f64()), (200, Some(5.0)), "{v}");
+    let src = s.tmp().path().join("locks.txt");
+    std::fs::write(&src, b"locked").unwrap();
+    let f = s.admin(&["file", "add", "--account", &acc, src.to_str().unwrap()]);
+    let url = f["url"].as_str().unwrap();
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"locked");
+    let (_, _, v) = post_json(
+        &s.url("/api/v1/common/download-url"),
+        Some(&key),
+        &json!({ "url": url }),
+    )
+    .await;
+    assert_eq!(v["code"], 200, "{v}");
+    let held = posix_locks(s.pid(), &shm);
+    assert!(
+        held.contains(&dms),
+        "SQLite's lock on -shm lost by the fast reads: {held:?}"
+    );
+}

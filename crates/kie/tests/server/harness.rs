@@ -76,6 +76,15 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// SQLite in the server's data dir whatever `KIE_TEST_BACKEND` says (for tests of
+    /// SQLite-specific behaviour).
+    pub fn sqlite() -> TestDb {
+        TestDb {
+            url: None,
+            pg_name: None,
+        }
+    }
+
     /// A fresh database on the shared PostgreSQL whatever `KIE_TEST_BACKEND` says (for
     /// tests of multi-node behaviour, which needs a database several processes share).
     /// Fails, never skips, when PostgreSQL is unreachable.
@@ -307,6 +316,48 @@ impl Server {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// How the process ended, when it ended without being stopped or killed here (a
+    /// crash: e.g. "killed by signal 7 (Bus error), core dumped").
+    pub fn ended_on_its_own(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        Some(match st.signal() {
+            Some(sig) => {
+                let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) };
+                format!(
+                    "killed by signal {sig} ({}){}",
+                    name.to_string_lossy(),
+                    if st.core_dumped() {
+                        ", core dumped"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            None => format!("exited with {st}"),
+        })
+    }
+
+    /// Panics when the server is no longer running (with how it ended and the end of
+    /// its log): checks that only the database can answer would not notice a crash.
+    pub fn assert_running(&mut self) {
+        if let Some(why) = self.ended_on_its_own() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            panic!(
+                "kie serve {} ended on its own: {why}; last lines of its log:\n{}",
+                self.addr,
+                tail.join("\n")
+            );
+        }
+    }
+
     pub fn admin_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(KIE);
         cmd.arg("admin").arg("--data-dir").arg(&self.data_dir);
@@ -359,6 +410,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A crash nobody asked about would go unnoticed (the test may have passed on
+        // the database alone): say so next to the test's output.
+        if let Some(why) = self.ended_on_its_own() {
+            eprintln!("kie serve {} had ended on its own: {why}", self.addr);
+        }
         self.kill();
         keep_log(&self.stderr_log, "serve");
     }

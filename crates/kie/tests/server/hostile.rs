@@ -428,65 +428,139 @@ async fn body_and_upload_size_limits() {
     );
 }
 
-/// The first `burst` answers passed, later ones were limited except for what the
-/// rate (`burst` per second) refilled meanwhile.
-fn assert_burst_then_limited(codes: &[u16], burst: usize, took: Duration) {
-    assert!(codes[..burst].iter().all(|c| *c == 200), "{codes:?}");
+/// HTTP status, headers and JSON body of an answer.
+type Answer = (u16, reqwest::header::HeaderMap, Value);
+
+/// GET through a shared client (no client to build per request: on a loaded machine
+/// that alone takes longer than the limits below refill).
+async fn get_answer(http: &reqwest::Client, url: &str, key: Option<&str>) -> Answer {
+    let mut rb = http.get(url);
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
+    (status, headers, v)
+}
+
+/// Sends `first` requests one after the other, then rounds of 10 at once until one is
+/// refused (429; at most 20 rounds). At once, so that they reach the server faster
+/// than a limit refills however slow the machine is; until refused, not for a fixed
+/// number or time. Answers in sending order (within a round, as sent).
+async fn until_refused<F, Fut>(first: usize, send: F) -> Vec<Answer>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    let mut answers = Vec::new();
+    for _ in 0..first {
+        answers.push(send().await);
+    }
+    for _ in 0..20 {
+        if answers.iter().any(|a| a.0 == 429) {
+            break;
+        }
+        answers.extend(futures::future::join_all((0..10).map(|_| send())).await);
+    }
+    answers
+}
+
+fn statuses(answers: &[Answer]) -> Vec<u16> {
+    answers.iter().map(|a| a.0).collect()
+}
+
+/// What a limiter of `burst` requests refilled at `burst` per second promises, over
+/// requests sent from a fresh limit during `took`: at most `burst` plus what the rate
+/// refilled meanwhile passed.
+fn assert_within_budget(codes: &[u16], burst: usize, took: Duration) {
     let passed = codes.iter().filter(|c| **c == 200).count();
     let refilled = (took.as_secs_f64() * burst as f64).ceil() as usize;
     assert!(
         passed <= burst + refilled,
         "{passed} passed in {took:?}: {codes:?}"
     );
+}
+
+/// The first `burst` answers passed, later ones were limited except for what the
+/// rate (`burst` per second) refilled meanwhile.
+fn assert_burst_then_limited(codes: &[u16], burst: usize, took: Duration) {
+    assert!(codes[..burst].iter().all(|c| *c == 200), "{codes:?}");
+    assert_within_budget(codes, burst, took);
     assert!(codes.contains(&429), "{codes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn per_key_and_per_ip_rate_limits() {
+    let http = client();
     // Per key: 2 per second, burst 2 (low, so a loaded machine still sees the limit).
     let s = Server::start(Opts::default().args(&["--key-rate-limit", "2"]));
     let (_, key) = s.account_with_key("rl", "1");
     let (_, other) = s.account_with_key("rl2", "1");
-    let mut codes = Vec::new();
+    let url = s.url("/api/v1/chat/credit");
     let t0 = Instant::now();
-    for _ in 0..20 {
-        let (st, h, v) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
-        if st == 429 {
+    let answers = until_refused(2, || get_answer(&http, &url, Some(&key))).await;
+    let took = t0.elapsed();
+    for (st, h, v) in &answers {
+        if *st == 429 {
             assert_eq!(v["code"], 429);
             let ra: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
             assert!((1..=2).contains(&ra), "Retry-After {ra}");
         }
-        codes.push(st);
     }
-    assert_burst_then_limited(&codes, 2, t0.elapsed());
+    assert_burst_then_limited(&statuses(&answers), 2, took);
     // another key is not affected
-    let (st, _, _) = get_json(&s.url("/api/v1/chat/credit"), Some(&other)).await;
+    let (st, _, _) = get_answer(&http, &url, Some(&other)).await;
     assert_eq!(st, 200);
 
     // Per IP: 2 per second whatever the key, including unauthenticated requests.
     let s = Server::start(Opts::default().args(&["--ip-rate-limit", "2"]));
-    let mut codes = Vec::new();
+    let url = s.url("/api/v1/chat/credit");
     let t0 = Instant::now();
-    for _ in 0..20 {
-        let (st, h, v) = get_json(&s.url("/api/v1/chat/credit"), None).await;
-        if st == 429 {
+    let answers = until_refused(2, || get_answer(&http, &url, None)).await;
+    let took = t0.elapsed();
+    for (st, h, v) in &answers {
+        if *st == 429 {
             assert_eq!(
-                v,
+                *v,
                 json!({"code": 429, "msg": "Rate limit exceeded", "data": null})
             );
             assert!(h.contains_key("retry-after"));
         } else {
             assert_eq!(v["code"], 401);
         }
-        codes.push(st);
     }
-    assert_burst_then_limited(&codes, 2, t0.elapsed());
-    // Non-API paths are limited too (and still answer with the envelope).
-    let r = reqwest::get(s.url("/healthz")).await.unwrap();
-    assert_eq!(r.status(), 429);
+    let codes = statuses(&answers);
+    assert_burst_then_limited(&codes, 2, took);
+    // Non-API paths are limited too, from the same per-IP budget, and still answer
+    // with the envelope. The limit refills one request every 500 ms, so a /healthz
+    // sent after the API requests may legitimately pass on a slow machine: send them
+    // until one is refused, and hold all the requests to what the limiter promises.
+    let health_url = s.url("/healthz");
+    let health = until_refused(0, || get_answer(&http, &health_url, None)).await;
+    let took = t0.elapsed();
+    for (st, h, v) in &health {
+        if *st == 429 {
+            assert_eq!(
+                *v,
+                json!({"code": 429, "msg": "Rate limit exceeded", "data": null})
+            );
+            assert!(h.contains_key("retry-after"));
+        } else {
+            assert_eq!((*st, v), (200, &json!({"status": "ok"})));
+        }
+    }
+    let health = statuses(&health);
+    assert!(health.contains(&429), "/healthz never limited: {health:?}");
+    let all: Vec<u16> = codes.iter().chain(&health).copied().collect();
+    assert_within_budget(&all, 2, took);
     // The limit refills: within ~1 s requests pass again.
     let back = eventually(Duration::from_secs(3), || async {
-        reqwest::get(s.url("/healthz"))
+        http.get(&health_url)
+            .send()
             .await
             .is_ok_and(|r| r.status() == 200)
     })
