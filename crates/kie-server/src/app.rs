@@ -353,59 +353,48 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
     });
 }
 
-/// A bound, migrated, ready-to-run server.
-pub struct Server {
-    pub state: AppState,
-    listener: TcpListener,
-    shutdown_tx: watch::Sender<bool>,
+/// Opens (and migrates) the database of `config` and opens its object store, which
+/// must answer.
+async fn open_stores(config: &Config) -> Result<(Db, crate::blobs::Blobs), StartError> {
+    store::ensure_writable_dir(&config.data_dir)?;
+    let opts = OpenOptions {
+        max_connections: config.db_max_connections,
+        statement_timeout: config.db_statement_timeout,
+        pg_acquire_timeout: config.db_acquire_timeout,
+        sqlite_group_commit: config.sqlite_group_commit,
+        ..Default::default()
+    };
+    let db = Db::open(&config.database, &opts).await?;
+    let blobs = crate::blobs::Blobs::open_with(&config.storage, &config.s3)?;
+    // A store that does not answer (wrong endpoint, missing bucket, bad
+    // credentials) stops the start with one line, like an unreachable database.
+    if let Err(why) = blobs.check(Duration::from_secs(30)).await {
+        return Err(StartError::Other(format!(
+            "cannot open storage {}: {why}",
+            blobs.describe()
+        )));
+    }
+    Ok((db, blobs))
 }
 
-impl Server {
-    /// Opens the store, binds the port and prepares the state. Every failure is one
-    /// line (see [`StartError`]).
-    pub async fn bind(mut config: Config, public_url_explicit: bool) -> Result<Server, StartError> {
-        store::ensure_writable_dir(&config.data_dir)?;
-        let opts = OpenOptions {
-            max_connections: config.db_max_connections,
-            statement_timeout: config.db_statement_timeout,
-            pg_acquire_timeout: config.db_acquire_timeout,
-            sqlite_group_commit: config.sqlite_group_commit,
-            ..Default::default()
-        };
-        let db = Db::open(&config.database, &opts).await?;
-        let blobs = crate::blobs::Blobs::open_with(&config.storage, &config.s3)?;
-        // A store that does not answer (wrong endpoint, missing bucket, bad
-        // credentials) stops the start with one line, like an unreachable database.
-        if let Err(why) = blobs.check(Duration::from_secs(30)).await {
-            return Err(StartError::Other(format!(
-                "cannot open storage {}: {why}",
-                blobs.describe()
-            )));
-        }
-        let listener = TcpListener::bind(&config.bind)
-            .await
-            .map_err(|e| StartError::Listen {
-                addr: config.bind.clone(),
-                reason: match e.kind() {
-                    std::io::ErrorKind::AddrInUse => "address already in use".into(),
-                    std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-                    std::io::ErrorKind::AddrNotAvailable => {
-                        "address not available on this machine".into()
-                    }
-                    _ => e.to_string(),
-                },
-            })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        if !public_url_explicit {
-            // With --bind …:0 the real port is known only now.
-            let own = host_key(&config.public_url);
-            config.public_url =
-                url::Url::parse(&format!("http://{local}")).expect("socket addr URL");
-            config.file_hosts.retain(|h| *h != own);
-            config.file_hosts.push(host_key(&config.public_url));
-        }
+impl AppState {
+    /// Opens the database and object store of `config` and builds the state [`router`]
+    /// serves, without binding a port or starting background work (the settings
+    /// refresh, sweeper, workers…): for driving the router in-process, e.g. with
+    /// `tower::ServiceExt::oneshot` in tests. `config.public_url` is used as given.
+    /// The sender flips the state's `shutdown` (ends long polls).
+    pub async fn open(config: Config) -> Result<(AppState, watch::Sender<bool>), StartError> {
+        let (db, blobs) = open_stores(&config).await?;
+        AppState::build(config, db, blobs).await
+    }
+
+    /// The state of a server on opened stores: records the public URL for `kie admin`,
+    /// makes sure the link key ring has a key, loads the settings snapshot.
+    async fn build(
+        config: Config,
+        db: Db,
+        blobs: crate::blobs::Blobs,
+    ) -> Result<(AppState, watch::Sender<bool>), StartError> {
         // Lets `kie admin` print file URLs with the public base the server uses.
         settings::set(&db, "server.public_url", config.public_url.as_str())
             .await
@@ -454,6 +443,47 @@ impl Server {
             },
             db_health: Default::default(),
         }));
+        Ok((state, shutdown_tx))
+    }
+}
+
+/// A bound, migrated, ready-to-run server.
+pub struct Server {
+    pub state: AppState,
+    listener: TcpListener,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the store, binds the port and prepares the state. Every failure is one
+    /// line (see [`StartError`]).
+    pub async fn bind(mut config: Config, public_url_explicit: bool) -> Result<Server, StartError> {
+        let (db, blobs) = open_stores(&config).await?;
+        let listener = TcpListener::bind(&config.bind)
+            .await
+            .map_err(|e| StartError::Listen {
+                addr: config.bind.clone(),
+                reason: match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "address already in use".into(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "address not available on this machine".into()
+                    }
+                    _ => e.to_string(),
+                },
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        if !public_url_explicit {
+            // With --bind …:0 the real port is known only now.
+            let own = host_key(&config.public_url);
+            config.public_url =
+                url::Url::parse(&format!("http://{local}")).expect("socket addr URL");
+            config.file_hosts.retain(|h| *h != own);
+            config.file_hosts.push(host_key(&config.public_url));
+        }
+        let (state, shutdown_tx) = AppState::build(config, db, blobs).await?;
         Ok(Server {
             state,
             listener,
