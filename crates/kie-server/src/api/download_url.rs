@@ -132,7 +132,7 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
     path = "/api/v1/common/download-url",
     tag = "common",
     request_body = DownloadUrlRequest,
-    responses((status = 200, description = "Envelope; data = the temporary link (a URL string). Codes: 401, 402, 404 (no such file of yours, or expired), 422 (missing/invalid/external URL), 455, 505", body = crate::openapi::LinkEnvelope))
+    responses((status = 200, description = "Envelope; data = the temporary link (a URL string). Codes: 401, 402, 433 (the key's usage cap), 404 (no such file of yours, or expired), 422 (missing/invalid/external URL), 455, 505", body = crate::openapi::LinkEnvelope))
 )]
 pub async fn download_url(
     State(state): State<AppState>,
@@ -159,9 +159,10 @@ pub async fn download_url(
     if price.0 > 0 {
         // a fresh idempotency key: every link request is its own charge
         let key = format!("download-url:{}", new_id("op"));
-        match ledger::deduct(
+        match ledger::deduct_via(
             &state.db,
             &caller.account_id,
+            Some(&caller.key_id),
             price,
             Some("download link"),
             &key,
@@ -170,6 +171,7 @@ pub async fn download_url(
         {
             Ok(_) => {}
             Err(LedgerError::InsufficientCredits) => return Err(ApiError::insufficient_credits()),
+            Err(LedgerError::CapExceeded) => return Err(ApiError::key_cap_exceeded()),
             Err(LedgerError::UnknownAccount) => return Err(ApiError::unauthorized()),
             Err(e) => return Err(ApiError::internal(e)),
         }
