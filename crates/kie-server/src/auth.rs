@@ -210,6 +210,81 @@ impl FromRequestParts<AppState> for Caller {
 mod tests {
     use super::bearer_token;
 
+    /// The management scope reaches `Caller`; the allowlist refuses other and unknown
+    /// addresses without naming itself; an update made elsewhere applies once the
+    /// cached record expires (polled, never a fixed wait).
+    #[tokio::test]
+    async fn scope_allowlist_and_cache_expiry() {
+        use super::*;
+        use crate::accounts::{self, KeyOptions, KeyUpdate};
+        use crate::config::DatabaseUrl;
+        use crate::store::OpenOptions;
+        let dir = std::env::temp_dir().join(format!(
+            "kie-auth-{}-{}",
+            std::process::id(),
+            apikey::random_base62(8)
+        ));
+        let db = Db::open(
+            &DatabaseUrl::Sqlite(dir.join("a.db")),
+            &OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        let acc = accounts::create(&db, "a", None).await.unwrap().id;
+        let opts = KeyOptions {
+            manage: true,
+            allow_ips: crate::ipallow::parse_list(&["127.0.0.0/8"]).unwrap(),
+            ..Default::default()
+        };
+        let k = accounts::create_key_with(&db, &acc, None, None, &opts)
+            .await
+            .unwrap();
+        let plain = accounts::create_key(&db, &acc, None, None).await.unwrap();
+        let auth = Authenticator::new(db.clone(), Duration::from_millis(300), 0);
+        let header = format!("Bearer {}", k.key);
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let c = auth.authenticate(Some(&header), Some(local)).await.unwrap();
+        assert!(c.manage);
+        let c = auth
+            .authenticate(Some(&format!("Bearer {}", plain.key)), None)
+            .await
+            .unwrap();
+        assert!(!c.manage, "no scope by default; no allowlist: any address");
+        for peer in [Some("10.0.0.1".parse().unwrap()), None] {
+            let e = auth.authenticate(Some(&header), peer).await.unwrap_err();
+            assert_eq!(e.code, 401);
+            assert!(
+                e.msg.contains("not allowed") && !e.msg.contains("127."),
+                "{}",
+                e.msg
+            );
+        }
+        let u = KeyUpdate {
+            allow_ips: Some(crate::ipallow::parse_list(&["10.0.0.0/8"]).unwrap()),
+            manage: Some(false),
+            ..Default::default()
+        };
+        accounts::update_key(&db, &k.id, &u).await.unwrap();
+        let start = Instant::now();
+        loop {
+            match auth.authenticate(Some(&header), Some(local)).await {
+                Err(e) => {
+                    assert_eq!(e.code, 401);
+                    break;
+                }
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(5), "still cached"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = auth
+            .authenticate(Some(&header), Some("10.1.1.1".parse().unwrap()))
+            .await
+            .unwrap();
+        assert!(!c.manage);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn bearer_parsing_is_lenient_about_case_and_space() {
         assert_eq!(bearer_token("Bearer abc"), Some("abc"));

@@ -53,6 +53,27 @@ async fn burst(nodes: &[&Server], key: &str, n: usize) -> Vec<i64> {
     codes
 }
 
+/// Milliseconds left in the current UTC hour (the hourly and daily caps' buckets end on
+/// full hours).
+fn left_in_hour() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    3_600_000 - now % 3_600_000
+}
+
+/// A test that counts hourly or daily usage must not straddle a bucket boundary: with
+/// less than a minute left in the hour, wait (on the clock) for the next one.
+async fn away_from_bucket_boundary() {
+    if left_in_hour() < 60_000 {
+        let next = eventually(Duration::from_secs(70), || async {
+            left_in_hour() > 60_000
+        });
+        assert!(next.await.is_some());
+    }
+}
+
 fn count(codes: &[i64], code: i64) -> usize {
     codes.iter().filter(|c| **c == code).count()
 }
@@ -108,6 +129,7 @@ async fn parallel_creations_take_exactly_what_each_cap_allows_and_voids_give_bac
     for which in ["hourly", "daily", "total"] {
         // a server of its own: the worker claims the oldest task of any account
         let s = Server::start(opts());
+        away_from_bucket_boundary().await;
         let acc = s.admin(&["account", "create", "--name", which, "--credits", "1000"])["id"]
             .as_str()
             .unwrap()
@@ -174,6 +196,7 @@ async fn priced_links_count_against_the_cap() {
         .as_str()
         .unwrap()
         .to_string();
+    away_from_bucket_boundary().await;
     let (key_id, key) = key_of(&s, &acc, &["--cap-daily", "4"]);
     let src = s.tmp().path().join("capped.txt");
     std::fs::write(&src, b"capped").unwrap();
@@ -216,6 +239,7 @@ async fn two_nodes_never_exceed_a_cap_together() {
     let db = Arc::new(TestDb::postgres());
     let a = Server::start_in(opts(), tmp, db);
     let b = a.second_node();
+    away_from_bucket_boundary().await;
     let acc = a.admin(&["account", "create", "--name", "two", "--credits", "1000"])["id"]
         .as_str()
         .unwrap()
