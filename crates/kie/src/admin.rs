@@ -129,7 +129,7 @@ enum KeyCmd {
         manage: bool,
     },
     /// Change a key's caps, IP allowlist or management scope (by key id or prefix);
-    /// running servers apply it within 2 s (the auth cache), caps at the next charge
+    /// running servers apply the allowlist and scope within `auth_cache_ttl` (2 s), caps at the next charge
     #[command(
         after_help = "Caps count the credits charged through the key: a task's \
 price when it is created (a task that fails gives it back), priced download links. \
@@ -552,17 +552,32 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
         AdminCommand::Key(KeyCmd::List { account }) => {
             let keys = accounts::list_keys(db, account.as_deref()).await?;
             let mut text = format!(
-                "{:<22} {:<14} {:<22} {:<8} {}\n",
-                "ID", "PREFIX", "ACCOUNT", "STATUS", "NAME"
+                "{:<22} {:<14} {:<22} {:<8} {:<24} {:<6} {}\n",
+                "ID", "PREFIX", "ACCOUNT", "STATUS", "CAPS H/D/TOTAL", "IPS", "NAME"
             );
+            let one = |v: Option<Credits>| v.map_or_else(|| "-".to_string(), |c| c.to_string());
             for k in &keys {
+                let caps = format!(
+                    "{}/{}/{}",
+                    one(k.caps.hourly),
+                    one(k.caps.daily),
+                    one(k.caps.total)
+                );
+                let ips = if k.allow_ips.is_empty() {
+                    "any".to_string()
+                } else {
+                    k.allow_ips.len().to_string()
+                };
                 text += &format!(
-                    "{:<22} {:<14} {:<22} {:<8} {}\n",
+                    "{:<22} {:<14} {:<22} {:<8} {:<24} {:<6} {}{}\n",
                     k.id,
                     k.prefix,
                     k.account,
                     k.status,
-                    k.name.as_deref().unwrap_or("")
+                    caps,
+                    ips,
+                    k.name.as_deref().unwrap_or(""),
+                    if k.manage { " [manage]" } else { "" }
                 );
             }
             Ok(out(&keys, text))
