@@ -30,6 +30,10 @@
 //!   (`hold_in`) and the group commit's direct path (`sqlite_hold`, rusqlite) run the
 //!   same [`KEY_USE`] inside the hold's transaction or savepoint. Lock order on
 //!   PostgreSQL is always accounts → api_keys (holds, deducts and resolutions alike).
+//!   Under clock skew between nodes a hold stamped with an older bucket counts in the
+//!   stored (newer) one, and its refund then finds its own bucket gone and is not
+//!   given back to the hour/day counters: skew can only make a cap stricter, never
+//!   let usage exceed it.
 //!
 //! Entry kinds: `grant` (+), `deduct` (−), `adjust` (±) change the posted balance;
 //! `hold` reserves credits (held +X, balance unchanged); `post` charges a hold (balance

@@ -116,6 +116,26 @@ async fn fail_one(s: &Server) -> String {
     id
 }
 
+/// The key usage invariant of `ledger.rs`, for every key: `used_total` = pending holds'
+/// amounts + posted holds' charges + deducts made through the key; nothing negative.
+pub fn check_key_usage(s: &Server) {
+    let rows = s.sql(
+        "SELECT k.id, k.used_total, \
+         (SELECT COALESCE(SUM(CASE WHEN h.state = 'pending' THEN h.amount \
+            WHEN h.state = 'posted' THEN h.charged ELSE 0 END), 0) FROM holds h WHERE h.key_id = k.id) \
+         + (SELECT COALESCE(SUM(-e.amount), 0) FROM ledger_entries e \
+            WHERE e.key_id = k.id AND e.kind = 'deduct'), \
+         k.hour_used, k.day_used FROM api_keys k",
+    );
+    for r in rows {
+        assert_eq!(r[1], r[2], "key usage vs ledger: {r:?}");
+        assert!(
+            r[1..].iter().all(|v| v.parse::<i64>().unwrap() >= 0),
+            "{r:?}"
+        );
+    }
+}
+
 fn pending_holds(s: &Server, key_id: &str) -> i64 {
     s.sql(&format!(
         "SELECT COUNT(*) FROM holds WHERE key_id = '{key_id}' AND state = 'pending'"
@@ -186,6 +206,7 @@ async fn parallel_creations_take_exactly_what_each_cap_allows_and_voids_give_bac
             (json!(1000 - 3 * 11), json!(3 * 11)),
             "{which}"
         );
+        check_key_usage(&s);
     }
 }
 
@@ -231,6 +252,7 @@ async fn priced_links_count_against_the_cap() {
         .filter(|e| e["kind"] == "deduct")
         .count();
     assert_eq!(deducts, 2);
+    check_key_usage(&s);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -267,6 +289,7 @@ async fn two_nodes_never_exceed_a_cap_together() {
         a.admin(&["key", "show", &key_id])["usage"],
         json!({"hourly": 21, "daily": 21, "total": 21})
     );
+    check_key_usage(&a);
 
     // an allowlist set by kie admin reaches both running nodes
     a.admin(&["key", "update", &key_id, "--allow-ip", "10.0.0.0/8"]);
