@@ -325,6 +325,14 @@ async fn allowlist_refuses_other_addresses_without_revealing_itself() {
     let (_, _, v) = post_json(&s.url("/api/v1/jobs/createTask"), Some(&key), &task()).await;
     assert_eq!(v["code"], 401, "{v}");
     assert!(!v.to_string().contains("10.0.0.0"), "{v}");
+    let (_, _, v) = post_json(
+        &s.url("/api/file-base64-upload"),
+        Some(&key),
+        &json!({"base64Data": "aGVsbG8=", "uploadPath": "tmp", "fileName": "h.txt"}),
+    )
+    .await;
+    assert_eq!(v["code"], 401, "{v}");
+    assert!(!v.to_string().contains("10.0.0.0"), "{v}");
     assert_eq!(show(&s, &acc), (json!(10), json!(0)));
 
     // allowing loopback takes effect on the running server
