@@ -25,7 +25,9 @@
 //!   UPDATE ([`KEY_USE`]) refuses a positive amount that would take any counter above its
 //!   cap, and the caller then rolls the whole transaction back (code 433, nothing
 //!   written). Every hold implementation enforces it: the PostgreSQL hold through a key
-//!   always takes the transaction path (`hold_in`: the account CTE, then [`KEY_USE`];
+//!   always takes the transaction path (`hold_in`: one statement, `PG_HOLD_KEYED`,
+//!   updates the account, then the key, then writes the entry and the hold only if
+//!   the key's update matched, and the transaction is rolled back when it did not;
 //!   the autocommit CTE is only for holds without a key), the SQLite sqlx path
 //!   (`hold_in`) and the group commit's direct path (`sqlite_hold`, rusqlite) run the
 //!   same [`KEY_USE`] inside the hold's transaction or savepoint. Lock order on
@@ -464,9 +466,42 @@ const PG_HOLD: &str = "WITH a AS ( \
        SELECT $4, $2, $1, 'pending', $7, $8 FROM a) \
      SELECT balance, held FROM a";
 
+/// PostgreSQL, a hold through a key: the same writes plus [`KEY_USE`] as one statement
+/// (one round trip under the account's row lock). `k` joins `a`, so the key row is
+/// locked after the account row. When the cap refuses, `k` is empty, the entry and the
+/// hold row are not written, and the last column is 0: the caller must then roll the
+/// transaction back (the account update did happen). Only run inside a transaction.
+const PG_HOLD_KEYED: &str = "WITH a AS ( \
+       UPDATE accounts SET held = held + $1 \
+       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
+       RETURNING balance, held), \
+     k AS ( \
+       UPDATE api_keys SET \
+         used_total = used_total + $1, \
+         hour_used = (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1, \
+         hour_bucket = CASE WHEN hour_bucket >= $9 THEN hour_bucket ELSE $9 END, \
+         day_used = (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1, \
+         day_bucket = CASE WHEN day_bucket >= $10 THEN day_bucket ELSE $10 END \
+       FROM a WHERE api_keys.id = $8 AND ($1 = 0 OR ( \
+         (cap_total IS NULL OR used_total + $1 <= cap_total) \
+         AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1 <= cap_hourly) \
+         AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1 <= cap_daily))) \
+       RETURNING api_keys.id), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a, k), \
+     h AS ( \
+       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+       SELECT $4, $2, $1, 'pending', $7, $8 FROM a, k) \
+     SELECT balance, held, (SELECT COUNT(*) FROM k) FROM a";
+
 macro_rules! pg_hold_query {
     ($h:expr, $entry_id:expr, $idem:expr) => {
-        sqlx::query_as::<_, (i64, i64)>(PG_HOLD)
+        pg_hold_query!(PG_HOLD, (i64, i64), $h, $entry_id, $idem)
+    };
+    ($sql:expr, $row:ty, $h:expr, $entry_id:expr, $idem:expr) => {
+        sqlx::query_as::<_, $row>($sql)
             .bind($h.amount)
             .bind($h.account_id)
             .bind($entry_id)
@@ -513,24 +548,26 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, L
     let (hour, day) = buckets(h.now);
     let row = match conn {
         TxConn::Postgres(c) => {
-            let row = pg_hold_query!(h, &entry_id, &idem)
-                .fetch_optional(&mut *c)
-                .await?;
-            // After the account row (lock order accounts → api_keys).
-            if let (Some(_), Some(key_id)) = (&row, h.key_id) {
-                let used: Option<String> = sqlx::query_scalar(KEY_USE)
-                    .bind(h.amount)
-                    .bind(hour)
-                    .bind(day)
-                    .bind(key_id)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                if used.is_none() {
-                    // The caller's transaction is dropped: nothing is kept.
-                    return Err(LedgerError::CapExceeded);
+            match h.key_id {
+                None => {
+                    pg_hold_query!(h, &entry_id, &idem)
+                        .fetch_optional(&mut *c)
+                        .await?
+                }
+                Some(_) => {
+                    let row = pg_hold_query!(PG_HOLD_KEYED, (i64, i64, i64), h, &entry_id, &idem)
+                        .bind(hour)
+                        .bind(day)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    match row {
+                        // The cap refused after the account was updated: returning
+                        // drops the caller's transaction, so nothing is kept.
+                        Some((_, _, 0)) => return Err(LedgerError::CapExceeded),
+                        r => r.map(|(balance, held, _)| (balance, held)),
+                    }
                 }
             }
-            row
         }
         TxConn::Sqlite(c) => {
             let row: Option<(i64, i64)> = sqlx::query_as(SQLITE_HOLD_UPDATE)
