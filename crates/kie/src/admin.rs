@@ -108,6 +108,14 @@ enum AccountCmd {
 #[derive(Subcommand)]
 enum KeyCmd {
     /// Create an API key for an account (prints the key once)
+    #[command(
+        after_help = "Caps count the credits charged through the key: a task's \
+price when it is created (a task that fails gives it back), priced download links. \
+Hourly and daily caps use fixed UTC hours and days; the total cap counts over the \
+key's life. A request that would exceed a cap gets code 433; one from an address \
+outside --allow-ip gets code 401.\n\nExample:\n  kie admin key create --account demo \
+--cap-daily 20 --allow-ip 203.0.113.0/24 --json"
+    )]
     Create {
         /// Account id or name
         #[arg(long)]
