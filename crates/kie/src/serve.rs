@@ -24,9 +24,11 @@ pub fn init_logging(format: LogFormat) {
 /// URL uploads), at most. Each blocking operation here takes microseconds; tokio's
 /// default (512) let the pool ratchet up to its busiest moment and stay there — idle
 /// threads are woken in turn, so none reaches its 10 s keep-alive — each with its own
-/// allocator heap: RSS crept up for as long as load lasted (see the soak in
-/// BENCHMARKS.md). More work than threads waits in the pool's queue.
-const BLOCKING_THREADS: usize = 32;
+/// allocator heap: RSS crept up for as long as load lasted. With 32 the pool still
+/// grew for two minutes of a soak (38 → 49 threads, RSS with it); 8 is reached within
+/// seconds and served more requests per second in the same soak (BENCHMARKS.md,
+/// "Soak"). More work than threads waits in the pool's queue.
+const BLOCKING_THREADS: usize = 8;
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let config = match Config::from_args(&args) {
