@@ -967,6 +967,77 @@ pub async fn history(db: &Db, account_id: &str) -> Result<Vec<Entry>, sqlx::Erro
         .collect())
 }
 
+/// Any ledger entry (holds and voids too), as the console's Usage page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerLine {
+    pub seq: i64,
+    pub entry_id: String,
+    pub kind: String,
+    pub amount: Credits,
+    pub held_delta: Credits,
+    pub reason: Option<String>,
+    pub created_at: i64,
+}
+
+/// An account's entries, newest first, with `seq` below `before`, at most `limit`
+/// (`ledger_entries_account` serves it in order).
+pub async fn lines(
+    db: &Db,
+    account_id: &str,
+    before: Option<i64>,
+    since: Option<i64>,
+    limit: i64,
+) -> Result<Vec<LedgerLine>, sqlx::Error> {
+    type Row = (i64, String, String, i64, i64, Option<String>, i64);
+    let rows: Vec<Row> = crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT seq, id, kind, amount, held_delta, reason, created_at FROM ledger_entries \
+             WHERE account_id = $1 AND seq < $2 AND created_at >= $3 ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(account_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(since.unwrap_or(i64::MIN))
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(
+            |(seq, entry_id, kind, amount, held, reason, created_at)| LedgerLine {
+                seq,
+                entry_id,
+                kind,
+                amount: Credits(amount),
+                held_delta: Credits(held),
+                reason,
+                created_at,
+            },
+        )
+        .collect())
+}
+
+/// Credits spent (posted decreases: task charges, deductions, negative adjustments)
+/// per UTC day since `since_ms`: `(days since the epoch, hundredths spent)`.
+pub async fn spent_per_day(
+    db: &Db,
+    account_id: &str,
+    since_ms: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    Ok(crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT CAST(created_at / 86400000 AS BIGINT) AS day, CAST(-SUM(amount) AS BIGINT) \
+             FROM ledger_entries WHERE account_id = $1 AND created_at >= $2 AND amount < 0 \
+             AND kind IN ('post','deduct','adjust') GROUP BY day ORDER BY day",
+        )
+        .bind(account_id)
+        .bind(since_ms)
+        .fetch_all(p)
+        .await?
+    }))
+}
+
 /// Sums of all entries of an account, to check the invariants (tests, `kie admin`).
 pub async fn entry_sums(db: &Db, account_id: &str) -> Result<(Credits, Credits), sqlx::Error> {
     let (a, h): (i64, i64) = crate::with_read!(db, |p| {

@@ -155,26 +155,25 @@ pub async fn download_url(
     };
     let f = resolve_file_url(&state, &caller.account_id, &raw).await?;
     let link = issue_download_link(&state, &f).await?;
+    charge_link(&state, &caller.account_id).await?;
+    Ok(ApiOk(link))
+}
+
+/// Charges a link's price (`pricing.download_url`, 0 by default) to the account: the
+/// API endpoint and the console's "Get link" both pay it.
+pub async fn charge_link(state: &AppState, account_id: &str) -> Result<(), ApiError> {
     let price = state.config.price_download_url;
     if price.0 > 0 {
         // a fresh idempotency key: every link request is its own charge
         let key = format!("download-url:{}", new_id("op"));
-        match ledger::deduct(
-            &state.db,
-            &caller.account_id,
-            price,
-            Some("download link"),
-            &key,
-        )
-        .await
-        {
+        match ledger::deduct(&state.db, account_id, price, Some("download link"), &key).await {
             Ok(_) => {}
             Err(LedgerError::InsufficientCredits) => return Err(ApiError::insufficient_credits()),
             Err(LedgerError::UnknownAccount) => return Err(ApiError::unauthorized()),
             Err(e) => return Err(ApiError::internal(e)),
         }
     }
-    Ok(ApiOk(link))
+    Ok(())
 }
 
 #[cfg(test)]

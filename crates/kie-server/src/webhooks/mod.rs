@@ -154,12 +154,32 @@ pub async fn deliveries(
     task_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
+    deliveries_where(db, task_id, None, limit).await
+}
+
+/// An account's latest deliveries, with their attempt logs (the console).
+pub async fn deliveries_of_account(
+    db: &Db,
+    account_id: &str,
+    limit: i64,
+) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
+    deliveries_where(db, None, Some(account_id), limit).await
+}
+
+async fn deliveries_where(
+    db: &Db,
+    task_id: Option<&str>,
+    account_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
     let rows: Vec<DeliveryRow> = with_read!(db, |p| {
         sqlx::query_as(
         "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
-         FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) ORDER BY created_at DESC, id LIMIT $2"
+         FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR account_id = $2) \
+         ORDER BY created_at DESC, id LIMIT $3"
     )
     .bind(task_id)
+    .bind(account_id)
     .bind(limit)
     .fetch_all(p)
     .await?

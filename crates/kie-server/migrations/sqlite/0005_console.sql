@@ -1,0 +1,56 @@
+-- The console: people who sign in (account holders and operators), their one-time
+-- invites, their sessions and failed sign-ins; indexes that keep console pages fast.
+-- Times are INTEGER epoch milliseconds. Tokens are stored only as SHA-256 digests.
+
+ALTER TABLE accounts ADD COLUMN email TEXT;
+
+CREATE TABLE console_users (
+    id            TEXT PRIMARY KEY,
+    -- lower-cased
+    email         TEXT NOT NULL UNIQUE,
+    role          TEXT NOT NULL CHECK (role IN ('account','operator')),
+    -- the account an account holder sees; NULL for operators
+    account_id    TEXT REFERENCES accounts(id),
+    -- argon2id PHC string; NULL until the invite is used
+    password_hash TEXT,
+    created_at    INTEGER NOT NULL,
+    CHECK ((role = 'account') = (account_id IS NOT NULL))
+);
+
+CREATE TABLE console_invites (
+    token_digest TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES console_users(id),
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    used_at      INTEGER
+);
+
+CREATE TABLE console_sessions (
+    token_digest TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES console_users(id),
+    -- the CSRF token every state-changing form of this session carries
+    csrf         TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    -- absolute expiry; idle expiry is last_seen_at + the idle timeout
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_user ON console_sessions(user_id);
+CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
+
+-- Failed sign-ins per (lower-cased) email address: 5 within 15 minutes lock it for 15.
+CREATE TABLE console_login_failures (
+    email        TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    first_at     INTEGER NOT NULL,
+    locked_until INTEGER
+);
+
+-- Console pages: the task log filtered by state or model, newest first; files and
+-- callbacks of an account, newest first.
+CREATE INDEX tasks_account_state_created ON tasks(account_id, state, created_at);
+CREATE INDEX tasks_account_model_created ON tasks(account_id, model, created_at);
+CREATE INDEX files_account_created ON files(account_id, created_at);
+CREATE INDEX webhook_deliveries_account ON webhook_deliveries(account_id, created_at);
+-- the Overview's spending per day over 30 days
+CREATE INDEX ledger_entries_account_created ON ledger_entries(account_id, created_at);
