@@ -54,8 +54,10 @@ pub fn spent_per_day(days: &[Day]) -> Markup {
                         width=(format!("{bar_w:.1}")) height=(format!("{h:.1}")) {
                         title { (d.date) ": " (d.spent) " credits" }
                     }
-                    @if i % 7 == 0 || i + 1 == days.len() {
-                        text x=(format!("{:.1}", x + bar_w / 2.0)) y=(H - 6.0) text-anchor="middle" class="tick" {
+                    // weekly labels counted back from today (the last bar)
+                    @if (days.len() - 1 - i).is_multiple_of(7) {
+                        text x=(format!("{:.1}", x + bar_w / 2.0)) y=(H - 6.0)
+                            text-anchor=(if i + 1 == days.len() { "end" } else { "middle" }) class="tick" {
                             (d.date.get(5..).unwrap_or(&d.date))
                         }
                     }
