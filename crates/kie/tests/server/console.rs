@@ -218,6 +218,16 @@ async fn invite_sets_a_password_once_and_sign_out_ends_the_session() {
         .await;
     assert_eq!((p.status, p.location()), (303, "/console/overview"));
     assert_eq!(c.get("/console/overview").await.status, 200);
+
+    // neither the invite token, the session tokens nor the password reach the log
+    let log = s.log();
+    let invite_token = url.rsplit('/').next().unwrap();
+    assert!(log.contains("/console/invite/[redacted]"), "{log}");
+    let session2 = c.cookie.clone().unwrap();
+    let session2 = session2.strip_prefix("kie_session=").unwrap();
+    for secret in [invite_token, token, session2, PW] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
 }
 
 #[tokio::test]
