@@ -287,23 +287,16 @@ pub async fn overview(State(state): State<AppState>, h: Holder) -> PageResult {
     let now = now_ms();
     let today = now.div_euclid(DAY_MS);
     let first = today - 29;
-    let per_day = ledger::spent_per_day(&state.db, acc, first * DAY_MS).await?;
+    let per_day = ledger::spent_per_day(&state.db, acc, first, today, now).await?;
     let days: Vec<Day> = (first..=today)
-        .map(|d| Day {
+        .zip(per_day)
+        .map(|(d, spent)| Day {
             date: time(d * DAY_MS)[..10].to_string(),
-            spent: Credits(
-                per_day
-                    .iter()
-                    .find(|(day, _)| *day == d)
-                    .map_or(0, |(_, s)| *s),
-            ),
+            spent: Credits(spent),
         })
         .collect();
     let window = 86_400.0;
-    let spent_24h: i64 = {
-        let lines = ledger::spent_per_day(&state.db, acc, now - DAY_MS).await?;
-        lines.iter().map(|(_, s)| *s).sum()
-    };
+    let spent_24h = ledger::spent_since(&state.db, acc, now - DAY_MS).await?;
     let (per_hour, eta) = burn(spent_24h, window, bal.available());
     let latest = tasks::log(&state.db, acc, &Default::default(), None, 10).await?;
     let body = html! {
@@ -539,7 +532,8 @@ pub async fn tasks(
         PAGE,
     )
     .await?;
-    let models = tasks::models_of(&state.db, &h.account_id).await?;
+    // the server's models (reading the account's distinct models would scan its log)
+    let models: Vec<&String> = state.config.models.keys().collect();
     let next = (rows.len() as i64 == PAGE).then(|| {
         let last = rows.last().expect("a full page");
         let mut u = url::form_urlencoded::Serializer::new(String::new());
@@ -560,7 +554,7 @@ pub async fn tasks(
             label for="f-model" { "Model" }
             select id="f-model" name="model" {
                 option value="" { "any" }
-                @for m in &models { option value=(m) selected[q.model == *m] { (m) } }
+                @for m in &models { option value=(m) selected[&q.model == *m] { (m) } }
             }
             label for="f-from" { "From" }
             input id="f-from" name="from" type="date" value=(q.from);

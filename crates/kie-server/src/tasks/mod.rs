@@ -361,16 +361,6 @@ pub async fn log(
     }))
 }
 
-/// The models an account has used (for the task log's model filter).
-pub async fn models_of(db: &Db, account_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    Ok(with_read!(db, |p| sqlx::query_scalar(
-        "SELECT DISTINCT model FROM tasks WHERE account_id = $1 ORDER BY model LIMIT 200"
-    )
-    .bind(account_id)
-    .fetch_all(p)
-    .await?))
-}
-
 /// Claims up to `limit` of the oldest waiting tasks of `models` for `worker`:
 /// `generating` from now on. One statement, conditional on the state, so each task
 /// goes to exactly one claimer; on PostgreSQL `SKIP LOCKED` lets concurrent claimers

@@ -479,3 +479,41 @@ async fn task_log_filters_and_pages() {
     assert!(usage.body.lines().count() > 55);
     let _: Value = json!(ids);
 }
+
+#[tokio::test]
+async fn the_chart_counts_settled_days_once_and_today_live() {
+    let s = Server::start(Opts::default());
+    let (mut b, acc) = holder(&s, "gnu", "100").await;
+    let day = 86_400_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let three_days_ago = (now / day - 3) * day + 3_600_000;
+    let date = |ms: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+            .to_string()[..10]
+            .to_string()
+    };
+    // a deduction three days ago, as the ledger would have written it then
+    s.sql_script(&format!(
+        "INSERT INTO ledger_entries (id, account_id, kind, amount, held_delta, reason, idempotency_key, created_at) \
+         VALUES ('ent_old', '{acc}', 'deduct', -700, 0, 'old', 'user:old', {three_days_ago});
+         UPDATE accounts SET balance = balance - 700 WHERE id = '{acc}';"
+    ));
+    s.admin(&["credits", "deduct", "--account", "gnu", "--amount", "1.5"]);
+    for _ in 0..2 {
+        let ov = b.get("/console/overview").await;
+        let row = |d: &str, v: &str| format!("<tr><td>{d}</td><td class=\"num\">{v}</td></tr>");
+        assert!(ov.body.contains(&row(&date(three_days_ago), "7")), "{}", ov.body);
+        assert!(ov.body.contains(&row(&date(now), "1.5")), "{}", ov.body);
+        assert!(ov.body.contains("8.5 credits spent in 30 days"), "{}", ov.body);
+    }
+    // settled days were kept (zeros too); today is not
+    let kept = s.sql(&format!(
+        "SELECT COUNT(*), SUM(spent) FROM ledger_spent_days WHERE account_id = '{acc}'"
+    ));
+    assert_eq!(kept[0][1], "700");
+    let n: i64 = kept[0][0].parse().unwrap();
+    assert!((28..=29).contains(&n), "{n}");
+}
