@@ -333,7 +333,42 @@ pub async fn invite(
 pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
     // read from the database, not the node's snapshot: a switch just flipped shows
     let snap = settings::load(&state.db).await?;
+    let now = crate::store::now_ms();
+    type Figures = (i64, i64, i64, Option<String>);
+    let (pending, failed_24h, open_tasks, active_key): Figures = with_read!(&state.db, |p| {
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'), \
+                    (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed' AND finished_at >= $1), \
+                    (SELECT COUNT(*) FROM tasks WHERE state IN ('waiting','queuing','generating')), \
+                    (SELECT MAX(id) FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(now - 86_400_000)
+        .fetch_one(p)
+        .await?
+    });
+    let (db_ok, store_ok) = tokio::join!(async { state.db.ping().await.is_ok() }, async {
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(1500), state.blobs.ping()).await,
+            Ok(Ok(()))
+        )
+    });
+    let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
     let body = html! {
+        h2 { "Health" }
+        dl.facts {
+            dt { "Database" } dd id="health-db" { (state.db.backend()) ", " (yes_no(db_ok)) }
+            dt { "Object store" } dd id="health-store" { (state.blobs.describe()) ", " (yes_no(store_ok)) }
+            dt { "Open tasks" } dd { (open_tasks) }
+            dt { "Callback backlog" } dd id="backlog" { (pending) " pending, " (failed_24h) " failed in the last 24 h" }
+        }
+        p.hint { "Request and error rates: " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code)." }
+        h2 { "Link signing key" }
+        form.inline method="post" action="/console/admin/settings" {
+            (csrf_field(&s))
+            input type="hidden" name="name" value="signing-key";
+            p { "Active key " code id="signing-key" { (active_key.unwrap_or_default()) } ". Rotating retires it; its links stay valid until they expire. " }
+            button type="submit" name="value" value="rotate" { "Rotate signing key" }
+        }
         h2 { "Maintenance" }
         form.inline method="post" action="/console/admin/settings" {
             (csrf_field(&s))
@@ -397,7 +432,9 @@ pub async fn change_setting(
         return Ok(r);
     }
     let on = f.value == "on";
-    if f.name == "maintenance" {
+    if f.name == "signing-key" && f.value == "rotate" {
+        crate::files::links::rotate(&state.db).await?;
+    } else if f.name == "maintenance" {
         settings::set_maintenance(&state.db, on).await?;
     } else if let Some(feature) = f
         .name

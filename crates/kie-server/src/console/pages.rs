@@ -862,21 +862,153 @@ pub async fn usage_csv(
 
 // ---- Callbacks and alerts -------------------------------------------------------------
 
-pub async fn callbacks(State(state): State<AppState>, h: Holder) -> PageResult {
+async fn callbacks_page(
+    state: &AppState,
+    h: &Holder,
+    shown_key: Option<&str>,
+    message: Option<(&str, &str)>,
+) -> PageResult {
     let key = accounts::webhook_key(&state.db, &h.account_id)
         .await
         .map_err(internal)?;
     let ds = webhooks::deliveries_of_account(&state.db, &h.account_id, 50).await?;
     let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
         h2 { "Webhook signing key" }
-        @match &key.key {
-            Some(_) => p { "A webhook key is set: callbacks carry Standard Webhooks and KIE.AI signatures made with it. Ask your operator to show or roll it (" code { "kie admin webhook-key show" } ")." },
-            None => p { "No webhook key yet: callbacks are sent unsigned. Ask your operator for one (" code { "kie admin webhook-key generate" } ")." },
+        @if let Some(k) = shown_key {
+            (copyable("webhook-key", "Webhook key", k))
+            p.hint { "Verify callbacks with it (Standard Webhooks and KIE.AI signatures)." }
+        } @else if key.key.is_some() {
+            p { "A key is set: callbacks carry Standard Webhooks and KIE.AI signatures made with it." }
+        } @else {
+            p { "No key yet: callbacks are sent unsigned." }
+        }
+        form.inline method="post" action="/console/callbacks/key" {
+            (csrf_field(&h.session))
+            @if key.key.is_some() && shown_key.is_none() {
+                button type="submit" name="action" value="show" { "Show key" }
+            }
+            @if key.key.is_none() {
+                button type="submit" name="action" value="generate" { "Generate key" }
+            }
+        }
+        h2 { "Replay failed deliveries" }
+        form.inline method="post" action="/console/callbacks/replay" {
+            (csrf_field(&h.session))
+            label for="replay-since" { "Failed since" }
+            input id="replay-since" name="since" type="date" required;
+            button type="submit" { "Replay" }
         }
         h2 { "Recent deliveries" }
-        (delivery_table(&ds))
+        @if ds.is_empty() { p { "No callbacks yet." } }
+        @for d in &ds {
+            div.delivery {
+                (delivery_table(std::slice::from_ref(d)))
+                @if d.state != "pending" {
+                    form.inline method="post" action=(format!("/console/callbacks/{}/redeliver", d.id)) {
+                        (csrf_field(&h.session))
+                        button type="submit" aria-label=(format!("Redeliver {}", d.id)) { "Redeliver" }
+                    }
+                }
+            }
+        }
     };
     Ok(page(&h.session, "/console/callbacks", "Callbacks", body))
+}
+
+pub async fn callbacks(State(state): State<AppState>, h: Holder) -> PageResult {
+    callbacks_page(&state, &h, None, None).await
+}
+
+#[derive(Deserialize)]
+pub struct KeyAction {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// Shows the webhook key (on request, never in a page's plain view) or generates the
+/// first one.
+pub async fn webhook_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<KeyAction>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let current = accounts::webhook_key(&state.db, &h.account_id)
+        .await
+        .map_err(internal)?;
+    let key = match (f.action.as_str(), current.key) {
+        ("show", Some(k)) => k,
+        ("generate", None) => {
+            let k = accounts::generate_webhook_key(&state.db, &h.account_id)
+                .await
+                .map_err(internal)?;
+            tracing::info!(user = %h.session.user.id, "console: webhook key generated");
+            k.key.unwrap_or_default()
+        }
+        _ => return callbacks_page(&state, &h, None, None).await,
+    };
+    callbacks_page(&state, &h, Some(&key), None).await
+}
+
+pub async fn redeliver(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let done = webhooks::redeliver(&state.db, &h.account_id, &id).await?;
+    if done {
+        state.jobs.webhooks.notify_waiters();
+        tracing::info!(user = %h.session.user.id, delivery = %id, "console: redelivery");
+    }
+    let msg = if done {
+        ("success", "Queued for one more attempt.")
+    } else {
+        ("error", "No such finished delivery.")
+    };
+    callbacks_page(&state, &h, None, Some(msg)).await
+}
+
+#[derive(Deserialize)]
+pub struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    since: String,
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<ReplayForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let Some(since) = parse_day(&f.since) else {
+        return callbacks_page(
+            &state,
+            &h,
+            None,
+            Some(("error", "Give a date (YYYY-MM-DD).")),
+        )
+        .await;
+    };
+    let n = webhooks::replay_failed(&state.db, &h.account_id, since).await?;
+    if n > 0 {
+        state.jobs.webhooks.notify_waiters();
+    }
+    tracing::info!(user = %h.session.user.id, replayed = n, "console: replay of failed deliveries");
+    let text = format!("{n} failed deliveries queued again.");
+    callbacks_page(&state, &h, None, Some(("success", &text))).await
 }
 
 pub async fn alerts(h: Holder) -> PageResult {

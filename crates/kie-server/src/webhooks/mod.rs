@@ -108,6 +108,46 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Sends one of an account's finished deliveries again: back to `pending`, due now,
+/// for one more attempt (the same `webhook-id` and body). `false` when there is no such
+/// delivery of the account or it is still pending.
+pub async fn redeliver(db: &Db, account_id: &str, delivery_id: &str) -> Result<bool, sqlx::Error> {
+    let now = crate::store::now_ms();
+    let n = crate::with_tx!(db, |tx| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, \
+             locked_until = NULL, finished_at = NULL \
+             WHERE id = $2 AND account_id = $3 AND state <> 'pending'",
+        )
+        .bind(now)
+        .bind(delivery_id)
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Sends every delivery of the account that failed (retries exhausted) and was
+/// created since `since_ms` again, once each: how many.
+pub async fn replay_failed(db: &Db, account_id: &str, since_ms: i64) -> Result<u64, sqlx::Error> {
+    let now = crate::store::now_ms();
+    Ok(crate::with_tx!(db, |tx| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, \
+             locked_until = NULL, finished_at = NULL \
+             WHERE account_id = $2 AND state = 'failed' AND created_at >= $3",
+        )
+        .bind(now)
+        .bind(account_id)
+        .bind(since_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    }))
+}
+
 /// One delivery with its attempts, for operators (`kie admin webhook deliveries`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -415,10 +415,27 @@ async fn an_operator_grants_credits_once_per_idempotency_key() {
         )
         .await;
     assert_eq!(p.status, 303);
-    let (_, key) = (
-        0,
-        s.admin(&["key", "create", "--account", "eve"])["key"].clone(),
-    );
+    // health figures and a signing-key rotation
+    let set = op.get("/console/admin/settings").await;
+    assert!(set.body.contains("reachable"), "{}", set.body);
+    assert!(!set.body.contains("NOT reachable"), "{}", set.body);
+    let active = || s.sql("SELECT id FROM signing_keys WHERE retired_at IS NULL");
+    let before = active();
+    let p = op
+        .post(
+            "/console/admin/settings",
+            &[
+                ("csrf", set.csrf().as_str()),
+                ("name", "signing-key"),
+                ("value", "rotate"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303);
+    let after = active();
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after);
+    let key = s.admin(&["key", "create", "--account", "eve"])["key"].clone();
     let key = key.as_str().unwrap().to_string();
     let on = eventually(Duration::from_secs(5), || async {
         let (_, _, v) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
@@ -505,9 +522,17 @@ async fn the_chart_counts_settled_days_once_and_today_live() {
     for _ in 0..2 {
         let ov = b.get("/console/overview").await;
         let row = |d: &str, v: &str| format!("<tr><td>{d}</td><td class=\"num\">{v}</td></tr>");
-        assert!(ov.body.contains(&row(&date(three_days_ago), "7")), "{}", ov.body);
+        assert!(
+            ov.body.contains(&row(&date(three_days_ago), "7")),
+            "{}",
+            ov.body
+        );
         assert!(ov.body.contains(&row(&date(now), "1.5")), "{}", ov.body);
-        assert!(ov.body.contains("8.5 credits spent in 30 days"), "{}", ov.body);
+        assert!(
+            ov.body.contains("8.5 credits spent in 30 days"),
+            "{}",
+            ov.body
+        );
     }
     // settled days were kept (zeros too); today is not
     let kept = s.sql(&format!(
@@ -516,4 +541,135 @@ async fn the_chart_counts_settled_days_once_and_today_live() {
     assert_eq!(kept[0][1], "700");
     let n: i64 = kept[0][0].parse().unwrap();
     assert!((28..=29).contains(&n), "{n}");
+}
+
+#[tokio::test]
+async fn callbacks_page_shows_the_key_on_request_and_redelivers() {
+    let s = Server::start(Opts::default().args(&[
+        "--allow-private-targets",
+        "--webhook-retry-schedule",
+        "0s",
+    ]));
+    let (mut b, acc) = holder(&s, "hen", "10").await;
+    let page = b.get("/console/callbacks").await;
+    assert!(page.body.contains("No key yet"));
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("csrf", page.csrf().as_str()), ("action", "generate")],
+        )
+        .await;
+    let key = s.admin(&["webhook-key", "show", "--account", "hen"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(p.body.contains(&key));
+    // the plain page never carries it; "Show key" does
+    let page = b.get("/console/callbacks").await;
+    assert!(!page.body.contains(&key));
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("csrf", page.csrf().as_str()), ("action", "show")],
+        )
+        .await;
+    assert!(p.body.contains(&key));
+    // nothing without the CSRF token
+    assert_eq!(
+        b.post("/console/callbacks/key", &[("action", "show")])
+            .await
+            .status,
+        403
+    );
+
+    // a callback to a closed port fails after its one attempt
+    let api = s.admin(&["key", "create", "--account", &acc])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, r) = post_json(
+        &s.url("/api/v1/jobs/createTask"),
+        Some(&api),
+        &json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "http://127.0.0.1:9/hook"}),
+    )
+    .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let state = |s: &Server| s.sql("SELECT state, attempts, id FROM webhook_deliveries");
+    let failed = eventually(Duration::from_secs(30), || async {
+        state(&s).first().is_some_and(|r| r[0] == "failed")
+    })
+    .await;
+    assert!(failed.is_some(), "{:?}", state(&s));
+    let id = state(&s)[0][2].clone();
+    let page = b.get("/console/callbacks").await;
+    assert!(page.body.contains("http://127.0.0.1:9/hook"));
+    let p = b
+        .post(
+            &format!("/console/callbacks/{id}/redeliver"),
+            &[("csrf", page.csrf().as_str())],
+        )
+        .await;
+    assert!(p.body.contains("Queued for one more attempt"), "{}", p.body);
+    let again = eventually(Duration::from_secs(30), || async {
+        let r = state(&s);
+        r[0][0] == "failed" && r[0][1] == "2"
+    })
+    .await;
+    assert!(again.is_some(), "{:?}", state(&s));
+    // replay every failed delivery since today: this one, once
+    let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let p = b
+        .post(
+            "/console/callbacks/replay",
+            &[("csrf", page.csrf().as_str()), ("since", &today[..10])],
+        )
+        .await;
+    assert!(
+        p.body.contains("1 failed deliveries queued again"),
+        "{}",
+        p.body
+    );
+    // another account cannot redeliver it
+    let (mut other, _) = holder(&s, "owl", "1").await;
+    let op = other.get("/console/callbacks").await;
+    let p = other
+        .post(
+            &format!("/console/callbacks/{id}/redeliver"),
+            &[("csrf", op.csrf().as_str())],
+        )
+        .await;
+    assert!(p.body.contains("No such finished delivery"));
+}
+
+/// Sessions live in the database: signed in on one node, signed in on all; signed out
+/// on one, signed out on all.
+#[tokio::test]
+async fn a_session_works_on_every_node_and_sign_out_ends_it_everywhere() {
+    let tmp = std::sync::Arc::new(TempDir::new());
+    let db = std::sync::Arc::new(TestDb::postgres());
+    let a = Server::start_in(Opts::default(), tmp.clone(), db.clone());
+    let b = a.second_node();
+    let (mut on_a, _) = holder(&a, "ivy", "5").await;
+    let cookie = on_a.cookie.clone();
+    let mut on_b = Visitor::new(&b);
+    on_b.cookie = cookie.clone();
+    let page = on_b.get("/console/overview").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(">5<"));
+    // a form from node B's page is accepted by node A (one CSRF token per session)
+    let p = on_a
+        .post(
+            "/console/keys",
+            &[("csrf", page.csrf().as_str()), ("name", "k")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("id=\"new-key\""));
+    let p = on_b
+        .post("/console/logout", &[("csrf", page.csrf().as_str())])
+        .await;
+    assert_eq!(p.status, 303);
+    on_a.cookie = cookie;
+    let p = on_a.get("/console/overview").await;
+    assert_eq!((p.status, p.location()), (303, "/console/login"));
 }
