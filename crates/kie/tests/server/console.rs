@@ -673,3 +673,89 @@ async fn a_session_works_on_every_node_and_sign_out_ends_it_everywhere() {
     let p = on_a.get("/console/overview").await;
     assert_eq!((p.status, p.location()), (303, "/console/login"));
 }
+
+/// The JSON API behind the console's history pages, and the `kie` commands on it.
+#[tokio::test]
+async fn tasks_usage_and_callbacks_as_json_and_from_the_command_line() {
+    let s = Server::start(Opts::default().args(&[
+        "--allow-private-targets",
+        "--webhook-retry-schedule",
+        "0s",
+    ]));
+    let (acc, key) = s.account_with_key("jay", "10");
+    let (_, other_key) = s.account_with_key("kim", "10");
+    let (_, _, r) = post_json(
+        &s.url("/api/v1/jobs/createTask"),
+        Some(&key),
+        &json!({"model": "demo/text", "input": {"prompt": "p"}, "callBackUrl": "http://127.0.0.1:9/h"}),
+    )
+    .await;
+    let task = r["data"]["taskId"].as_str().unwrap().to_string();
+    let done = eventually(Duration::from_secs(30), || async {
+        s.sql("SELECT state FROM webhook_deliveries")
+            .first()
+            .is_some_and(|r| r[0] == "failed")
+    })
+    .await;
+    assert!(done.is_some());
+    let kie = |args: &[&str], key: &str| {
+        let out = std::process::Command::new(KIE)
+            .args(args)
+            .env("KIE_API_KEY", key)
+            .env("KIE_BASE_URL", &s.base)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tasks: Value = serde_json::from_str(&kie(&["tasks", "list", "--json"], &key)).unwrap();
+    assert_eq!(tasks[0]["taskId"], json!(task));
+    assert_eq!(tasks[0]["state"], "success");
+    assert_eq!(tasks[0]["consumeCredits"], json!(0.5));
+    let none: Value =
+        serde_json::from_str(&kie(&["tasks", "list", "--state", "fail", "--json"], &key)).unwrap();
+    assert_eq!(none, json!([]));
+    let cbs: Value = serde_json::from_str(&kie(&["callbacks", "list", "--json"], &key)).unwrap();
+    let c = cbs[0].as_object().unwrap();
+    let mut keys: Vec<&str> = c.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "attempts",
+            "id",
+            "lastStatus",
+            "nextAttemptAt",
+            "status",
+            "taskId",
+            "url"
+        ]
+    );
+    assert_eq!(c["status"], "failed");
+    assert_eq!(c["taskId"], json!(task));
+    let csv = kie(&["usage", "--csv"], &key);
+    assert!(
+        csv.starts_with("time,entry_id,kind,amount,held_delta,reason\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",post,-0.5,-0.5,"), "{csv}");
+    assert!(csv.contains(",grant,10,0,initial credits"), "{csv}");
+    // another account sees none of it
+    let (_, _, v) = get_json(&s.url("/api/v1/account/tasks"), Some(&other_key)).await;
+    assert_eq!(v["data"], json!([]));
+    let (_, _, v) = get_json(
+        &s.url(&format!("/api/v1/account/callbacks?taskId={task}")),
+        Some(&other_key),
+    )
+    .await;
+    assert_eq!(v["data"], json!([]));
+    let (_, _, v) = get_json(&s.url("/api/v1/account/usage?limit=0"), Some(&key)).await;
+    assert_eq!(v["code"], 422);
+    let (_, _, v) = get_json(&s.url("/api/v1/account/usage"), None).await;
+    assert_eq!(v["code"], 401);
+    let _ = acc;
+}
