@@ -48,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/overview", get(pages::overview))
         .route("/console/keys", get(pages::keys).post(pages::create_key))
         .route("/console/keys/{id}/revoke", post(pages::revoke_key))
+        .route("/console/keys/{id}/roll", post(pages::roll_key))
         .route("/console/tasks", get(pages::tasks))
         .route("/console/tasks/{id}", get(pages::task))
         .route("/console/files", get(pages::files))

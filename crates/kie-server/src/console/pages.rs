@@ -385,6 +385,14 @@ fn keys_page(
                                         button type="submit" name="step" value="confirm" class="danger" { "Confirm" }
                                     }
                                 }
+                                @let label = k.name.as_deref().unwrap_or(&k.prefix);
+                                form.roll method="post" action=(format!("/console/keys/{}/roll", k.id)) {
+                                    (csrf_field(&h.session))
+                                    select name="grace" aria-label=(format!("Grace period for {label}")) {
+                                        @for (value, text) in GRACES { option value=(value) { (text) } }
+                                    }
+                                    button type="submit" aria-label=(format!("Roll {label}")) { "Roll" }
+                                }
                             }
                         }
                     }
@@ -475,6 +483,56 @@ pub async fn revoke_key(
         .map_err(internal)?;
     tracing::info!(user = %h.session.user.id, key = %id, "console: key revoked");
     Ok(Redirect::to("/console/keys").into_response())
+}
+
+/// Grace periods offered when rolling a key: (form value, label).
+const GRACES: &[(&str, &str)] = &[
+    ("0", "old key revoked now"),
+    ("1h", "old key valid 1 hour"),
+    ("24h", "old key valid 24 hours"),
+    ("7d", "old key valid 7 days"),
+];
+
+#[derive(Deserialize)]
+pub struct RollForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    grace: String,
+}
+
+/// Replaces a key: the new one is shown once; the old one stays valid for the chosen
+/// grace period.
+pub async fn roll_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<RollForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let grace_ms: i64 = match f.grace.as_str() {
+        "0" => 0,
+        "1h" => 3_600_000,
+        "24h" => 86_400_000,
+        "7d" => 7 * 86_400_000,
+        _ => return Ok(not_found().await),
+    };
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    if !keys.iter().any(|k| k.id == id && k.status == "active") {
+        return Ok(not_found().await);
+    }
+    let k = accounts::roll_key(&state.db, &id, grace_ms, None)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %h.session.user.id, old = %id, new = %k.id, grace_ms, "console: key rolled");
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    Ok(keys_page(&h, &keys, Some(&k), None, None))
 }
 
 // ---- Tasks --------------------------------------------------------------------------

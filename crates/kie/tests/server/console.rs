@@ -759,3 +759,81 @@ async fn tasks_usage_and_callbacks_as_json_and_from_the_command_line() {
     assert_eq!(v["code"], 401);
     let _ = acc;
 }
+
+#[tokio::test]
+async fn rolling_a_key_shows_the_new_one_once_and_keeps_the_old_for_its_grace() {
+    let s = Server::start(Opts::default());
+    let (mut b, acc) = holder(&s, "lou", "3").await;
+    let old = s.admin(&["key", "create", "--account", &acc, "--name", "ci"]);
+    let (old_id, old_key) = (
+        old["id"].as_str().unwrap().to_string(),
+        old["key"].as_str().unwrap().to_string(),
+    );
+    let page = b.get("/console/keys").await;
+    assert!(
+        page.body.contains("aria-label=\"Roll ci\""),
+        "{}",
+        page.body
+    );
+    // no token: nothing
+    let p = b
+        .post(&format!("/console/keys/{old_id}/roll"), &[("grace", "1h")])
+        .await;
+    assert_eq!(p.status, 403);
+    assert_eq!(s.sql("SELECT COUNT(*) FROM api_keys")[0][0], "1");
+    let p = b
+        .post(
+            &format!("/console/keys/{old_id}/roll"),
+            &[("csrf", page.csrf().as_str()), ("grace", "1h")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    let start = p.body.find("id=\"new-key\"").expect("the new key is shown");
+    let new_key = p.body[start..]
+        .split('>')
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    assert_eq!(credit_code(&s, new_key).await, 200);
+    assert_eq!(credit_code(&s, &old_key).await, 200, "valid for its grace");
+    let expires = s.sql(&format!(
+        "SELECT expires_at FROM api_keys WHERE id = '{old_id}'"
+    ));
+    assert!(!expires[0][0].is_empty());
+    // rolling the new one with no grace revokes it at once
+    let new_id = s.sql(&format!(
+        "SELECT id FROM api_keys WHERE account_id = '{acc}' AND id <> '{old_id}'"
+    ))[0][0]
+        .clone();
+    let p = b
+        .post(
+            &format!("/console/keys/{new_id}/roll"),
+            &[("csrf", page.csrf().as_str()), ("grace", "0")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    let new_key = new_key.to_string();
+    let gone = eventually(Duration::from_secs(10), || async {
+        credit_code(&s, &new_key).await == 401
+    })
+    .await;
+    assert!(gone.is_some());
+    // another account's key cannot be rolled
+    let (mut other, _) = holder(&s, "max", "1").await;
+    let op = other.get("/console/keys").await;
+    let p = other
+        .post(
+            &format!("/console/keys/{old_id}/roll"),
+            &[("csrf", op.csrf().as_str()), ("grace", "0")],
+        )
+        .await;
+    assert_eq!(p.status, 404);
+}
+
+async fn credit_code(s: &Server, key: &str) -> i64 {
+    get_json(&s.url("/api/v1/chat/credit"), Some(key)).await.2["code"]
+        .as_i64()
+        .unwrap()
+}
