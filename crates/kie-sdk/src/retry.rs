@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Retry schedule: exponential backoff with jitter.
 ///

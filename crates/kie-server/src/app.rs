@@ -50,8 +50,8 @@ pub struct AppStateInner {
     pub ip_limiter: Option<Arc<crate::conn_guard::IpLimiter>>,
     /// Whether the database is reachable (PostgreSQL probe; see `store::health`).
     pub db_health: store::health::DbHealth,
-    /// Direct point reads for the hottest endpoints (SQLite only; see `http::fastread`).
-    pub fast: Option<Arc<crate::http::fastread::FastReader>>,
+    /// Direct point reads for the hottest endpoints (SQLite only; see `store::fastread`).
+    pub fast: Option<Arc<crate::store::fastread::FastReader>>,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -223,7 +223,7 @@ fn record_bounded_sizes(state: &AppState) {
     record_bounded("link_keys_unknown", unknown, key_max);
     if let Some(f) = &state.fast {
         let (balances, files, signing) = f.cache_lens();
-        let max = crate::http::fastread::MAX_CACHED;
+        let max = crate::store::fastread::MAX_CACHED;
         record_bounded("balance_cache", balances, max);
         record_bounded("file_cache", files, max);
         record_bounded("signing_key_cache", signing, max);
@@ -424,7 +424,7 @@ impl AppState {
         let ip_limiter = crate::conn_guard::IpLimiter::new(config.ip_rate_limit);
         let fast = match &config.database {
             crate::config::DatabaseUrl::Sqlite(path) => {
-                Some(Arc::new(crate::http::fastread::FastReader::new(path)))
+                Some(Arc::new(crate::store::fastread::FastReader::new(path)))
             }
             crate::config::DatabaseUrl::Postgres(_) => None,
         };

@@ -14,38 +14,16 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
+pub use crate::store::records::SigningKey;
+use crate::store::records::{decode_secret, file_url, ACTIVE_KEY_SQL};
 use crate::store::{now_ms, Db};
 use crate::{with_read, with_tx};
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// A signing key: its id is public (it is in every link), its secret is not.
-#[derive(Clone)]
-pub struct SigningKey {
-    pub id: String,
-    /// HMAC-SHA256 keyed with the secret, its key schedule done once (a link costs the
-    /// message's compressions only); as secret as the key itself.
-    prepared: HmacSha256,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // never the secret
-        f.debug_struct("SigningKey").field("id", &self.id).finish()
-    }
-}
-
-pub(crate) fn decode_secret(id: String, secret: &str) -> Option<SigningKey> {
-    let bytes = URL_SAFE_NO_PAD.decode(secret).ok()?;
-    SigningKey::from_secret(&id, &bytes)
-}
 
 fn new_key_material() -> (String, String) {
     use rand::RngCore;
@@ -57,15 +35,11 @@ fn new_key_material() -> (String, String) {
     )
 }
 
-/// `active_key`'s read (also run directly by `http::fastread`).
-pub(crate) const ACTIVE_KEY_SQL: &str =
-    "SELECT id, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id LIMIT 1";
-
 /// [`active_key`] with its read done through `fast` when there is one (SQLite; cached
 /// only until the next commit, so a rotation is seen by the next link issued).
 pub async fn active_key_with(
     db: &Db,
-    fast: Option<&crate::http::fastread::FastReader>,
+    fast: Option<&crate::store::fastread::FastReader>,
 ) -> Result<SigningKey, sqlx::Error> {
     if let Some(Some(k)) = fast.and_then(|f| f.active_signing_key()) {
         return Ok(k);
@@ -257,7 +231,7 @@ pub fn sign(
     expiry: i64,
 ) -> String {
     let sig = URL_SAFE_NO_PAD.encode(mac(key, file_id, expiry, name));
-    let base = super::file_url(public_url, file_id, name);
+    let base = file_url(public_url, file_id, name);
     // file_url gives {base}/files/{id}/{name}; links live under /links/
     let path_start = public_url.as_str().trim_end_matches('/').len();
     format!(
@@ -364,17 +338,6 @@ pub fn check_link(
     Ok(())
 }
 
-impl SigningKey {
-    /// A key from raw secret bytes (at least 32). For tests and fuzzing; the server
-    /// only reads keys from the key ring.
-    pub fn from_secret(id: &str, secret: &[u8]) -> Option<SigningKey> {
-        (secret.len() >= 32).then(|| SigningKey {
-            id: id.to_string(),
-            prepared: HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"),
-        })
-    }
-}
-
 /// Verifies a link's signature (constant-time) and expiry. `name` is the decoded file
 /// name from the link's path.
 pub async fn verify(
@@ -397,6 +360,7 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::HmacSha256;
 
     #[test]
     fn link_shape_and_mac_binding() {

@@ -14,10 +14,11 @@ pub mod sweep;
 
 use bytes::Bytes;
 use futures::Stream;
-use serde::Serialize;
 use std::time::Duration;
 
 use crate::blobs::{BlobError, Blobs};
+use crate::store::records::GET_BY_ID_SQL;
+pub use crate::store::records::{file_url, FileRecord};
 use crate::store::{now_ms, Db};
 use crate::{with_read, with_tx};
 
@@ -123,24 +124,6 @@ impl FileKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileRecord {
-    pub id: String,
-    pub account_id: String,
-    pub name: String,
-    pub content_type: String,
-    pub size: i64,
-    pub sha256: String,
-    pub kind: String,
-    pub upload_path: Option<String>,
-    pub task_id: Option<String>,
-    pub storage_key: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub deleted_at: Option<i64>,
-}
-
 impl FileRecord {
     /// The file's public URL under `public_url`.
     pub fn url(&self, public_url: &url::Url) -> String {
@@ -151,18 +134,6 @@ impl FileRecord {
     pub fn etag(&self) -> String {
         format!("\"{}\"", &self.sha256)
     }
-}
-
-/// `{public_url}/files/{id}/{percent-encoded name}`.
-pub fn file_url(public_url: &url::Url, id: &str, name: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    let base = public_url.as_str().trim_end_matches('/');
-    format!("{base}/files/{id}/{}", utf8_percent_encode(name, KEEP))
 }
 
 /// A new file id: 32 base62 characters (~190 bits) of OS randomness.
@@ -397,11 +368,6 @@ fn to_record(r: FileRow) -> FileRecord {
 }
 
 /// A file record by id (deleted or not: callers decide what a deleted file means).
-/// `get`'s query (also run directly by `http::fastread`); the columns of FILE_COLUMNS.
-pub(crate) const GET_BY_ID_SQL: &str = "SELECT id, account_id, name, content_type, size, sha256, \
-     kind, upload_path, task_id, storage_key, created_at, expires_at, deleted_at \
-     FROM files WHERE id = $1";
-
 pub async fn get(db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
     let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(GET_BY_ID_SQL)
         .bind(id)

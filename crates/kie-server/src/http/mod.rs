@@ -2,7 +2,6 @@
 //! request logs and metrics, the JSON body extractor, and the 404/405 answers.
 
 pub mod error;
-pub mod fastread;
 pub mod hot;
 pub mod json;
 

@@ -31,7 +31,9 @@ pub struct SqliteDb {
     pub group: Option<std::sync::Arc<group::Group>>,
 }
 
+pub mod fastread;
 pub mod group;
+pub mod records;
 
 /// A connected metadata store.
 #[derive(Clone, Debug)]
@@ -186,7 +188,7 @@ impl Db {
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
                     .pragma("temp_store", "memory")
-                    // process-wide (every connection of sqlx and of `http::fastread`)
+                    // process-wide (every connection of sqlx and of `store::fastread`)
                     .pragma("soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT.to_string());
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)

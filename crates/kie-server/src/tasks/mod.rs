@@ -474,10 +474,11 @@ impl InSameTx for FinishTask<'_> {
             return Err(LedgerError::Refused(Box::new(StateChanged)));
         }
         if let Some(url) = &t.callback_url {
-            let body = webhooks::callback_body(t, ctx.applied.available());
+            let body = callback_body(t, ctx.applied.available());
             webhooks::enqueue(
                 &mut conn,
-                t,
+                &t.id,
+                &t.account_id,
                 url,
                 &body,
                 t.updated_at,
@@ -650,4 +651,63 @@ pub async fn reaper_loop(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The callback body's `data`, in the order KIE.AI sends it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallbackData<'a> {
+    task_id: &'a str,
+    #[serde(rename = "task_id")]
+    task_id_snake: &'a str,
+    model: &'a str,
+    state: &'a str,
+    param: &'a str,
+    result_json: &'a str,
+    fail_code: &'a str,
+    fail_msg: &'a str,
+    consume_credits: Credits,
+    remained_credits: Credits,
+    cost_time: Option<i64>,
+    create_time: i64,
+    complete_time: Option<i64>,
+    update_time: i64,
+    callback_type: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Callback<'a> {
+    code: i64,
+    msg: &'a str,
+    task_id: &'a str,
+    data: CallbackData<'a>,
+}
+
+/// The JSON body POSTed for a finished task: code 200 on success, 501 on failure.
+pub fn callback_body(t: &Task, remained: Credits) -> String {
+    let ok = t.state == STATE_SUCCESS;
+    let cb = Callback {
+        code: if ok { 200 } else { 501 },
+        msg: if ok { "success" } else { "Task failed" },
+        task_id: &t.id,
+        data: CallbackData {
+            task_id: &t.id,
+            task_id_snake: &t.id,
+            model: &t.model,
+            state: &t.state,
+            param: &t.param,
+            result_json: &t.result_json,
+            fail_code: &t.fail_code,
+            fail_msg: &t.fail_msg,
+            consume_credits: Credits(t.consume_credits),
+            remained_credits: remained,
+            cost_time: t.cost_time(),
+            create_time: t.created_at,
+            complete_time: t.completed_at,
+            update_time: t.updated_at,
+            callback_type: if ok { "task_completed" } else { "task_failed" },
+        },
+    };
+    serde_json::to_string(&cb).expect("callback serialises")
 }

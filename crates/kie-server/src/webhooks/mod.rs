@@ -1,4 +1,5 @@
-//! Webhook callbacks (SPEC §6): the payload, the durable outbox and the dispatcher.
+//! Webhook callbacks (SPEC §6): the durable outbox and the dispatcher (the task
+//! callback payload is built by `tasks`, which enqueues it here).
 //!
 //! A callback is enqueued in the same transaction as its task's final state (see
 //! `tasks::finish`), so it cannot be lost. The dispatcher ([`dispatch`]) leases due
@@ -12,78 +13,17 @@
 
 pub mod dispatch;
 
-use kie_wire::task::STATE_SUCCESS;
-use kie_wire::Credits;
 use serde::Serialize;
 
 use crate::store::{new_id, Db, TxConn};
-use crate::tasks::Task;
 use crate::{on_conn, with_read};
-
-/// The callback body's `data`, in the order KIE.AI sends it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CallbackData<'a> {
-    task_id: &'a str,
-    #[serde(rename = "task_id")]
-    task_id_snake: &'a str,
-    model: &'a str,
-    state: &'a str,
-    param: &'a str,
-    result_json: &'a str,
-    fail_code: &'a str,
-    fail_msg: &'a str,
-    consume_credits: Credits,
-    remained_credits: Credits,
-    cost_time: Option<i64>,
-    create_time: i64,
-    complete_time: Option<i64>,
-    update_time: i64,
-    callback_type: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Callback<'a> {
-    code: i64,
-    msg: &'a str,
-    task_id: &'a str,
-    data: CallbackData<'a>,
-}
-
-/// The JSON body POSTed for a finished task: code 200 on success, 501 on failure.
-pub fn callback_body(t: &Task, remained: Credits) -> String {
-    let ok = t.state == STATE_SUCCESS;
-    let cb = Callback {
-        code: if ok { 200 } else { 501 },
-        msg: if ok { "success" } else { "Task failed" },
-        task_id: &t.id,
-        data: CallbackData {
-            task_id: &t.id,
-            task_id_snake: &t.id,
-            model: &t.model,
-            state: &t.state,
-            param: &t.param,
-            result_json: &t.result_json,
-            fail_code: &t.fail_code,
-            fail_msg: &t.fail_msg,
-            consume_credits: Credits(t.consume_credits),
-            remained_credits: remained,
-            cost_time: t.cost_time(),
-            create_time: t.created_at,
-            complete_time: t.completed_at,
-            update_time: t.updated_at,
-            callback_type: if ok { "task_completed" } else { "task_failed" },
-        },
-    };
-    serde_json::to_string(&cb).expect("callback serialises")
-}
 
 /// Adds a delivery to the outbox inside the caller's transaction, its first attempt
 /// due at `first_at`.
 pub async fn enqueue(
     conn: &mut TxConn<'_>,
-    task: &Task,
+    task_id: &str,
+    account_id: &str,
     url: &str,
     body: &str,
     now: i64,
@@ -96,8 +36,8 @@ pub async fn enqueue(
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
         )
         .bind(&id)
-        .bind(&task.id)
-        .bind(&task.account_id)
+        .bind(task_id)
+        .bind(account_id)
         .bind(url)
         .bind(body)
         .bind(first_at)

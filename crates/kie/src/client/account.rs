@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use kie_sdk::account::TaskFilter;
 
-use super::{print_json, ApiArgs};
+use super::common::{print_json, ApiArgs};
 
 /// `2026-11-29` (midnight UTC) or an RFC 3339 time (`2026-11-29T12:00:00Z`) → epoch ms.
 fn parse_time(s: &str) -> Result<i64, String> {

@@ -10,8 +10,8 @@ use kie_sdk::download::plan_downloads;
 use kie_sdk::{DownloadReport, DownloadStatus, Downloader};
 use serde::Serialize;
 
+use super::common::{one_line, print_json, ApiArgs};
 use super::progress::Bars;
-use super::{one_line, print_json, ApiArgs};
 
 #[derive(Args)]
 #[command(after_help = "\

@@ -10,7 +10,7 @@ use kie_sdk::monitor::{Alert, BalanceMonitor, Observation, Thresholds};
 use kie_sdk::Credits;
 use serde_json::json;
 
-use super::{human, one_line, parse_duration, print_json, ApiArgs};
+use super::common::{human, one_line, parse_duration, print_json, ApiArgs};
 
 #[derive(Args)]
 #[command(after_help = "\

@@ -10,7 +10,7 @@ use kie_sdk::download::plan_downloads;
 use kie_sdk::{CreateTaskRequest, Downloader, RecordInfo, WaitOptions};
 use serde_json::json;
 
-use super::{one_line, parse_duration, print_json, ApiArgs};
+use super::common::{one_line, parse_duration, print_json, ApiArgs};
 
 #[derive(Subcommand)]
 pub enum TaskCommand {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::{print_json, ApiArgs};
+use super::common::{print_json, ApiArgs};
 
 #[derive(Args)]
 #[command(after_help = "\

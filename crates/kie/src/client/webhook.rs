@@ -15,7 +15,7 @@ use kie_sdk::webhook::{VerifiedWebhook, WebhookRejection, WebhookVerifier};
 use kie_wire::webhook::{task_id_of, verify_kie_for_task, verify_standard, VerifyError};
 use serde_json::json;
 
-use super::{parse_duration, print_json};
+use super::common::{parse_duration, print_json};
 
 #[derive(Subcommand)]
 pub enum WebhookCommand {

@@ -15,6 +15,7 @@ mod hostile;
 mod jobs;
 mod multinode;
 mod outage;
+mod parity;
 mod s3;
 mod secrets;
 mod ssrf;

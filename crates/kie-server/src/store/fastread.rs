@@ -57,9 +57,9 @@ pub struct FastReader {
     /// under)
     balances: Cache<Option<i64>>,
     /// file id → record (`None`: no such row)
-    files: Cache<Option<crate::files::FileRecord>>,
+    files: Cache<Option<super::records::FileRecord>>,
     /// "" → the active link signing key
-    signing_key: Cache<Option<crate::files::links::SigningKey>>,
+    signing_key: Cache<Option<super::records::SigningKey>>,
 }
 
 /// Values by key, each with the WAL-index header read before it was fetched.
@@ -278,11 +278,11 @@ impl FastReader {
 
     /// A file record by id (`Some(None)`: no such row); the same query as `files::get`.
     /// Whether it is still live is for the caller to check against the clock.
-    pub fn file(&self, id: &str) -> Option<Option<crate::files::FileRecord>> {
+    pub fn file(&self, id: &str) -> Option<Option<super::records::FileRecord>> {
         self.cached(&self.files, id, |c| {
-            c.prepare_cached(crate::files::GET_BY_ID_SQL)?
+            c.prepare_cached(super::records::GET_BY_ID_SQL)?
                 .query_row([id], |r| {
-                    Ok(crate::files::FileRecord {
+                    Ok(super::records::FileRecord {
                         id: r.get(0)?,
                         account_id: r.get(1)?,
                         name: r.get(2)?,
@@ -305,12 +305,12 @@ impl FastReader {
     /// The newest active link signing key (`Some(None)`: none, or undecodable); the
     /// same query as `links::active_key`. A rotation commits, so the next link is
     /// signed with the new key.
-    pub fn active_signing_key(&self) -> Option<Option<crate::files::links::SigningKey>> {
+    pub fn active_signing_key(&self) -> Option<Option<super::records::SigningKey>> {
         self.cached(&self.signing_key, "", |c| {
-            c.prepare_cached(crate::files::links::ACTIVE_KEY_SQL)?
+            c.prepare_cached(super::records::ACTIVE_KEY_SQL)?
                 .query_row([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))
                 .optional()
-                .map(|row| row.and_then(|(id, s)| crate::files::links::decode_secret(id, &s)))
+                .map(|row| row.and_then(|(id, s)| super::records::decode_secret(id, &s)))
         })
     }
 }
