@@ -837,3 +837,30 @@ async fn credit_code(s: &Server, key: &str) -> i64 {
         .as_i64()
         .unwrap()
 }
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_an_https_public_url() {
+    let s = Server::start(Opts::default().args(&["--public-url", "https://console.example.net"]));
+    s.admin(&[
+        "account",
+        "create",
+        "--name",
+        "nia",
+        "--email",
+        "nia@example.com",
+    ]);
+    let url = invite(&s, &["--account", "nia"]);
+    assert!(
+        url.starts_with("https://console.example.net/console/invite/"),
+        "{url}"
+    );
+    let path = &url["https://console.example.net".len()..];
+    let mut v = Visitor::new(&s);
+    let p = v.post(path, &[("password", PW), ("confirm", PW)]).await;
+    assert_eq!(p.status, 303);
+    let set = p.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set.contains("; Secure") && set.contains("HttpOnly"),
+        "{set}"
+    );
+}
