@@ -23,6 +23,10 @@ pub enum Error {
     /// Body code 402: the available balance does not cover the price.
     #[error("insufficient credits: {msg}")]
     InsufficientCredits { msg: String },
+    /// Body code 433: the API key's usage cap (hourly, daily or total, set on the key)
+    /// would be exceeded; the request changed nothing.
+    #[error("key usage cap reached: {msg}")]
+    KeyCapExceeded { msg: String },
     /// Body code 422 (or 400 from the upload API): the request is wrong.
     #[error("invalid request: {msg}")]
     Validation { msg: String },
@@ -154,6 +158,7 @@ impl Error {
         Some(match self {
             Error::Unauthorized { .. } => codes::UNAUTHORIZED,
             Error::InsufficientCredits { .. } => codes::INSUFFICIENT_CREDITS,
+            Error::KeyCapExceeded { .. } => codes::KEY_CAP_EXCEEDED,
             Error::Validation { .. } => codes::VALIDATION,
             Error::NotFound { .. } => codes::NOT_FOUND,
             Error::RateLimited { .. } => codes::RATE_LIMITED,
@@ -255,6 +260,7 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
             .map_err(|e| Error::Decode(format!("unexpected `data`: {e}"))),
         codes::UNAUTHORIZED => Err(Error::Unauthorized { msg }),
         codes::INSUFFICIENT_CREDITS => Err(Error::InsufficientCredits { msg }),
+        codes::KEY_CAP_EXCEEDED => Err(Error::KeyCapExceeded { msg }),
         // the File Upload API reports missing parameters as 400
         400 | codes::VALIDATION => Err(Error::Validation { msg }),
         codes::NOT_FOUND => Err(Error::NotFound { msg }),

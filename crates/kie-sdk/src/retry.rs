@@ -154,6 +154,7 @@ mod tests {
         for e in [
             Error::Unauthorized { msg: m() },
             Error::InsufficientCredits { msg: m() },
+            Error::KeyCapExceeded { msg: m() },
             Error::Validation { msg: m() },
             Error::NotFound { msg: m() },
             Error::FeatureDisabled { msg: m() },

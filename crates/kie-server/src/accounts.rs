@@ -7,6 +7,7 @@ use kie_wire::{apikey, Credits};
 use serde::Serialize;
 use std::sync::Arc;
 
+use crate::ipallow::{self, Cidr};
 use crate::ledger::{self, LedgerError};
 use crate::store::{is_unique_violation, new_id, now_ms, Db};
 use crate::{with_read, with_tx};
@@ -113,13 +114,78 @@ pub async fn list(db: &Db) -> Result<Vec<Account>, sqlx::Error> {
     Ok(rows.into_iter().map(to_account).collect())
 }
 
+/// Usage caps of a key in credits (`None`: no cap). See `ledger` for how usage is
+/// counted: fixed UTC hour and day buckets, and a total over the key's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Caps {
+    pub hourly: Option<Credits>,
+    pub daily: Option<Credits>,
+    pub total: Option<Credits>,
+}
+
+/// A key's usage now: this UTC hour, this UTC day, and in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub hourly: Credits,
+    pub daily: Credits,
+    pub total: Credits,
+}
+
+/// Settings of a new key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub caps: Caps,
+    /// Empty: any address.
+    pub allow_ips: Vec<Cidr>,
+    /// The management scope (issue 16): management endpoints require it.
+    pub manage: bool,
+}
+
+/// Changes to a key's settings; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    /// `Some(None)` removes the cap.
+    pub hourly: Option<Option<Credits>>,
+    pub daily: Option<Option<Credits>>,
+    pub total: Option<Option<Credits>>,
+    /// Replaces the allowlist; `Some(vec![])`: any address.
+    pub allow_ips: Option<Vec<Cidr>>,
+    pub manage: Option<bool>,
+}
+
+impl KeyUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.hourly.is_none()
+            && self.daily.is_none()
+            && self.total.is_none()
+            && self.allow_ips.is_none()
+            && self.manage.is_none()
+    }
+}
+
+fn check_caps(caps: &[Option<Credits>]) -> Result<(), AccountError> {
+    if caps.iter().flatten().any(|c| c.0 < 0) {
+        return Err(AccountError::Invalid("a cap must not be negative".into()));
+    }
+    Ok(())
+}
+
+fn allow_column(list: &[Cidr]) -> Option<String> {
+    (!list.is_empty()).then(|| ipallow::to_column(list))
+}
+
 /// A newly created key: the only value that ever contains the key itself.
 #[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NewKey {
     pub id: String,
     pub key: String,
     pub prefix: String,
     pub account: String,
+    pub caps: Caps,
+    /// CIDR blocks the key may be used from; empty: any address.
+    pub allow_ips: Vec<String>,
+    pub manage: bool,
 }
 
 impl std::fmt::Debug for NewKey {
@@ -145,6 +211,13 @@ pub struct KeyInfo {
     pub revoked_at: Option<i64>,
     /// `active`, `expired` or `revoked`.
     pub status: String,
+    pub caps: Caps,
+    /// CIDR blocks the key may be used from; empty: any address.
+    pub allow_ips: Vec<String>,
+    /// The management scope.
+    pub manage: bool,
+    /// Usage counted against the caps now.
+    pub usage: Usage,
 }
 
 pub async fn create_key(
@@ -153,14 +226,27 @@ pub async fn create_key(
     name: Option<&str>,
     expires_at: Option<i64>,
 ) -> Result<NewKey, AccountError> {
+    create_key_with(db, account, name, expires_at, &KeyOptions::default()).await
+}
+
+/// [`create_key`] with caps, an allowlist and the management scope.
+pub async fn create_key_with(
+    db: &Db,
+    account: &str,
+    name: Option<&str>,
+    expires_at: Option<i64>,
+    opts: &KeyOptions,
+) -> Result<NewKey, AccountError> {
+    check_caps(&[opts.caps.hourly, opts.caps.daily, opts.caps.total])?;
     let acc = get(db, account).await?;
     let key = apikey::generate();
     let id = new_id("key");
     let prefix = apikey::display_prefix(&key).to_string();
     with_tx!(db, |tx| {
         sqlx::query(
-            "INSERT INTO api_keys (id, account_id, name, prefix, digest, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_keys (id, account_id, name, prefix, digest, created_at, expires_at, \
+             cap_hourly, cap_daily, cap_total, allow_ips, manage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(&acc.id)
@@ -169,6 +255,11 @@ pub async fn create_key(
         .bind(apikey::digest(&key))
         .bind(now_ms())
         .bind(expires_at)
+        .bind(opts.caps.hourly.map(|c| c.0))
+        .bind(opts.caps.daily.map(|c| c.0))
+        .bind(opts.caps.total.map(|c| c.0))
+        .bind(allow_column(&opts.allow_ips))
+        .bind(opts.manage)
         .execute(&mut *tx)
         .await?;
     });
@@ -177,39 +268,110 @@ pub async fn create_key(
         key,
         prefix,
         account: acc.id,
+        caps: opts.caps,
+        allow_ips: opts.allow_ips.iter().map(Cidr::to_string).collect(),
+        manage: opts.manage,
     })
 }
 
-type KeyRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<i64>,
-);
+/// Changes a key's caps, allowlist or management scope. Running servers apply the
+/// change within their auth cache TTL (allowlist, scope); caps are read by the
+/// transaction of every charge, so they apply to the next one on every node.
+pub async fn update_key(db: &Db, key_ref: &str, u: &KeyUpdate) -> Result<KeyInfo, AccountError> {
+    check_caps(&[u.hourly.flatten(), u.daily.flatten(), u.total.flatten()])?;
+    let k = find_key(db, key_ref).await?;
+    if !u.is_empty() {
+        let allow = u.allow_ips.as_deref().map(allow_column);
+        with_tx!(db, |tx| {
+            sqlx::query(
+                "UPDATE api_keys SET \
+                 cap_hourly = CASE WHEN $1 THEN $2 ELSE cap_hourly END, \
+                 cap_daily = CASE WHEN $3 THEN $4 ELSE cap_daily END, \
+                 cap_total = CASE WHEN $5 THEN $6 ELSE cap_total END, \
+                 allow_ips = CASE WHEN $7 THEN $8 ELSE allow_ips END, \
+                 manage = CASE WHEN $9 THEN $10 ELSE manage END \
+                 WHERE id = $11",
+            )
+            .bind(u.hourly.is_some())
+            .bind(u.hourly.flatten().map(|c| c.0))
+            .bind(u.daily.is_some())
+            .bind(u.daily.flatten().map(|c| c.0))
+            .bind(u.total.is_some())
+            .bind(u.total.flatten().map(|c| c.0))
+            .bind(allow.is_some())
+            .bind(allow.flatten())
+            .bind(u.manage.is_some())
+            .bind(u.manage.unwrap_or(false))
+            .bind(&k.id)
+            .execute(&mut *tx)
+            .await?;
+        });
+    }
+    find_key(db, &k.id).await
+}
 
-fn to_key_info(
-    (id, prefix, account, name, created_at, expires_at, revoked_at): KeyRow,
-    now: i64,
-) -> KeyInfo {
-    let status = if revoked_at.is_some() {
+const KEY_COLUMNS: &str = "id, prefix, account_id, name, created_at, expires_at, revoked_at, \
+     cap_hourly, cap_daily, cap_total, allow_ips, manage, used_total, hour_bucket, hour_used, \
+     day_bucket, day_used";
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    prefix: String,
+    account_id: String,
+    name: Option<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    cap_hourly: Option<i64>,
+    cap_daily: Option<i64>,
+    cap_total: Option<i64>,
+    allow_ips: Option<String>,
+    manage: bool,
+    used_total: i64,
+    hour_bucket: i64,
+    hour_used: i64,
+    day_bucket: i64,
+    day_used: i64,
+}
+
+fn to_key_info(r: KeyRow, now: i64) -> KeyInfo {
+    let status = if r.revoked_at.is_some() {
         "revoked"
-    } else if expires_at.is_some_and(|e| e <= now) {
+    } else if r.expires_at.is_some_and(|e| e <= now) {
         "expired"
     } else {
         "active"
     };
+    let (hour, day) = ledger::buckets(now);
     KeyInfo {
-        id,
-        prefix,
-        account,
-        name,
-        created_at,
-        expires_at,
-        revoked_at,
+        id: r.id,
+        prefix: r.prefix,
+        account: r.account_id,
+        name: r.name,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        revoked_at: r.revoked_at,
         status: status.into(),
+        caps: Caps {
+            hourly: r.cap_hourly.map(Credits),
+            daily: r.cap_daily.map(Credits),
+            total: r.cap_total.map(Credits),
+        },
+        allow_ips: ipallow::from_column(r.allow_ips.as_deref().unwrap_or(""))
+            .iter()
+            .map(Cidr::to_string)
+            .collect(),
+        manage: r.manage,
+        usage: Usage {
+            hourly: Credits(if r.hour_bucket >= hour {
+                r.hour_used
+            } else {
+                0
+            }),
+            daily: Credits(if r.day_bucket >= day { r.day_used } else { 0 }),
+            total: Credits(r.used_total),
+        },
     }
 }
 
@@ -218,30 +380,27 @@ pub async fn list_keys(db: &Db, account: Option<&str>) -> Result<Vec<KeyInfo>, A
         Some(a) => Some(get(db, a).await?.id),
         None => None,
     };
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys \
+         WHERE ($1 IS NULL OR account_id = $1) ORDER BY created_at, id"
+    );
     let rows: Vec<KeyRow> = with_read!(db, |p| {
-        sqlx::query_as(
-            "SELECT id, prefix, account_id, name, created_at, expires_at, revoked_at FROM api_keys \
-             WHERE ($1 IS NULL OR account_id = $1) ORDER BY created_at, id",
-        )
-        .bind(acc_id)
-        .fetch_all(p)
-        .await?
+        sqlx::query_as(&sql).bind(acc_id).fetch_all(p).await?
     });
     let now = now_ms();
     Ok(rows.into_iter().map(|r| to_key_info(r, now)).collect())
 }
 
 /// Finds a key by id or display prefix (never by the key itself: keys are not stored).
-async fn find_key(db: &Db, key_ref: &str) -> Result<KeyInfo, AccountError> {
+pub async fn find_key(db: &Db, key_ref: &str) -> Result<KeyInfo, AccountError> {
+    let sql =
+        format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 OR prefix = $1 OR digest = $2");
     let rows: Vec<KeyRow> = with_read!(db, |p| {
-        sqlx::query_as(
-            "SELECT id, prefix, account_id, name, created_at, expires_at, revoked_at FROM api_keys \
-             WHERE id = $1 OR prefix = $1 OR digest = $2",
-        )
-        .bind(key_ref)
-        .bind(apikey::digest(key_ref))
-        .fetch_all(p)
-        .await?
+        sqlx::query_as(&sql)
+            .bind(key_ref)
+            .bind(apikey::digest(key_ref))
+            .fetch_all(p)
+            .await?
     });
     let now = now_ms();
     match rows.len() {
@@ -284,7 +443,13 @@ pub async fn roll_key(
             old.id, old.status
         )));
     }
-    let new = create_key(db, &old.account, name.or(old.name.as_deref()), None).await?;
+    // The new key keeps the old one's caps, allowlist and scope (not its usage).
+    let opts = KeyOptions {
+        caps: old.caps,
+        allow_ips: ipallow::parse_list(&old.allow_ips).map_err(AccountError::Invalid)?,
+        manage: old.manage,
+    };
+    let new = create_key_with(db, &old.account, name.or(old.name.as_deref()), None, &opts).await?;
     let now = now_ms();
     with_tx!(db, |tx| {
         if grace_ms <= 0 {
@@ -314,32 +479,60 @@ pub struct KeyAuth {
     pub prefix: Arc<str>,
     pub expires_at: Option<i64>,
     pub revoked: bool,
+    /// Addresses the key may be used from; `None`: any.
+    pub allow_ips: Option<Arc<[Cidr]>>,
+    /// The management scope.
+    pub manage: bool,
 }
 
 impl KeyAuth {
     pub fn is_valid_at(&self, now: i64) -> bool {
         !self.revoked && self.expires_at.is_none_or(|e| e > now)
     }
+
+    /// Whether the key may be used from `ip` (`None`: unknown address, allowed only
+    /// when the key has no allowlist).
+    pub fn allows(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match (&self.allow_ips, ip) {
+            (None, _) => true,
+            (Some(list), Some(ip)) => list.iter().any(|c| c.contains(ip)),
+            (Some(_), None) => false,
+        }
+    }
 }
 
-type KeyAuthRow = (String, String, String, Option<i64>, Option<i64>);
+type KeyAuthRow = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    bool,
+);
 
 pub async fn key_by_digest(db: &Db, digest: &str) -> Result<Option<KeyAuth>, sqlx::Error> {
     let row: Option<KeyAuthRow> = with_read!(db, |p| {
         sqlx::query_as(
-            "SELECT id, account_id, prefix, expires_at, revoked_at FROM api_keys WHERE digest = $1",
+            "SELECT id, account_id, prefix, expires_at, revoked_at, allow_ips, manage \
+             FROM api_keys WHERE digest = $1",
         )
         .bind(digest)
         .fetch_optional(p)
         .await?
     });
     Ok(row.map(
-        |(key_id, account_id, prefix, expires_at, revoked_at)| KeyAuth {
+        |(key_id, account_id, prefix, expires_at, revoked_at, allow_ips, manage)| KeyAuth {
             key_id: key_id.into(),
             account_id: account_id.into(),
             prefix: prefix.into(),
             expires_at,
             revoked: revoked_at.is_some(),
+            // An allowlist that parses to nothing (a hand edit) allows nothing.
+            allow_ips: allow_ips
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| ipallow::from_column(&s).into()),
+            manage,
         },
     ))
 }
@@ -403,6 +596,9 @@ mod debug_redaction_tests {
             key: api.clone(),
             prefix: kie_wire::apikey::display_prefix(&api).into(),
             account: "acc".into(),
+            caps: Caps::default(),
+            allow_ips: vec![],
+            manage: false,
         };
         let d = format!("{k:?} {k:#?}");
         assert!(!d.contains(&api), "{d}");

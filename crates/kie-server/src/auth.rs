@@ -4,7 +4,15 @@
 //! tolerated. A key with a bad shape or checksum is refused without touching the
 //! database. Known keys are cached for `auth_cache_ttl` (2 s by default), so a
 //! revocation or roll made on any node is enforced everywhere within that time;
-//! expiry is checked against the clock on every request.
+//! expiry is checked against the clock on every request. A key's IP allowlist and
+//! management scope are part of the cached record, so a change made by `kie admin key
+//! update` (any process, any node) applies within the same TTL; its usage caps are not
+//! cached at all (they are read by the transaction of every charge, see `ledger`).
+//!
+//! The allowlist is checked against the TCP peer address of the connection (the same
+//! address the per-IP rate limit uses; there is no trusted-proxy setting). A key used
+//! from elsewhere gets code 401 with a message that says the address is not allowed,
+//! never the list.
 //!
 //! The cache is keyed by a 128-bit fingerprint of the presented key under a random
 //! per-process key (two SipHash instances), not by the key itself (no plaintext key
@@ -13,11 +21,12 @@
 //! fingerprint collision would take ~2^64 online guesses against an unknown key; a miss
 //! falls back to the digest lookup in the database.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +44,9 @@ pub struct Caller {
     pub account_id: Arc<str>,
     pub key_id: Arc<str>,
     pub key_prefix: Arc<str>,
+    /// The key has the management scope (`kie admin key create --manage`): management
+    /// endpoints require it (issue 16).
+    pub manage: bool,
 }
 
 /// Extracts the key from an `Authorization` header value.
@@ -112,8 +124,14 @@ impl Authenticator {
         Ok(found)
     }
 
-    /// Authenticates an `Authorization` header value and applies the rate limit.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+    /// Authenticates an `Authorization` header value from client address `peer`
+    /// (checked against the key's allowlist; `None`: unknown, refused by any
+    /// allowlist) and applies the rate limit.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, ApiError> {
         let token = header
             .and_then(bearer_token)
             .ok_or_else(ApiError::unauthorized)?;
@@ -124,6 +142,9 @@ impl Authenticator {
             .ok_or_else(ApiError::unauthorized)?;
         if !k.is_valid_at(now_ms()) {
             return Err(ApiError::unauthorized());
+        }
+        if !k.allows(peer) {
+            return Err(ApiError::address_not_allowed());
         }
         if let Some(l) = &self.limiter {
             if let Err(wait) = l.check(&k.key_id) {
@@ -136,6 +157,7 @@ impl Authenticator {
             account_id: k.account_id,
             key_id: k.key_id,
             key_prefix: k.prefix,
+            manage: k.manage,
         })
     }
 
@@ -170,7 +192,11 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let caller = state.auth.authenticate(header).await?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let caller = state.auth.authenticate(header, peer).await?;
         if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
             let _ = ctx
                 .caller
@@ -183,6 +209,81 @@ impl FromRequestParts<AppState> for Caller {
 #[cfg(test)]
 mod tests {
     use super::bearer_token;
+
+    /// The management scope reaches `Caller`; the allowlist refuses other and unknown
+    /// addresses without naming itself; an update made elsewhere applies once the
+    /// cached record expires (polled, never a fixed wait).
+    #[tokio::test]
+    async fn scope_allowlist_and_cache_expiry() {
+        use super::*;
+        use crate::accounts::{self, KeyOptions, KeyUpdate};
+        use crate::config::DatabaseUrl;
+        use crate::store::OpenOptions;
+        let dir = std::env::temp_dir().join(format!(
+            "kie-auth-{}-{}",
+            std::process::id(),
+            apikey::random_base62(8)
+        ));
+        let db = Db::open(
+            &DatabaseUrl::Sqlite(dir.join("a.db")),
+            &OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        let acc = accounts::create(&db, "a", None).await.unwrap().id;
+        let opts = KeyOptions {
+            manage: true,
+            allow_ips: crate::ipallow::parse_list(&["127.0.0.0/8"]).unwrap(),
+            ..Default::default()
+        };
+        let k = accounts::create_key_with(&db, &acc, None, None, &opts)
+            .await
+            .unwrap();
+        let plain = accounts::create_key(&db, &acc, None, None).await.unwrap();
+        let auth = Authenticator::new(db.clone(), Duration::from_millis(300), 0);
+        let header = format!("Bearer {}", k.key);
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let c = auth.authenticate(Some(&header), Some(local)).await.unwrap();
+        assert!(c.manage);
+        let c = auth
+            .authenticate(Some(&format!("Bearer {}", plain.key)), None)
+            .await
+            .unwrap();
+        assert!(!c.manage, "no scope by default; no allowlist: any address");
+        for peer in [Some("10.0.0.1".parse().unwrap()), None] {
+            let e = auth.authenticate(Some(&header), peer).await.unwrap_err();
+            assert_eq!(e.code, 401);
+            assert!(
+                e.msg.contains("not allowed") && !e.msg.contains("127."),
+                "{}",
+                e.msg
+            );
+        }
+        let u = KeyUpdate {
+            allow_ips: Some(crate::ipallow::parse_list(&["10.0.0.0/8"]).unwrap()),
+            manage: Some(false),
+            ..Default::default()
+        };
+        accounts::update_key(&db, &k.id, &u).await.unwrap();
+        let start = Instant::now();
+        loop {
+            match auth.authenticate(Some(&header), Some(local)).await {
+                Err(e) => {
+                    assert_eq!(e.code, 401);
+                    break;
+                }
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(5), "still cached"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = auth
+            .authenticate(Some(&header), Some("10.1.1.1".parse().unwrap()))
+            .await
+            .unwrap();
+        assert!(!c.manage);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn bearer_parsing_is_lenient_about_case_and_space() {

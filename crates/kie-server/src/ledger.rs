@@ -13,6 +13,30 @@
 //! * A hold resolves exactly once: the `pending → posted|voided` UPDATE matches only a
 //!   pending hold, in the same transaction as its entry.
 //!
+//! * Per-key usage caps (issue 15 item 5): a key's usage counters (`api_keys.used_total`,
+//!   `hour_used` in UTC hour `hour_bucket`, `day_used` in UTC day `day_bucket`; buckets
+//!   are `ms / 3_600_000` and `ms / 86_400_000` of the writing node's clock, fixed, not
+//!   rolling, and only ever move forward) change in the same transaction as the ledger
+//!   change that explains them, after the account row: a hold through a key adds its
+//!   amount, a deduct through a key (priced links) adds its amount, a resolution gives
+//!   back `amount - charged` (all of a void; nothing of a full post) to the buckets the
+//!   hold was placed in, if they are still current. So `used_total` = Σ pending holds'
+//!   amounts + Σ posted holds' charges + Σ deducts made through the key. The conditional
+//!   UPDATE ([`KEY_USE`]) refuses a positive amount that would take any counter above its
+//!   cap, and the caller then rolls the whole transaction back (code 433, nothing
+//!   written). Every hold implementation enforces it: the PostgreSQL hold through a key
+//!   always takes the transaction path (`hold_in`: one statement, `PG_HOLD_KEYED`,
+//!   updates the account, then the key, then writes the entry and the hold only if
+//!   the key's update matched, and the transaction is rolled back when it did not;
+//!   the autocommit CTE is only for holds without a key), the SQLite sqlx path
+//!   (`hold_in`) and the group commit's direct path (`sqlite_hold`, rusqlite) run the
+//!   same [`KEY_USE`] inside the hold's transaction or savepoint. Lock order on
+//!   PostgreSQL is always accounts → api_keys (holds, deducts and resolutions alike).
+//!   Under clock skew between nodes a hold stamped with an older bucket counts in the
+//!   stored (newer) one, and its refund then finds its own bucket gone and is not
+//!   given back to the hour/day counters: skew can only make a cap stricter, never
+//!   let usage exceed it.
+//!
 //! Entry kinds: `grant` (+), `deduct` (−), `adjust` (±) change the posted balance;
 //! `hold` reserves credits (held +X, balance unchanged); `post` charges a hold (balance
 //! −charged, held −X); `void` releases it (held −X).
@@ -27,6 +51,9 @@ use crate::with_tx;
 pub enum LedgerError {
     #[error("insufficient credits")]
     InsufficientCredits,
+    /// The key's hourly, daily or total cap would be exceeded (code 433).
+    #[error("sub-key usage exceeds limit")]
+    CapExceeded,
     #[error("unknown account")]
     UnknownAccount,
     #[error("unknown hold")]
@@ -99,6 +126,8 @@ struct Change<'a> {
     hold_id: Option<&'a str>,
     reason: Option<&'a str>,
     idempotency_key: &'a str,
+    /// The API key the change is made through: counts against its caps.
+    key_id: Option<&'a str>,
 }
 
 /// Applies `change` inside `tx`. On an idempotency key that already exists, returns the
@@ -144,11 +173,27 @@ macro_rules! apply_in_tx {
                     LedgerError::UnknownAccount
                 });
             };
+            let now = now_ms();
+            if let Some(key_id) = c.key_id {
+                // Only charges (a negative amount) count against the key's caps.
+                let (hour, day) = buckets(now);
+                let used: Option<String> = sqlx::query_scalar(KEY_USE)
+                    .bind((-c.amount).max(0))
+                    .bind(hour)
+                    .bind(day)
+                    .bind(key_id)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                if used.is_none() {
+                    // Returning drops the open transaction: the account update is undone.
+                    return Err(LedgerError::CapExceeded);
+                }
+            }
             let entry_id = new_id("ent");
             sqlx::query(
                 "INSERT INTO ledger_entries \
-                 (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at, key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&entry_id)
             .bind(c.account_id)
@@ -158,7 +203,8 @@ macro_rules! apply_in_tx {
             .bind(c.hold_id)
             .bind(c.reason)
             .bind(c.idempotency_key)
-            .bind(now_ms())
+            .bind(now)
+            .bind(c.key_id)
             .execute(&mut *$tx)
             .await?;
             Applied { entry_id, balance: Credits(balance), held: Credits(held), replayed: false }
@@ -215,6 +261,7 @@ pub async fn grant(
             hold_id: None,
             reason,
             idempotency_key,
+            key_id: None,
         },
     )
     .await
@@ -224,6 +271,19 @@ pub async fn grant(
 pub async fn deduct(
     db: &Db,
     account_id: &str,
+    amount: Credits,
+    reason: Option<&str>,
+    idempotency_key: &str,
+) -> Result<Applied, LedgerError> {
+    deduct_via(db, account_id, None, amount, reason, idempotency_key).await
+}
+
+/// [`deduct`] through an API key (`key_id`): the amount counts against the key's caps
+/// in the same transaction ([`LedgerError::CapExceeded`]: nothing written).
+pub async fn deduct_via(
+    db: &Db,
+    account_id: &str,
+    key_id: Option<&str>,
     amount: Credits,
     reason: Option<&str>,
     idempotency_key: &str,
@@ -239,10 +299,49 @@ pub async fn deduct(
             hold_id: None,
             reason,
             idempotency_key,
+            key_id,
         },
     )
     .await
 }
+
+/// One hour and one day in milliseconds: the fixed UTC buckets of the hourly and daily
+/// caps.
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The (hour, day) buckets of a time in epoch milliseconds.
+pub fn buckets(now_ms: i64) -> (i64, i64) {
+    (now_ms.div_euclid(HOUR_MS), now_ms.div_euclid(DAY_MS))
+}
+
+/// Counts `$1` (hundredths, >= 0) against key `$4` in hour bucket `$2` and day bucket
+/// `$3`; matches no row (nothing changes) when a positive amount would take the total,
+/// the current hour's or the current day's usage above its cap. A bucket older than the
+/// stored one counts as the stored one (a node whose clock lags never resets a newer
+/// bucket). Written for both backends and both SQLite drivers (placeholders in
+/// ascending order of first use; `CASE` in place of `MAX`/`GREATEST`).
+pub const KEY_USE: &str = "UPDATE api_keys SET \
+       used_total = used_total + $1, \
+       hour_used = (CASE WHEN hour_bucket >= $2 THEN hour_used ELSE 0 END) + $1, \
+       hour_bucket = CASE WHEN hour_bucket >= $2 THEN hour_bucket ELSE $2 END, \
+       day_used = (CASE WHEN day_bucket >= $3 THEN day_used ELSE 0 END) + $1, \
+       day_bucket = CASE WHEN day_bucket >= $3 THEN day_bucket ELSE $3 END \
+     WHERE id = $4 AND ($1 = 0 OR ( \
+       (cap_total IS NULL OR used_total + $1 <= cap_total) \
+       AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= $2 THEN hour_used ELSE 0 END) + $1 <= cap_hourly) \
+       AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= $3 THEN day_used ELSE 0 END) + $1 <= cap_daily))) \
+     RETURNING id";
+
+/// Gives `$1` back to key `$4`: to its total, and to its hour and day usage when the
+/// hold was placed in the buckets still current (`$2`, `$3`); never below zero.
+const KEY_GIVE_BACK: &str = "UPDATE api_keys SET \
+       used_total = CASE WHEN used_total >= $1 THEN used_total - $1 ELSE 0 END, \
+       hour_used = CASE WHEN hour_bucket <> $2 THEN hour_used \
+         WHEN hour_used >= $1 THEN hour_used - $1 ELSE 0 END, \
+       day_used = CASE WHEN day_bucket <> $3 THEN day_used \
+         WHEN day_used >= $1 THEN day_used - $1 ELSE 0 END \
+     WHERE id = $4";
 
 /// A signed correction; refused when it would take the available balance below zero.
 pub async fn adjust(
@@ -265,6 +364,7 @@ pub async fn adjust(
             hold_id: None,
             reason,
             idempotency_key,
+            key_id: None,
         },
     )
     .await
@@ -345,6 +445,7 @@ pub async fn hold(
 struct NewHold<'a> {
     hold_id: &'a str,
     account_id: &'a str,
+    key_id: Option<&'a str>,
     amount: i64,
     reason: Option<&'a str>,
     now: i64,
@@ -361,13 +462,46 @@ const PG_HOLD: &str = "WITH a AS ( \
        (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
        SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a), \
      h AS ( \
-       INSERT INTO holds (id, account_id, amount, state, created_at) \
-       SELECT $4, $2, $1, 'pending', $7 FROM a) \
+       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+       SELECT $4, $2, $1, 'pending', $7, $8 FROM a) \
      SELECT balance, held FROM a";
+
+/// PostgreSQL, a hold through a key: the same writes plus [`KEY_USE`] as one statement
+/// (one round trip under the account's row lock). `k` joins `a`, so the key row is
+/// locked after the account row. When the cap refuses, `k` is empty, the entry and the
+/// hold row are not written, and the last column is 0: the caller must then roll the
+/// transaction back (the account update did happen). Only run inside a transaction.
+const PG_HOLD_KEYED: &str = "WITH a AS ( \
+       UPDATE accounts SET held = held + $1 \
+       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
+       RETURNING balance, held), \
+     k AS ( \
+       UPDATE api_keys SET \
+         used_total = used_total + $1, \
+         hour_used = (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1, \
+         hour_bucket = CASE WHEN hour_bucket >= $9 THEN hour_bucket ELSE $9 END, \
+         day_used = (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1, \
+         day_bucket = CASE WHEN day_bucket >= $10 THEN day_bucket ELSE $10 END \
+       FROM a WHERE api_keys.id = $8 AND ($1 = 0 OR ( \
+         (cap_total IS NULL OR used_total + $1 <= cap_total) \
+         AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1 <= cap_hourly) \
+         AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1 <= cap_daily))) \
+       RETURNING api_keys.id), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a, k), \
+     h AS ( \
+       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+       SELECT $4, $2, $1, 'pending', $7, $8 FROM a, k) \
+     SELECT balance, held, (SELECT COUNT(*) FROM k) FROM a";
 
 macro_rules! pg_hold_query {
     ($h:expr, $entry_id:expr, $idem:expr) => {
-        sqlx::query_as::<_, (i64, i64)>(PG_HOLD)
+        pg_hold_query!(PG_HOLD, (i64, i64), $h, $entry_id, $idem)
+    };
+    ($sql:expr, $row:ty, $h:expr, $entry_id:expr, $idem:expr) => {
+        sqlx::query_as::<_, $row>($sql)
             .bind($h.amount)
             .bind($h.account_id)
             .bind($entry_id)
@@ -375,6 +509,7 @@ macro_rules! pg_hold_query {
             .bind($h.reason)
             .bind($idem)
             .bind($h.now)
+            .bind($h.key_id)
     };
 }
 
@@ -403,17 +538,36 @@ const SQLITE_HOLD_UPDATE: &str = "UPDATE accounts SET held = held + ?1 \
      WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
      RETURNING balance, held";
 /// … and record the pending hold.
-const SQLITE_HOLD_INSERT: &str = "INSERT INTO holds (id, account_id, amount, state, created_at) \
-     VALUES (?1, ?2, ?3, 'pending', ?4)";
+const SQLITE_HOLD_INSERT: &str =
+    "INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+     VALUES (?1, ?2, ?3, 'pending', ?4, ?5)";
 
-async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, sqlx::Error> {
+async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, LedgerError> {
     let entry_id = new_id("ent");
     let idem = format!("hold:{}", h.hold_id);
+    let (hour, day) = buckets(h.now);
     let row = match conn {
         TxConn::Postgres(c) => {
-            pg_hold_query!(h, &entry_id, &idem)
-                .fetch_optional(&mut *c)
-                .await?
+            match h.key_id {
+                None => {
+                    pg_hold_query!(h, &entry_id, &idem)
+                        .fetch_optional(&mut *c)
+                        .await?
+                }
+                Some(_) => {
+                    let row = pg_hold_query!(PG_HOLD_KEYED, (i64, i64, i64), h, &entry_id, &idem)
+                        .bind(hour)
+                        .bind(day)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    match row {
+                        // The cap refused after the account was updated: returning
+                        // drops the caller's transaction, so nothing is kept.
+                        Some((_, _, 0)) => return Err(LedgerError::CapExceeded),
+                        r => r.map(|(balance, held, _)| (balance, held)),
+                    }
+                }
+            }
         }
         TxConn::Sqlite(c) => {
             let row: Option<(i64, i64)> = sqlx::query_as(SQLITE_HOLD_UPDATE)
@@ -441,8 +595,23 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, s
                     .bind(h.account_id)
                     .bind(h.amount)
                     .bind(h.now)
+                    .bind(h.key_id)
                     .execute(&mut *c)
                     .await?;
+                if let Some(key_id) = h.key_id {
+                    let used: Option<String> = sqlx::query_scalar(KEY_USE)
+                        .bind(h.amount)
+                        .bind(hour)
+                        .bind(day)
+                        .bind(key_id)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    if used.is_none() {
+                        // The caller's transaction (or savepoint) is dropped: nothing
+                        // is kept.
+                        return Err(LedgerError::CapExceeded);
+                    }
+                }
             }
             row
         }
@@ -459,6 +628,7 @@ async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, s
 struct OwnedHold {
     hold_id: String,
     account_id: String,
+    key_id: Option<String>,
     amount: i64,
     reason: Option<String>,
     now: i64,
@@ -492,7 +662,24 @@ fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, Ledge
         h.now
     ])?;
     c.prepare_cached(SQLITE_HOLD_INSERT)?
-        .execute(rusqlite::params![h.hold_id, h.account_id, h.amount, h.now])?;
+        .execute(rusqlite::params![
+            h.hold_id,
+            h.account_id,
+            h.amount,
+            h.now,
+            h.key_id
+        ])?;
+    if let Some(key_id) = &h.key_id {
+        let (hour, day) = buckets(h.now);
+        let used = c
+            .prepare_cached(KEY_USE)?
+            .query_row(rusqlite::params![h.amount, hour, day, key_id], |_| Ok(()))
+            .optional()?;
+        if used.is_none() {
+            // An error rolls the hold's savepoint back: nothing is kept.
+            return Err(LedgerError::CapExceeded);
+        }
+    }
     Ok(Applied {
         entry_id,
         balance: Credits(balance),
@@ -522,6 +709,21 @@ pub async fn hold_with(
     reason: Option<&str>,
     also: &dyn InSameTx,
 ) -> Result<Hold, LedgerError> {
+    hold_via(db, account_id, None, amount, reason, also).await
+}
+
+/// [`hold_with`] through an API key (`key_id`): the amount counts against the key's
+/// caps in the same transaction ([`LedgerError::CapExceeded`]: nothing written). On
+/// PostgreSQL a hold through a key always takes the transaction path; on SQLite both
+/// paths enforce the caps (see the module documentation).
+pub async fn hold_via(
+    db: &Db,
+    account_id: &str,
+    key_id: Option<&str>,
+    amount: Credits,
+    reason: Option<&str>,
+    also: &dyn InSameTx,
+) -> Result<Hold, LedgerError> {
     if amount.0 < 0 {
         return Err(LedgerError::Invalid(
             "hold amount must not be negative".into(),
@@ -531,6 +733,7 @@ pub async fn hold_with(
     let h = NewHold {
         hold_id: &hold_id,
         account_id,
+        key_id,
         amount: amount.0,
         reason,
         now: now_ms(),
@@ -546,6 +749,7 @@ pub async fn hold_with(
             let h = OwnedHold {
                 hold_id: hold_id.clone(),
                 account_id: account_id.to_owned(),
+                key_id: key_id.map(str::to_owned),
                 amount: amount.0,
                 reason: reason.map(str::to_owned),
                 now: h.now,
@@ -567,8 +771,9 @@ pub async fn hold_with(
                 .await?;
             return Ok(Hold { hold_id, applied });
         }
-        // Nothing else to write: the one statement is the transaction.
-        Db::Postgres(p) if also.is_alone() => {
+        // Nothing else to write and no key's caps to check: the one statement is the
+        // transaction.
+        Db::Postgres(p) if also.is_alone() && key_id.is_none() => {
             let entry_id = new_id("ent");
             let idem = format!("hold:{hold_id}");
             pg_hold_query!(h, &entry_id, &idem)
@@ -622,18 +827,28 @@ pub async fn resolve(
     resolve_with(db, hold_id, how, reason, &Alone).await
 }
 
-/// PostgreSQL: a resolution's three writes (hold state, account, entry) as one
-/// statement. Matches only a pending hold, so it resolves exactly once.
+/// PostgreSQL: a resolution's writes (hold state, account, entry, and the give-back
+/// to the key the hold was placed through) as one statement. Matches only a pending
+/// hold, so it resolves exactly once. `k` joins `a`, so the key row is locked after
+/// the account row (the order of every hold and deduct too).
 const PG_RESOLVE: &str = "WITH h AS ( \
        UPDATE holds SET state = $1, \
          charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
          resolved_at = $3 \
        WHERE id = $4 AND state = 'pending' \
-       RETURNING account_id, amount, charged), \
+       RETURNING account_id, amount, charged, key_id, created_at), \
      a AS ( \
        UPDATE accounts SET balance = accounts.balance - h.charged, held = accounts.held - h.amount \
        FROM h WHERE accounts.id = h.account_id \
        RETURNING accounts.balance, accounts.held), \
+     k AS ( \
+       UPDATE api_keys SET \
+         used_total = GREATEST(api_keys.used_total - (h.amount - h.charged), 0), \
+         hour_used = CASE WHEN api_keys.hour_bucket <> h.created_at / 3600000 THEN api_keys.hour_used \
+           ELSE GREATEST(api_keys.hour_used - (h.amount - h.charged), 0) END, \
+         day_used = CASE WHEN api_keys.day_bucket <> h.created_at / 86400000 THEN api_keys.day_used \
+           ELSE GREATEST(api_keys.day_used - (h.amount - h.charged), 0) END \
+       FROM h, a WHERE api_keys.id = h.key_id AND h.amount > h.charged), \
      e AS ( \
        INSERT INTO ledger_entries \
        (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
@@ -717,11 +932,11 @@ async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, Ledge
             }
         }
         TxConn::Sqlite(c) => {
-            let hold: Option<(String, i64, i64)> = sqlx::query_as(
+            let hold: Option<(String, i64, i64, Option<String>, i64)> = sqlx::query_as(
                 "UPDATE holds SET state = $1, \
                  charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
                  resolved_at = $3 WHERE id = $4 AND state = 'pending' \
-                 RETURNING account_id, amount, charged",
+                 RETURNING account_id, amount, charged, key_id, created_at",
             )
             .bind(r.state)
             .bind(r.charge)
@@ -729,7 +944,7 @@ async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, Ledge
             .bind(r.hold_id)
             .fetch_optional(&mut *c)
             .await?;
-            let Some((account_id, amount, charged)) = hold else {
+            let Some((account_id, amount, charged, key_id, created_at)) = hold else {
                 return Err(hold_refusal(
                     sqlx::query_scalar(exists_sql)
                         .bind(r.hold_id)
@@ -746,6 +961,16 @@ async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, Ledge
             .bind(&account_id)
             .fetch_one(&mut *c)
             .await?;
+            if let Some(key_id) = key_id.filter(|_| amount > charged) {
+                let (hour, day) = buckets(created_at);
+                sqlx::query(KEY_GIVE_BACK)
+                    .bind(amount - charged)
+                    .bind(hour)
+                    .bind(day)
+                    .bind(key_id)
+                    .execute(&mut *c)
+                    .await?;
+            }
             sqlx::query(
                 "INSERT INTO ledger_entries \
                  (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
@@ -781,19 +1006,28 @@ struct OwnedResolve {
 /// same statements as [`resolve_in`]), or why it was refused (nothing written).
 fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved, LedgerError> {
     use rusqlite::OptionalExtension;
-    let hold: Option<(String, i64, i64)> = c
+    type HoldRow = (String, i64, i64, Option<String>, i64);
+    let hold: Option<HoldRow> = c
         .prepare_cached(
             "UPDATE holds SET state = ?1, \
              charged = CASE WHEN ?2 < 0 THEN 0 WHEN ?2 > amount THEN amount ELSE ?2 END, \
              resolved_at = ?3 WHERE id = ?4 AND state = 'pending' \
-             RETURNING account_id, amount, charged",
+             RETURNING account_id, amount, charged, key_id, created_at",
         )?
         .query_row(
             rusqlite::params![r.state, r.charge, r.now, r.hold_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((account_id, amount, charged)) = hold else {
+    let Some((account_id, amount, charged, key_id, created_at)) = hold else {
         let exists = c
             .prepare_cached("SELECT 1 FROM holds WHERE id = ?1")?
             .query_row([&r.hold_id], |_| Ok(1))
@@ -808,6 +1042,15 @@ fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved
         .query_row(rusqlite::params![charged, amount, account_id], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })?;
+    if let Some(key_id) = key_id.filter(|_| amount > charged) {
+        let (hour, day) = buckets(created_at);
+        c.prepare_cached(KEY_GIVE_BACK)?.execute(rusqlite::params![
+            amount - charged,
+            hour,
+            day,
+            key_id
+        ])?;
+    }
     let entry_id = new_id("ent");
     c.prepare_cached(
         "INSERT INTO ledger_entries \
@@ -1018,7 +1261,6 @@ pub async fn lines(
         .collect())
 }
 
-const DAY_MS: i64 = 86_400_000;
 /// A day's spending is final this long after the day ended (entries carry the time of
 /// their transaction; this leaves room for clocks of several nodes and slow commits).
 const SETTLE_MS: i64 = 3_600_000;
@@ -1227,6 +1469,140 @@ mod tests {
             }
             db.close().await;
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    async fn key_usage(db: &Db, key_id: &str) -> (i64, i64, i64) {
+        crate::with_read!(db, |p| sqlx::query_as(
+            "SELECT used_total, hour_used, day_used FROM api_keys WHERE id = $1"
+        )
+        .bind(key_id)
+        .fetch_one(p)
+        .await
+        .unwrap())
+    }
+
+    /// 32 concurrent holds through a key whose cap allows 7 of them: exactly 7 are
+    /// taken and nothing of the others is written, on the group commit's direct path
+    /// (rusqlite) and on the sqlx path alike; a void gives its amount back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_holds_through_a_key_respect_its_caps() {
+        for group_commit in [true, false] {
+            for which in ["hourly", "daily", "total"] {
+                let (db, dir) = open(group_commit).await;
+                let acc = crate::accounts::create(&db, "a", Some(Credits(100_000)))
+                    .await
+                    .unwrap()
+                    .id;
+                let mut caps = crate::accounts::Caps::default();
+                let cap = Some(Credits(700));
+                match which {
+                    "hourly" => caps.hourly = cap,
+                    "daily" => caps.daily = cap,
+                    _ => caps.total = cap,
+                }
+                let opts = crate::accounts::KeyOptions {
+                    caps,
+                    ..Default::default()
+                };
+                let key = crate::accounts::create_key_with(&db, &acc, None, None, &opts)
+                    .await
+                    .unwrap()
+                    .id;
+                // A non-trivial InSameTx takes the direct path with group commit.
+                struct Nothing;
+                #[async_trait::async_trait]
+                impl InSameTx for Nothing {
+                    async fn run(&self, _: TxConn<'_>, _: &TxCtx<'_>) -> Result<(), LedgerError> {
+                        Ok(())
+                    }
+                    fn sqlite_direct(&self) -> Option<SqliteDirect> {
+                        Some(Box::new(|_, _| Ok(())))
+                    }
+                }
+                // Without SQLite statements: the statement-by-statement (sqlx) path.
+                struct NoDirect;
+                #[async_trait::async_trait]
+                impl InSameTx for NoDirect {
+                    async fn run(&self, _: TxConn<'_>, _: &TxCtx<'_>) -> Result<(), LedgerError> {
+                        Ok(())
+                    }
+                }
+                let mut all = Vec::new();
+                for i in 0..32 {
+                    let (db, acc, key) = (db.clone(), acc.clone(), key.clone());
+                    all.push(tokio::spawn(async move {
+                        let also: &dyn InSameTx = match i % 3 {
+                            0 => &Nothing,
+                            1 => &NoDirect,
+                            _ => &Alone,
+                        };
+                        hold_via(&db, &acc, Some(&key), Credits(100), None, also).await
+                    }));
+                }
+                let (mut held, mut refused) = (Vec::new(), 0);
+                for h in all {
+                    match h.await.unwrap() {
+                        Ok(h) => held.push(h),
+                        Err(LedgerError::CapExceeded) => refused += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                let ctx = format!("group commit {group_commit}, {which}");
+                assert_eq!((held.len(), refused), (7, 25), "{ctx}");
+                let b = check_sums(&db, &acc).await;
+                assert_eq!(
+                    (b.balance, b.held),
+                    (Credits(100_000), Credits(700)),
+                    "{ctx}"
+                );
+                assert_eq!(key_usage(&db, &key).await, (700, 700, 700), "{ctx}");
+                let holds: i64 = crate::with_read!(&db, |p| sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM holds WHERE key_id = $1"
+                )
+                .bind(&key)
+                .fetch_one(p)
+                .await
+                .unwrap());
+                assert_eq!(holds, 7, "{ctx}");
+                // A void gives the amount back; a post keeps it counted.
+                resolve(&db, &held[0].hold_id, Resolution::Void, None)
+                    .await
+                    .unwrap();
+                resolve(&db, &held[1].hold_id, Resolution::Post(Credits(40)), None)
+                    .await
+                    .unwrap();
+                assert_eq!(key_usage(&db, &key).await, (540, 540, 540), "{ctx}");
+                // Room for one more hold of 100 now, not two.
+                hold_via(&db, &acc, Some(&key), Credits(100), None, &Alone)
+                    .await
+                    .unwrap();
+                assert!(matches!(
+                    hold_via(&db, &acc, Some(&key), Credits(100), None, &Nothing).await,
+                    Err(LedgerError::CapExceeded)
+                ));
+                // A zero-amount hold is never refused by a cap.
+                hold_via(&db, &acc, Some(&key), Credits(0), None, &Alone)
+                    .await
+                    .unwrap();
+                // Deducts through the key count too, and are refused the same way.
+                deduct_via(&db, &acc, Some(&key), Credits(60), None, "d1")
+                    .await
+                    .unwrap();
+                assert!(matches!(
+                    deduct_via(&db, &acc, Some(&key), Credits(1), None, "d2").await,
+                    Err(LedgerError::CapExceeded)
+                ));
+                assert_eq!(key_usage(&db, &key).await, (700, 700, 700), "{ctx}");
+                let b = check_sums(&db, &acc).await;
+                assert_eq!(
+                    (b.balance, b.held),
+                    (Credits(100_000 - 40 - 60), Credits(600)),
+                    "{ctx}"
+                );
+                db.close().await;
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 

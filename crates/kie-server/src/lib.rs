@@ -3,7 +3,8 @@
 //! Where things are:
 //! * `conn_guard` — connection limits, header/body timeouts, per-IP rate limit
 //! * `http` — where a request enters: envelope, status mode, request ids, JSON bodies
-//! * `auth` — API keys and per-key rate limits
+//! * `auth` — API keys, their IP allowlists and per-key rate limits
+//! * `ipallow` — CIDR blocks of key allowlists
 //! * `ratelimit` — keyed rate limiters with a hard bound on remembered keys
 //! * `ledger` — where the money is (all balance changes)
 //! * `accounts` — accounts, API keys, webhook keys
@@ -31,6 +32,7 @@ pub mod console;
 pub mod demo;
 pub mod files;
 pub mod http;
+pub mod ipallow;
 pub mod ledger;
 pub mod metrics;
 pub mod net_guard;

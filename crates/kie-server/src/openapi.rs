@@ -29,7 +29,7 @@ pub struct ErrorEnvelope {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct LinkEnvelope {
-    /// 200 on success; 401, 402, 404, 422, 455, 505 otherwise
+    /// 200 on success; 401, 402, 404, 422, 433 (the key's usage cap), 455, 505 otherwise
     pub code: i64,
     pub msg: String,
     /// The temporary download link; null on error

@@ -7,6 +7,8 @@ pub mod codes {
     pub const SUCCESS: i64 = 200;
     pub const UNAUTHORIZED: i64 = 401;
     pub const INSUFFICIENT_CREDITS: i64 = 402;
+    /// The API key's usage cap (hourly, daily or total) would be exceeded.
+    pub const KEY_CAP_EXCEEDED: i64 = 433;
     pub const NOT_FOUND: i64 = 404;
     pub const METHOD_NOT_ALLOWED: i64 = 405;
     pub const VALIDATION: i64 = 422;

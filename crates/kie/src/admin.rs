@@ -135,6 +135,14 @@ enum AccountCmd {
 #[derive(Subcommand)]
 enum KeyCmd {
     /// Create an API key for an account (prints the key once)
+    #[command(
+        after_help = "Caps count the credits charged through the key: a task's \
+price when it is created (a task that fails gives it back), priced download links. \
+Hourly and daily caps use fixed UTC hours and days; the total cap counts over the \
+key's life. A request that would exceed a cap gets code 433; one from an address \
+outside --allow-ip gets code 401.\n\nExample:\n  kie admin key create --account demo \
+--cap-daily 20 --allow-ip 203.0.113.0/24 --json"
+    )]
     Create {
         /// Account id or name
         #[arg(long)]
@@ -145,7 +153,51 @@ enum KeyCmd {
         /// Expire after this long, e.g. 30d
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+        #[command(flatten)]
+        caps: CapArgs,
+        /// Only requests from this address or CIDR block (repeatable; default: any
+        /// address). Checked against the TCP peer address of the connection.
+        #[arg(long = "allow-ip", value_name = "CIDR")]
+        allow_ip: Vec<String>,
+        /// Give the key the management scope (management endpoints require it)
+        #[arg(long)]
+        manage: bool,
     },
+    /// Change a key's caps, IP allowlist or management scope (by key id or prefix);
+    /// running servers apply the allowlist and scope within `auth_cache_ttl` (2 s), caps at the next charge
+    #[command(
+        after_help = "Caps count the credits charged through the key: a task's \
+price when it is created (a task that fails gives it back), priced download links. \
+Hourly and daily caps use fixed UTC hours and days (the counter starts again at \
+every full hour / at 00:00 UTC); the total cap counts over the key's life. A request \
+that would exceed a cap gets code 433 \"Sub-key usage exceeds limit\" and changes \
+nothing.\n\nExamples:\n  kie admin key update key_… --cap-daily 50 --cap-total none\n  \
+kie admin key update key_… --allow-ip 10.0.0.0/8 --allow-ip 192.0.2.7\n  \
+kie admin key update key_… --clear-allow-ip --no-manage"
+    )]
+    Update {
+        key: String,
+        #[command(flatten)]
+        caps: CapArgs,
+        /// Replace the allowlist with these addresses or CIDR blocks (repeatable)
+        #[arg(
+            long = "allow-ip",
+            value_name = "CIDR",
+            conflicts_with = "clear_allow_ip"
+        )]
+        allow_ip: Vec<String>,
+        /// Remove the allowlist: any address may use the key
+        #[arg(long)]
+        clear_allow_ip: bool,
+        /// Give the key the management scope
+        #[arg(long, conflicts_with = "no_manage")]
+        manage: bool,
+        /// Take the management scope away
+        #[arg(long)]
+        no_manage: bool,
+    },
+    /// Show one key: status, caps and usage against them, allowlist, scope
+    Show { key: String },
     /// List keys (prefixes only)
     List {
         #[arg(long)]
@@ -160,6 +212,81 @@ enum KeyCmd {
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
     },
+}
+
+/// Usage caps in credits (at most 2 decimals); `none` removes a cap (update).
+#[derive(Args)]
+struct CapArgs {
+    /// Most credits charged through the key per UTC hour (`none`: no cap)
+    #[arg(long, value_name = "X")]
+    cap_hourly: Option<String>,
+    /// Most credits charged through the key per UTC day (`none`: no cap)
+    #[arg(long, value_name = "X")]
+    cap_daily: Option<String>,
+    /// Most credits charged through the key in total (`none`: no cap)
+    #[arg(long, value_name = "X")]
+    cap_total: Option<String>,
+}
+
+/// A cap flag: `Some(None)` for `none`.
+fn cap(flag: &str, v: Option<&str>) -> Result<Option<Option<Credits>>, Failure> {
+    let Some(s) = v else { return Ok(None) };
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(Some(None));
+    }
+    let c: Credits = s
+        .parse()
+        .map_err(|e| Failure(format!("invalid {flag} '{s}': {e}")))?;
+    if c.0 < 0 {
+        return Err(Failure(format!(
+            "invalid {flag} '{s}': must not be negative"
+        )));
+    }
+    Ok(Some(Some(c)))
+}
+
+impl CapArgs {
+    fn parse(&self) -> Result<[Option<Option<Credits>>; 3], Failure> {
+        Ok([
+            cap("--cap-hourly", self.cap_hourly.as_deref())?,
+            cap("--cap-daily", self.cap_daily.as_deref())?,
+            cap("--cap-total", self.cap_total.as_deref())?,
+        ])
+    }
+}
+
+fn allow_list(items: &[String]) -> Result<Vec<kie_server::ipallow::Cidr>, Failure> {
+    kie_server::ipallow::parse_list(items).map_err(|e| Failure(format!("invalid --allow-ip: {e}")))
+}
+
+fn caps_text(c: &accounts::Caps) -> String {
+    let one = |v: Option<Credits>| v.map_or_else(|| "none".to_string(), |c| c.to_string());
+    format!(
+        "hourly {}, daily {}, total {}",
+        one(c.hourly),
+        one(c.daily),
+        one(c.total)
+    )
+}
+
+fn key_text(k: &accounts::KeyInfo) -> String {
+    format!(
+        "key {} ({}) of {}: {}\ncaps: {}\nusage: hourly {}, daily {}, total {}\nallowed from: {}\nmanagement scope: {}",
+        k.id,
+        k.prefix,
+        k.account,
+        k.status,
+        caps_text(&k.caps),
+        k.usage.hourly,
+        k.usage.daily,
+        k.usage.total,
+        if k.allow_ips.is_empty() {
+            "any address".to_string()
+        } else {
+            k.allow_ips.join(" ")
+        },
+        if k.manage { "yes" } else { "no" }
+    )
 }
 
 #[derive(Args)]
@@ -398,7 +525,20 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
             account,
             name,
             expires,
+            caps,
+            allow_ip,
+            manage,
         }) => {
+            let [hourly, daily, total] = caps.parse()?;
+            let opts = accounts::KeyOptions {
+                caps: accounts::Caps {
+                    hourly: hourly.flatten(),
+                    daily: daily.flatten(),
+                    total: total.flatten(),
+                },
+                allow_ips: allow_list(&allow_ip)?,
+                manage,
+            };
             let expires_at = match expires.as_deref() {
                 Some(d) => Some(
                     now_ms()
@@ -408,27 +548,92 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 ),
                 None => None,
             };
-            let k = accounts::create_key(db, &account, name.as_deref(), expires_at).await?;
-            let text = format!(
+            let k =
+                accounts::create_key_with(db, &account, name.as_deref(), expires_at, &opts).await?;
+            let mut text = format!(
                 "API key for {} (id {}):\n{}\nStore it now: it is not shown again.",
                 k.account, k.id, k.key
             );
+            if opts.caps != accounts::Caps::default() {
+                text += &format!("\ncaps: {}", caps_text(&opts.caps));
+            }
+            if !k.allow_ips.is_empty() {
+                text += &format!("\nallowed from: {}", k.allow_ips.join(" "));
+            }
+            if k.manage {
+                text += "\nmanagement scope: yes";
+            }
             Ok(out(&k, text))
+        }
+        AdminCommand::Key(KeyCmd::Update {
+            key,
+            caps,
+            allow_ip,
+            clear_allow_ip,
+            manage,
+            no_manage,
+        }) => {
+            let [hourly, daily, total] = caps.parse()?;
+            let u = accounts::KeyUpdate {
+                hourly,
+                daily,
+                total,
+                allow_ips: if clear_allow_ip {
+                    Some(Vec::new())
+                } else if allow_ip.is_empty() {
+                    None
+                } else {
+                    Some(allow_list(&allow_ip)?)
+                },
+                manage: if manage {
+                    Some(true)
+                } else if no_manage {
+                    Some(false)
+                } else {
+                    None
+                },
+            };
+            if u.is_empty() {
+                return Err(Failure(
+                    "nothing to change: give --cap-hourly, --cap-daily, --cap-total, --allow-ip, --clear-allow-ip, --manage or --no-manage".into(),
+                ));
+            }
+            let k = accounts::update_key(db, &key, &u).await?;
+            Ok(out(&k, format!("updated {}", key_text(&k))))
+        }
+        AdminCommand::Key(KeyCmd::Show { key }) => {
+            let k = accounts::find_key(db, &key).await?;
+            Ok(out(&k, key_text(&k)))
         }
         AdminCommand::Key(KeyCmd::List { account }) => {
             let keys = accounts::list_keys(db, account.as_deref()).await?;
             let mut text = format!(
-                "{:<22} {:<14} {:<22} {:<8} {}\n",
-                "ID", "PREFIX", "ACCOUNT", "STATUS", "NAME"
+                "{:<22} {:<14} {:<22} {:<8} {:<24} {:<6} {}\n",
+                "ID", "PREFIX", "ACCOUNT", "STATUS", "CAPS H/D/TOTAL", "IPS", "NAME"
             );
+            let one = |v: Option<Credits>| v.map_or_else(|| "-".to_string(), |c| c.to_string());
             for k in &keys {
+                let caps = format!(
+                    "{}/{}/{}",
+                    one(k.caps.hourly),
+                    one(k.caps.daily),
+                    one(k.caps.total)
+                );
+                let ips = if k.allow_ips.is_empty() {
+                    "any".to_string()
+                } else {
+                    k.allow_ips.len().to_string()
+                };
                 text += &format!(
-                    "{:<22} {:<14} {:<22} {:<8} {}\n",
+                    "{:<22} {:<14} {:<22} {:<8} {:<24} {:<6} {}{}\n",
                     k.id,
                     k.prefix,
                     k.account,
                     k.status,
-                    k.name.as_deref().unwrap_or("")
+                    caps,
+                    ips,
+                    k.name.as_deref().unwrap_or(""),
+                    if k.manage { " [manage]" } else { "" }
                 );
             }
             Ok(out(&keys, text))

@@ -132,7 +132,7 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
     path = "/api/v1/common/download-url",
     tag = "common",
     request_body = DownloadUrlRequest,
-    responses((status = 200, description = "Envelope; data = the temporary link (a URL string). Codes: 401, 402, 404 (no such file of yours, or expired), 422 (missing/invalid/external URL), 455, 505", body = crate::openapi::LinkEnvelope))
+    responses((status = 200, description = "Envelope; data = the temporary link (a URL string). Codes: 401, 402, 433 (the key's usage cap), 404 (no such file of yours, or expired), 422 (missing/invalid/external URL), 455, 505", body = crate::openapi::LinkEnvelope))
 )]
 pub async fn download_url(
     State(state): State<AppState>,
@@ -155,20 +155,35 @@ pub async fn download_url(
     };
     let f = resolve_file_url(&state, &caller.account_id, &raw).await?;
     let link = issue_download_link(&state, &f).await?;
-    charge_link(&state, &caller.account_id).await?;
+    charge_link(&state, &caller.account_id, Some(&caller.key_id)).await?;
     Ok(ApiOk(link))
 }
 
 /// Charges a link's price (`pricing.download_url`, 0 by default) to the account: the
-/// API endpoint and the console's "Get link" both pay it.
-pub async fn charge_link(state: &AppState, account_id: &str) -> Result<(), ApiError> {
+/// API endpoint (through the caller's key, which counts it against the key's caps)
+/// and the console's "Get link" (no key) both pay it.
+pub async fn charge_link(
+    state: &AppState,
+    account_id: &str,
+    key_id: Option<&str>,
+) -> Result<(), ApiError> {
     let price = state.config.price_download_url;
     if price.0 > 0 {
         // a fresh idempotency key: every link request is its own charge
         let key = format!("download-url:{}", new_id("op"));
-        match ledger::deduct(&state.db, account_id, price, Some("download link"), &key).await {
+        match ledger::deduct_via(
+            &state.db,
+            account_id,
+            key_id,
+            price,
+            Some("download link"),
+            &key,
+        )
+        .await
+        {
             Ok(_) => {}
             Err(LedgerError::InsufficientCredits) => return Err(ApiError::insufficient_credits()),
+            Err(LedgerError::CapExceeded) => return Err(ApiError::key_cap_exceeded()),
             Err(LedgerError::UnknownAccount) => return Err(ApiError::unauthorized()),
             Err(e) => return Err(ApiError::internal(e)),
         }

@@ -66,7 +66,7 @@ fn validate(state: &AppState, req: &CreateTaskRequest) -> Result<Option<String>,
     path = "/api/v1/jobs/createTask",
     tag = "jobs",
     request_body = crate::openapi::CreateTaskBody,
-    responses((status = 200, description = "Envelope; data = {taskId}. Codes: 200, 401, 402 (insufficient credits), 422 (unknown model, input not an object, bad callBackUrl), 429 (creation limit, HTTP 429 with Retry-After), 455, 500, 505", body = crate::openapi::CreateTaskEnvelope))
+    responses((status = 200, description = "Envelope; data = {taskId}. Codes: 200, 401 (also: key not allowed from this address), 402 (insufficient credits), 433 (the key's usage cap would be exceeded), 422 (unknown model, input not an object, bad callBackUrl), 429 (creation limit, HTTP 429 with Retry-After), 455, 500, 505", body = crate::openapi::CreateTaskEnvelope))
 )]
 pub async fn create_task(
     State(state): State<AppState>,
@@ -83,6 +83,7 @@ pub async fn create_task(
     let param = serde_json::to_string(&stored).map_err(ApiError::internal)?;
     let new = NewTask {
         account_id: &caller.account_id,
+        key_id: Some(&caller.key_id),
         model,
         param,
         callback_url,
@@ -95,6 +96,7 @@ pub async fn create_task(
             Ok(ApiOk(CreateTaskData { task_id }))
         }
         Err(CreateError::InsufficientCredits) => Err(ApiError::insufficient_credits()),
+        Err(CreateError::CapExceeded) => Err(ApiError::key_cap_exceeded()),
         Err(CreateError::RateLimited { retry_after }) => {
             let mut e = ApiError::rate_limited(retry_after);
             e.msg = format!(

@@ -191,7 +191,10 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let ctx = ext.get::<Arc<RequestCtx>>().cloned();
-    let c = state.auth.authenticate(header.as_deref()).await?;
+    let peer = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let c = state.auth.authenticate(header.as_deref(), peer).await?;
     if let Some(ctx) = ctx {
         let _ = ctx.caller.set((c.account_id.clone(), c.key_prefix.clone()));
     }

@@ -800,7 +800,7 @@ pub async fn file_link(
         Ok(l) => l,
         Err(e) => return Err(internal(format!("issuing a link: {}", e.msg))),
     };
-    if let Err(e) = crate::api::download_url::charge_link(&state, &h.account_id).await {
+    if let Err(e) = crate::api::download_url::charge_link(&state, &h.account_id, None).await {
         let q = PageQuery::default();
         return files_page(&state, &h, &q, None, Some(&e.msg)).await;
     }

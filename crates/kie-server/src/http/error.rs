@@ -50,6 +50,18 @@ impl ApiError {
     pub fn insufficient_credits() -> Self {
         Self::new(codes::INSUFFICIENT_CREDITS, "Credits insufficient")
     }
+    /// Code 433: the request would take the API key over one of its usage caps.
+    pub fn key_cap_exceeded() -> Self {
+        Self::new(codes::KEY_CAP_EXCEEDED, "Sub-key usage exceeds limit")
+    }
+    /// Code 401: the key may not be used from the client's address (the allowlist
+    /// itself is never revealed).
+    pub fn address_not_allowed() -> Self {
+        Self::new(
+            codes::UNAUTHORIZED,
+            "This API key is not allowed from your IP address",
+        )
+    }
     pub fn not_found(msg: impl Into<Cow<'static, str>>) -> Self {
         Self::new(codes::NOT_FOUND, msg)
     }

@@ -115,7 +115,7 @@ where
     // that the connection's future, which hyper moves on every request, stays small.
     let resp = match refusal(state, parts.uri.path(), peer) {
         Some(refused) => refused,
-        None if route == Route::Credit => credit(state, &ctx, parts).await,
+        None if route == Route::Credit => credit(state, &ctx, parts, peer).await,
         None => Box::pin(answer(state, route, &ctx, parts, body, peer)).await,
     };
     // A success answer of `credit` carries no `BodyCode` extension (an allocation):
@@ -151,12 +151,17 @@ fn refusal(state: &AppState, path: &str, peer: SocketAddr) -> Option<Response> {
 
 /// `GET /api/v1/chat/credit`: the handler of the router, with the caller authenticated
 /// directly (no extension map) and the envelope written straight into the body.
-async fn credit(state: &AppState, ctx: &RequestCtx, parts: http::request::Parts) -> Response {
+async fn credit(
+    state: &AppState,
+    ctx: &RequestCtx,
+    parts: http::request::Parts,
+    peer: SocketAddr,
+) -> Response {
     let header = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = match state.auth.authenticate(header).await {
+    let caller = match state.auth.authenticate(header, Some(peer.ip())).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -197,7 +202,7 @@ where
     parts.extensions.insert(ctx.clone());
     parts.extensions.insert(ConnectInfo(peer));
     match route {
-        Route::Credit => credit(state, ctx, parts).await,
+        Route::Credit => credit(state, ctx, parts, peer).await,
         Route::DownloadUrl => {
             // Extractor order of the handler: the caller, then the JSON body.
             let caller = match Caller::from_request_parts(&mut parts, state).await {

@@ -24,7 +24,9 @@
 //! because the batch commits or fails as a whole before any of them is answered.
 //! Readers on the read pool see a batch only once it has committed.
 //!
-//! Writers whose statements are known in advance (a plain ledger hold or resolution)
+//! Writers whose statements are known in advance (a plain ledger hold or resolution;
+//! a hold through an API key runs its cap check, `ledger::KEY_USE`, in the same
+//! closure, so a refusal rolls back only that writer's savepoint)
 //! use [`Group::run`] instead: they hand a closure to the committer, which runs every
 //! queued closure in one go on the write connection's raw handle (rusqlite, on the
 //! committer's thread), each inside its own savepoint, and then commits the batch.

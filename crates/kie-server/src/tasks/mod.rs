@@ -112,6 +112,9 @@ impl Task {
 pub enum CreateError {
     #[error("insufficient credits")]
     InsufficientCredits,
+    /// A cap of the API key would be exceeded (code 433); nothing was written.
+    #[error("sub-key usage exceeds limit")]
+    CapExceeded,
     #[error("task creation limit reached; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("unknown account")]
@@ -130,6 +133,9 @@ struct RateLimited {
 /// What a new task needs.
 pub struct NewTask<'a> {
     pub account_id: &'a str,
+    /// The API key the task is created through: its price counts against the key's
+    /// caps (see `ledger`). `None`: not through a key.
+    pub key_id: Option<&'a str>,
     pub model: &'a Model,
     /// The original request as a JSON string.
     pub param: String,
@@ -247,9 +253,19 @@ pub async fn create(db: &Db, new: &NewTask<'_>) -> Result<String, CreateError> {
         now: now_ms(),
     };
     let reason = format!("task {id} ({})", new.model.name);
-    match ledger::hold_with(db, new.account_id, new.model.price, Some(&reason), &insert).await {
+    let held = ledger::hold_via(
+        db,
+        new.account_id,
+        new.key_id,
+        new.model.price,
+        Some(&reason),
+        &insert,
+    )
+    .await;
+    match held {
         Ok(_) => Ok(id),
         Err(LedgerError::InsufficientCredits) => Err(CreateError::InsufficientCredits),
+        Err(LedgerError::CapExceeded) => Err(CreateError::CapExceeded),
         Err(LedgerError::UnknownAccount) => Err(CreateError::UnknownAccount),
         Err(LedgerError::Refused(e)) => match e.downcast::<RateLimited>() {
             Ok(r) => Err(CreateError::RateLimited {

@@ -320,6 +320,8 @@ fn check_ledger(s: &Server, acked: &Acked) -> i64 {
         "SELECT hold_id FROM ledger_entries WHERE kind IN ('post','void') GROUP BY hold_id HAVING COUNT(*) > 1",
     );
     assert!(twice.is_empty(), "holds resolved twice: {twice:?}");
+    // every key's usage counter agrees with the holds and charges made through it
+    crate::caps::check_key_usage(s);
     balance
 }
 

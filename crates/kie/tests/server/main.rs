@@ -4,6 +4,7 @@
 mod harness;
 
 mod bounded;
+mod caps;
 mod cli_e2e;
 mod console;
 mod crash;
