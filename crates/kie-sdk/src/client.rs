@@ -396,6 +396,18 @@ impl Client {
         }
     }
 
+    /// A GET of an enveloped answer, retried per the policy.
+    pub(crate) async fn get_enveloped<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        url: Url,
+    ) -> Result<T> {
+        self.execute(what, true, || async {
+            self.authed(self.inner.http.get(url.clone()))
+        })
+        .await
+    }
+
     /// The account's available balance (`GET /api/v1/chat/credit`).
     pub async fn credits(&self) -> Result<Credits> {
         let url = Self::endpoint(&self.inner.base_url, "/api/v1/chat/credit");

@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+pub mod account;
 mod client;
 pub mod download;
 mod error;

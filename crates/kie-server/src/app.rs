@@ -261,6 +261,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(crate::files::serve::routes())
         .merge(crate::workers::http::routes())
+        .merge(crate::console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))

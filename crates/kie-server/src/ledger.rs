@@ -1210,6 +1210,171 @@ pub async fn history(db: &Db, account_id: &str) -> Result<Vec<Entry>, sqlx::Erro
         .collect())
 }
 
+/// Any ledger entry (holds and voids too), as the console's Usage page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerLine {
+    pub seq: i64,
+    pub entry_id: String,
+    pub kind: String,
+    pub amount: Credits,
+    pub held_delta: Credits,
+    pub reason: Option<String>,
+    pub created_at: i64,
+}
+
+/// An account's entries, newest first, with `seq` below `before`, at most `limit`
+/// (`ledger_entries_account` serves it in order).
+pub async fn lines(
+    db: &Db,
+    account_id: &str,
+    before: Option<i64>,
+    since: Option<i64>,
+    limit: i64,
+) -> Result<Vec<LedgerLine>, sqlx::Error> {
+    type Row = (i64, String, String, i64, i64, Option<String>, i64);
+    let rows: Vec<Row> = crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT seq, id, kind, amount, held_delta, reason, created_at FROM ledger_entries \
+             WHERE account_id = $1 AND seq < $2 AND created_at >= $3 ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(account_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(since.unwrap_or(i64::MIN))
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(
+            |(seq, entry_id, kind, amount, held, reason, created_at)| LedgerLine {
+                seq,
+                entry_id,
+                kind,
+                amount: Credits(amount),
+                held_delta: Credits(held),
+                reason,
+                created_at,
+            },
+        )
+        .collect())
+}
+
+/// A day's spending is final this long after the day ended (entries carry the time of
+/// their transaction; this leaves room for clocks of several nodes and slow commits).
+const SETTLE_MS: i64 = 3_600_000;
+
+/// Hundredths spent (posted decreases: task charges, deductions, negative
+/// adjustments; only those have `amount < 0`) per UTC day in `[from_ms, to_ms)`:
+/// `(days since the epoch, spent)`, days without spending left out.
+async fn spent_between(
+    db: &Db,
+    account_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    Ok(crate::with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT CAST(created_at / 86400000 AS BIGINT) AS day, CAST(-SUM(amount) AS BIGINT) \
+             FROM ledger_entries WHERE account_id = $1 AND created_at >= $2 AND created_at < $3 \
+             AND amount < 0 GROUP BY day ORDER BY day",
+        )
+        .bind(account_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(p)
+        .await?
+    }))
+}
+
+/// Hundredths spent on each UTC day from `first_day` to `last_day` (days since the
+/// epoch, inclusive), one entry per day. Settled days (see [`SETTLE_MS`]) are read
+/// from `ledger_spent_days`, computed and kept there the first time; the others are
+/// summed from the ledger each time.
+pub async fn spent_per_day(
+    db: &Db,
+    account_id: &str,
+    first_day: i64,
+    last_day: i64,
+    now_ms: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    // days before this one are settled
+    let settled_end = ((now_ms - SETTLE_MS).div_euclid(DAY_MS)).clamp(first_day, last_day + 1);
+    let mut out = vec![0i64; (last_day - first_day + 1).max(0) as usize];
+    if settled_end > first_day {
+        let kept: Vec<(i64, i64)> = crate::with_read!(db, |p| {
+            sqlx::query_as(
+                "SELECT day, spent FROM ledger_spent_days WHERE account_id = $1 \
+                 AND day >= $2 AND day < $3",
+            )
+            .bind(account_id)
+            .bind(first_day)
+            .bind(settled_end)
+            .fetch_all(p)
+            .await?
+        });
+        let mut known = vec![false; (settled_end - first_day) as usize];
+        for (day, spent) in &kept {
+            known[(day - first_day) as usize] = true;
+            out[(day - first_day) as usize] = *spent;
+        }
+        if let Some(gap) = known.iter().position(|k| !k) {
+            let from = first_day + gap as i64;
+            let sums = spent_between(db, account_id, from * DAY_MS, settled_end * DAY_MS).await?;
+            let mut fresh = vec![0i64; (settled_end - from) as usize];
+            for (day, spent) in sums {
+                fresh[(day - from) as usize] = spent;
+            }
+            with_tx!(db, |tx| {
+                for (k, spent) in fresh.iter().enumerate() {
+                    let day = from + k as i64;
+                    out[(day - first_day) as usize] = *spent;
+                    sqlx::query(
+                        "INSERT INTO ledger_spent_days (account_id, day, spent) VALUES ($1, $2, $3) \
+                         ON CONFLICT (account_id, day) DO NOTHING",
+                    )
+                    .bind(account_id)
+                    .bind(day)
+                    .bind(*spent)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            });
+        }
+    }
+    if settled_end <= last_day {
+        let live = spent_between(
+            db,
+            account_id,
+            settled_end * DAY_MS,
+            (last_day + 1) * DAY_MS,
+        )
+        .await?;
+        for (day, spent) in live {
+            if (first_day..=last_day).contains(&day) {
+                out[(day - first_day) as usize] = spent;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Hundredths spent since `since_ms` (the burn rate's window).
+pub async fn spent_since(db: &Db, account_id: &str, since_ms: i64) -> Result<i64, sqlx::Error> {
+    let v: Option<i64> = crate::with_read!(db, |p| {
+        sqlx::query_scalar(
+            "SELECT CAST(-SUM(amount) AS BIGINT) FROM ledger_entries \
+             WHERE account_id = $1 AND created_at >= $2 AND amount < 0",
+        )
+        .bind(account_id)
+        .bind(since_ms)
+        .fetch_one(p)
+        .await?
+    });
+    Ok(v.unwrap_or(0))
+}
+
 /// Sums of all entries of an account, to check the invariants (tests, `kie admin`).
 pub async fn entry_sums(db: &Db, account_id: &str) -> Result<(Credits, Credits), sqlx::Error> {
     let (a, h): (i64, i64) = crate::with_read!(db, |p| {

@@ -17,6 +17,7 @@
 //! * `tasks` — Jobs API tasks: creation with a credit hold, queue, settlement
 //! * `workers` — the worker protocol (internal API) and the in-process demo models
 //! * `webhooks` — callback payloads, the durable outbox, the dispatcher (through `net_guard`)
+//! * `console` — the web console (HTML pages, sessions, invites) on the same router
 //! * `admin` / `demo` — operator operations used by `kie admin` and `kie serve --demo`
 
 pub mod accounts;
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod conn_guard;
+pub mod console;
 pub mod demo;
 pub mod files;
 pub mod http;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use kie_server::accounts::{self, AccountError};
 use kie_server::config::parse_duration;
+use kie_server::console::users;
 use kie_server::ledger::{self, LedgerError};
 use kie_server::store::{now_ms, Db};
 use kie_server::{settings, StoreArgs};
@@ -62,6 +63,29 @@ enum AdminCommand {
     /// The key ring that signs temporary download links
     #[command(name = "signing-key", subcommand)]
     SigningKey(SigningKeyCmd),
+    /// The web console (/console/): invite account holders and operators
+    #[command(subcommand)]
+    Console(ConsoleCmd),
+}
+
+#[derive(Subcommand)]
+enum ConsoleCmd {
+    /// Print a one-time URL (valid 24 h) where the person sets a password and is signed in
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["account", "operator"])))]
+    Invite {
+        /// The account (id or name) the person will see
+        #[arg(long)]
+        account: Option<String>,
+        /// Invite an operator (needs --email)
+        #[arg(long, requires = "email")]
+        operator: bool,
+        /// The person's email address, their sign-in name [default: the account's email]
+        #[arg(long)]
+        email: Option<String>,
+        /// Base of the printed URL when no server has recorded its public URL yet
+        #[arg(long, env = "KIE_PUBLIC_URL", value_name = "URL")]
+        public_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +121,9 @@ enum AccountCmd {
     Create {
         #[arg(long)]
         name: String,
+        /// The account holder's email address (the default of `console invite --account`)
+        #[arg(long)]
+        email: Option<String>,
         /// Starting credits (at most 2 decimals)
         #[arg(long, value_name = "X", allow_hyphen_values = true)]
         credits: Option<String>,
@@ -444,18 +471,39 @@ pub fn run(args: AdminArgs) -> ExitCode {
 
 async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
     match cmd {
-        AdminCommand::Account(AccountCmd::Create { name, credits }) => {
+        AdminCommand::Account(AccountCmd::Create {
+            name,
+            email,
+            credits,
+        }) => {
             let c = match credits.as_deref() {
                 Some(s) => Some(amount("--credits", s)?),
                 None => None,
             };
+            let email = match email.as_deref() {
+                Some(e) => Some(users::normalize_email(e).map_err(|e| Failure(e.to_string()))?),
+                None => None,
+            };
             let a = accounts::create(db, &name, c).await?;
+            if let Some(e) = &email {
+                users::set_account_email(db, &a.id, e)
+                    .await
+                    .map_err(|e| Failure(e.to_string()))?;
+            }
             let text = format!(
                 "created account {} ({}) with {} credits",
                 a.name, a.id, a.balance
             );
-            Ok(out(&a, text))
+            let mut v = serde_json::to_value(&a).expect("serialisable");
+            v["email"] = json!(email);
+            Ok(Out { json: v, text })
         }
+        AdminCommand::Console(ConsoleCmd::Invite {
+            account,
+            operator,
+            email,
+            public_url,
+        }) => console_invite(db, account, operator, email, public_url).await,
         AdminCommand::Account(AccountCmd::List) => {
             let list = accounts::list(db).await?;
             let mut text = format!(
@@ -854,6 +902,51 @@ async fn change_credits(db: &Db, is_grant: bool, a: AmountArgs) -> Result<Out, F
         )
     };
     Ok(Out { json: v, text })
+}
+
+/// `kie admin console invite`: a one-time URL under the server's public URL.
+async fn console_invite(
+    db: &Db,
+    account: Option<String>,
+    operator: bool,
+    email: Option<String>,
+    public_url: Option<String>,
+) -> Result<Out, Failure> {
+    let fail = |e: users::UserError| Failure(e.to_string());
+    let (email, account_id) = if operator {
+        (email.unwrap_or_default(), None)
+    } else {
+        let acc = accounts::get(db, account.as_deref().unwrap_or_default()).await?;
+        let email = match email {
+            Some(e) => e,
+            None => users::account_email(db, &acc.id).await?.ok_or_else(|| {
+                Failure(format!(
+                    "account {} has no email address: pass --email",
+                    acc.name
+                ))
+            })?,
+        };
+        (email, Some(acc.id))
+    };
+    let inv = users::invite(db, &email, account_id.as_deref())
+        .await
+        .map_err(fail)?;
+    let fallback = match public_url {
+        Some(u) => url::Url::parse(&u).map_err(|e| Failure(format!("--public-url {u}: {e}")))?,
+        None => url::Url::parse("http://127.0.0.1:8080").expect("static URL"),
+    };
+    let base = kie_server::admin::public_url(db, &fallback).await;
+    let url = kie_server::console::admin::invite_url(&base, &inv.token);
+    let expires = iso(inv.expires_at);
+    let text = format!(
+        "invite for {} ({}), valid until {expires}, usable once:\n{url}",
+        inv.user.email,
+        inv.user.role.as_str()
+    );
+    Ok(Out {
+        json: json!({"url": url, "expiresAt": expires}),
+        text,
+    })
 }
 
 async fn file_cmd(db: &Db, store: &StoreArgs, cmd: FileCmd) -> Result<Out, Failure> {

@@ -155,14 +155,26 @@ pub async fn download_url(
     };
     let f = resolve_file_url(&state, &caller.account_id, &raw).await?;
     let link = issue_download_link(&state, &f).await?;
+    charge_link(&state, &caller.account_id, Some(&caller.key_id)).await?;
+    Ok(ApiOk(link))
+}
+
+/// Charges a link's price (`pricing.download_url`, 0 by default) to the account: the
+/// API endpoint (through the caller's key, which counts it against the key's caps)
+/// and the console's "Get link" (no key) both pay it.
+pub async fn charge_link(
+    state: &AppState,
+    account_id: &str,
+    key_id: Option<&str>,
+) -> Result<(), ApiError> {
     let price = state.config.price_download_url;
     if price.0 > 0 {
         // a fresh idempotency key: every link request is its own charge
         let key = format!("download-url:{}", new_id("op"));
         match ledger::deduct_via(
             &state.db,
-            &caller.account_id,
-            Some(&caller.key_id),
+            account_id,
+            key_id,
             price,
             Some("download link"),
             &key,
@@ -176,7 +188,7 @@ pub async fn download_url(
             Err(e) => return Err(ApiError::internal(e)),
         }
     }
-    Ok(ApiOk(link))
+    Ok(())
 }
 
 #[cfg(test)]

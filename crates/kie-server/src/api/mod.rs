@@ -1,6 +1,7 @@
 //! The public API (`/api/...`), documented with utoipa. Routes are registered through
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
+pub mod account;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
@@ -24,7 +25,8 @@ use crate::app::AppState;
     tags(
         (name = "common", description = "Common API"),
         (name = "upload", description = "File Upload API (answers also carry \"success\")"),
-        (name = "jobs", description = "Jobs API: tasks that create files and spend credits")
+        (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
+        (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)")
     )
 )]
 pub struct ApiDoc;
@@ -55,5 +57,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(download_url::download_url))
         .routes(routes!(jobs::create_task))
         .routes(routes!(jobs::record_info))
+        .routes(routes!(account::list_tasks))
+        .routes(routes!(account::usage))
+        .routes(routes!(account::list_callbacks))
         .merge(uploads)
 }

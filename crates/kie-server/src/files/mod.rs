@@ -387,6 +387,31 @@ pub async fn of_task(db: &Db, task_id: &str) -> Result<Vec<FileRecord>, sqlx::Er
     Ok(rows.into_iter().map(to_record).collect())
 }
 
+/// Live files of an account, newest first, older than the `before` cursor
+/// (`(created_at, id)` of the last row of the previous page): the console's Files page.
+pub async fn of_account(
+    db: &Db,
+    account_id: &str,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<FileRecord>, sqlx::Error> {
+    let (t, id) = before.unwrap_or((i64::MAX, String::new()));
+    let sql = format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE account_id = $1 AND deleted_at IS NULL \
+         AND expires_at > $2 AND (created_at < $3 OR (created_at = $3 AND id < $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    );
+    let rows: Vec<FileRow> = with_read!(db, |p| sqlx::query_as(&sql)
+        .bind(account_id)
+        .bind(crate::store::now_ms())
+        .bind(t)
+        .bind(&id)
+        .bind(limit)
+        .fetch_all(p)
+        .await?);
+    Ok(rows.into_iter().map(to_record).collect())
+}
+
 /// True when the record names live bytes: not deleted and not past retention.
 pub fn is_live(f: &FileRecord, now: i64) -> bool {
     f.deleted_at.is_none() && f.expires_at > now

@@ -220,7 +220,7 @@ pub fn finish(
                 $level,
                 request_id = %ctx.id,
                 %method,
-                path = %kie_wire::secrets::redact(path),
+                path = %kie_wire::secrets::redact(loggable_path(path)),
                 route,
                 status = resp.status().as_u16(),
                 code,
@@ -237,6 +237,16 @@ pub fn finish(
         _ => request_log!(tracing::Level::DEBUG),
     }
     resp
+}
+
+/// The path as request logs show it: a console invite's one-time token is a
+/// credential, so its path is logged without it.
+pub fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/console/invite/") {
+        "/console/invite/[redacted]"
+    } else {
+        path
+    }
 }
 
 /// Requests slower than this are logged at WARN.

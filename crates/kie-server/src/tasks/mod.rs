@@ -312,6 +312,71 @@ pub async fn list(db: &Db, account_id: Option<&str>, limit: i64) -> Result<Vec<T
         .await?))
 }
 
+/// What the console's task log shows: an account's tasks, optionally of one state or
+/// model, created in `[from, to)` (epoch ms).
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub state: Option<String>,
+    pub model: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// A page of an account's task log, newest first, older than the `before` cursor
+/// (`(created_at, id)` of the previous page's last task). Each filter is added only
+/// when set, so every query can use `tasks_account_created` or the console's
+/// `(account_id, state|model, created_at)` indexes and stops after `limit` rows.
+pub async fn log(
+    db: &Db,
+    account_id: &str,
+    f: &LogFilter,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<Task>, sqlx::Error> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE account_id = $1");
+    let mut n = 1;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if f.state.is_some() {
+        sql += &format!(" AND state = ${}", next());
+    }
+    if f.model.is_some() {
+        sql += &format!(" AND model = ${}", next());
+    }
+    if f.from.is_some() {
+        sql += &format!(" AND created_at >= ${}", next());
+    }
+    if f.to.is_some() {
+        sql += &format!(" AND created_at < ${}", next());
+    }
+    if before.is_some() {
+        let (a, b) = (next(), next());
+        sql += &format!(" AND (created_at < ${a} OR (created_at = ${a} AND id < ${b}))");
+    }
+    sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", next());
+    Ok(with_read!(db, |p| {
+        let mut q = sqlx::query_as::<_, Task>(&sql).bind(account_id);
+        if let Some(s) = &f.state {
+            q = q.bind(s);
+        }
+        if let Some(m) = &f.model {
+            q = q.bind(m);
+        }
+        if let Some(t) = f.from {
+            q = q.bind(t);
+        }
+        if let Some(t) = f.to {
+            q = q.bind(t);
+        }
+        if let Some((t, id)) = &before {
+            q = q.bind(*t).bind(id);
+        }
+        q.bind(limit).fetch_all(p).await?
+    }))
+}
+
 /// Claims up to `limit` of the oldest waiting tasks of `models` for `worker`:
 /// `generating` from now on. One statement, conditional on the state, so each task
 /// goes to exactly one claimer; on PostgreSQL `SKIP LOCKED` lets concurrent claimers

@@ -48,6 +48,46 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Sends one of an account's finished deliveries again: back to `pending`, due now,
+/// for one more attempt (the same `webhook-id` and body). `false` when there is no such
+/// delivery of the account or it is still pending.
+pub async fn redeliver(db: &Db, account_id: &str, delivery_id: &str) -> Result<bool, sqlx::Error> {
+    let now = crate::store::now_ms();
+    let n = crate::with_tx!(db, |tx| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, \
+             locked_until = NULL, finished_at = NULL \
+             WHERE id = $2 AND account_id = $3 AND state <> 'pending'",
+        )
+        .bind(now)
+        .bind(delivery_id)
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Sends every delivery of the account that failed (retries exhausted) and was
+/// created since `since_ms` again, once each: how many.
+pub async fn replay_failed(db: &Db, account_id: &str, since_ms: i64) -> Result<u64, sqlx::Error> {
+    let now = crate::store::now_ms();
+    Ok(crate::with_tx!(db, |tx| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, \
+             locked_until = NULL, finished_at = NULL \
+             WHERE account_id = $2 AND state = 'failed' AND created_at >= $3",
+        )
+        .bind(now)
+        .bind(account_id)
+        .bind(since_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    }))
+}
+
 /// One delivery with its attempts, for operators (`kie admin webhook deliveries`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,12 +134,32 @@ pub async fn deliveries(
     task_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
+    deliveries_where(db, task_id, None, limit).await
+}
+
+/// An account's latest deliveries, with their attempt logs (the console).
+pub async fn deliveries_of_account(
+    db: &Db,
+    account_id: &str,
+    limit: i64,
+) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
+    deliveries_where(db, None, Some(account_id), limit).await
+}
+
+async fn deliveries_where(
+    db: &Db,
+    task_id: Option<&str>,
+    account_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
     let rows: Vec<DeliveryRow> = with_read!(db, |p| {
         sqlx::query_as(
         "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
-         FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) ORDER BY created_at DESC, id LIMIT $2"
+         FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR account_id = $2) \
+         ORDER BY created_at DESC, id LIMIT $3"
     )
     .bind(task_id)
+    .bind(account_id)
     .bind(limit)
     .fetch_all(p)
     .await?

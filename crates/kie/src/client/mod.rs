@@ -11,6 +11,7 @@ use clap::Subcommand;
 pub use common::ApiArgs;
 use common::{one_line, print_json};
 
+mod account;
 mod common;
 mod download;
 mod monitor;
@@ -51,6 +52,14 @@ pub enum ClientCommand {
     Task(task::TaskCommand),
     /// Upload a file: streamed (default), as base64 (--base64), or fetched by the server (--url)
     Upload(upload::UploadArgs),
+    /// The account's task log, newest first (what the console's Tasks page shows)
+    #[command(subcommand)]
+    Tasks(account::TasksCommand),
+    /// The account's ledger: grants, charges, holds, voids (--csv for a spreadsheet)
+    Usage(account::UsageArgs),
+    /// The account's callback deliveries
+    #[command(subcommand)]
+    Callbacks(account::CallbacksCommand),
 }
 
 pub fn run(cmd: ClientCommand) -> ExitCode {
@@ -74,6 +83,9 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Webhook(c) => webhook::run(c).await,
             ClientCommand::Task(c) => task::run(c).await,
             ClientCommand::Upload(a) => upload::run(a).await,
+            ClientCommand::Tasks(c) => account::tasks(c).await,
+            ClientCommand::Usage(a) => account::usage(a).await,
+            ClientCommand::Callbacks(c) => account::callbacks(c).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ mod harness;
 mod bounded;
 mod caps;
 mod cli_e2e;
+mod console;
 mod crash;
 mod diskfull;
 mod files;

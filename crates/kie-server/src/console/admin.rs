@@ -1,0 +1,454 @@
+//! The operator's pages: accounts (search, balance, keys, grant or deduct credits,
+//! invites) and the maintenance and feature switches.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use kie_wire::Credits;
+use maud::html;
+use serde::Deserialize;
+
+use super::layout::{copyable, csrf_field, message_page, notice, opt_time, page, time};
+use super::session::{csrf_refusal, Operator, Refusal};
+use super::users;
+use crate::app::AppState;
+use crate::ledger::{self, LedgerError};
+use crate::{accounts, settings, with_read};
+
+type PageResult = Result<Response, Refusal>;
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Internal(e.to_string())
+}
+
+#[derive(Deserialize, Default)]
+pub struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+/// An account row of the operator's list.
+type AccountRow = (String, String, Option<String>, i64, i64);
+
+pub async fn accounts(
+    State(state): State<AppState>,
+    Operator(s): Operator,
+    Query(q): Query<Search>,
+) -> PageResult {
+    let needle = q.q.trim().to_lowercase();
+    // LIKE metacharacters in the search are matched literally
+    let pattern = format!(
+        "%{}%",
+        needle
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let rows: Vec<AccountRow> = with_read!(&state.db, |p| sqlx::query_as(
+        "SELECT id, name, email, balance, held FROM accounts \
+         WHERE $1 = '' OR LOWER(name) LIKE $2 ESCAPE '\\' OR LOWER(id) LIKE $2 ESCAPE '\\' \
+            OR LOWER(COALESCE(email, '')) LIKE $2 ESCAPE '\\' \
+         ORDER BY name LIMIT 200"
+    )
+    .bind(&needle)
+    .bind(&pattern)
+    .fetch_all(p)
+    .await?);
+    let body = html! {
+        form.filters method="get" action="/console/admin/" role="search" {
+            label for="q" { "Search accounts" }
+            input id="q" name="q" type="search" value=(q.q);
+            button type="submit" { "Search" }
+        }
+        table.list {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Id" } th scope="col" { "Email" }
+                th scope="col" class="num" { "Available" } th scope="col" class="num" { "Held" }
+            } }
+            tbody {
+                @for (id, name, email, balance, held) in &rows {
+                    tr {
+                        td { a href=(format!("/console/admin/accounts/{id}")) { (name) } }
+                        td { code { (id) } }
+                        td { (email.as_deref().unwrap_or("—")) }
+                        td.num { (Credits(balance - held)) }
+                        td.num { (Credits(*held)) }
+                    }
+                }
+                @if rows.is_empty() { tr { td colspan="5" { "No accounts match." } } }
+            }
+        }
+        @if rows.len() == 200 { p.hint { "The first 200 matches; narrow the search." } }
+    };
+    Ok(page(&s, "/console/admin/", "Accounts", body))
+}
+
+struct Flash<'a> {
+    ok: Option<String>,
+    error: Option<String>,
+    invite: Option<(&'a str, String)>,
+}
+
+async fn account_page(
+    state: &AppState,
+    s: &users::Session,
+    id: &str,
+    flash: Flash<'_>,
+) -> PageResult {
+    let Some(acc) = accounts::find(&state.db, id).await? else {
+        return Ok(message_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such account.",
+        ));
+    };
+    let bal = ledger::balance(&state.db, &acc.id)
+        .await?
+        .ok_or_else(|| internal("account vanished"))?;
+    let keys = accounts::list_keys(&state.db, Some(&acc.id))
+        .await
+        .map_err(internal)?;
+    let email = users::account_email(&state.db, &acc.id).await?;
+    let idem = format!("console-{}", kie_wire::apikey::random_base62(12));
+    let body = html! {
+        @if let Some(m) = &flash.ok { (notice("success", m)) }
+        @if let Some(e) = &flash.error { (notice("error", e)) }
+        @if let Some((email, url)) = &flash.invite {
+            div.notice.success role="status" {
+                p { "Invite for " strong { (email) } " (valid 24 hours, once):" }
+                (copyable("invite-url", "Invite link", url))
+            }
+        }
+        dl.facts {
+            dt { "Id" } dd { code { (acc.id) } }
+            dt { "Email" } dd { (email.as_deref().unwrap_or("—")) }
+            dt { "Balance" } dd id="balance" { (bal.balance) }
+            dt { "Available" } dd id="available" { (bal.available()) }
+            dt { "Held" } dd { (bal.held) }
+        }
+        h2 { "Grant or deduct credits" }
+        form.stack method="post" action=(format!("/console/admin/accounts/{}/credits", acc.id)) {
+            (csrf_field(s))
+            label for="op" { "Operation" }
+            select id="op" name="op" {
+                option value="grant" { "Grant" }
+                option value="deduct" { "Deduct" }
+            }
+            label for="amount" { "Amount" }
+            input id="amount" name="amount" type="text" inputmode="decimal" required placeholder="10.50";
+            label for="reason" { "Reason" }
+            input id="reason" name="reason" type="text" required maxlength="500";
+            label for="idem" { "Idempotency key" }
+            input id="idem" name="idempotency_key" type="text" required maxlength="200" value=(idem);
+            button type="submit" { "Apply" }
+        }
+        h2 { "Invite someone to this account" }
+        form.inline method="post" action=(format!("/console/admin/accounts/{}/invite", acc.id)) {
+            (csrf_field(s))
+            label for="invite-email" { "Invite email" }
+            input id="invite-email" name="email" type="email" required value=(email.clone().unwrap_or_default());
+            button type="submit" { "Create invite" }
+        }
+        h2 { "API keys" }
+        table.list {
+            thead { tr { th scope="col" { "Name" } th scope="col" { "Prefix" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Status" } } }
+            tbody {
+                @for k in &keys {
+                    tr {
+                        td { (k.name.as_deref().unwrap_or("—")) }
+                        td { code { (k.prefix) } }
+                        td { (time(k.created_at)) }
+                        td { (opt_time(k.expires_at)) }
+                        td { (k.status) }
+                    }
+                }
+                @if keys.is_empty() { tr { td colspan="5" { "No keys." } } }
+            }
+        }
+    };
+    Ok(page(
+        s,
+        "/console/admin/",
+        &format!("Account {}", acc.name),
+        body,
+    ))
+}
+
+pub async fn account(
+    State(state): State<AppState>,
+    Operator(s): Operator,
+    Path(id): Path<String>,
+) -> PageResult {
+    account_page(
+        &state,
+        &s,
+        &id,
+        Flash {
+            ok: None,
+            error: None,
+            invite: None,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct CreditsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    op: String,
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+pub async fn credits(
+    State(state): State<AppState>,
+    Operator(s): Operator,
+    Path(id): Path<String>,
+    Form(f): Form<CreditsForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&s, &f.csrf) {
+        return Ok(r);
+    }
+    let fail = |m: String| Flash {
+        ok: None,
+        error: Some(m),
+        invite: None,
+    };
+    let amount = match f.amount.trim().parse::<Credits>() {
+        Ok(c) if c.0 > 0 => c,
+        _ => {
+            let m = format!(
+                "'{}' is not an amount: a positive number with at most 2 decimals.",
+                f.amount
+            );
+            return account_page(&state, &s, &id, fail(m)).await;
+        }
+    };
+    let reason = f.reason.trim();
+    let key = f.idempotency_key.trim();
+    if reason.is_empty() || key.is_empty() || reason.len() > 500 || key.len() > 200 {
+        let m = "A reason and an idempotency key are required.".to_string();
+        return account_page(&state, &s, &id, fail(m)).await;
+    }
+    let Some(acc) = accounts::find(&state.db, &id).await? else {
+        return Ok(message_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such account.",
+        ));
+    };
+    let key = ledger::user_key(Some(key));
+    let r = match f.op.as_str() {
+        "grant" => ledger::grant(&state.db, &acc.id, amount, Some(reason), &key).await,
+        "deduct" => ledger::deduct(&state.db, &acc.id, amount, Some(reason), &key).await,
+        _ => {
+            let m = "Choose grant or deduct.".to_string();
+            return account_page(&state, &s, &id, fail(m)).await;
+        }
+    };
+    let flash = match r {
+        Ok(applied) => {
+            tracing::info!(operator = %s.user.id, account = %acc.id, op = %f.op, %amount, "console: credits changed");
+            Flash {
+                ok: Some(format!(
+                    "{} {} credits: available now {}.",
+                    if f.op == "grant" {
+                        "Granted"
+                    } else {
+                        "Deducted"
+                    },
+                    amount,
+                    applied.available()
+                )),
+                error: None,
+                invite: None,
+            }
+        }
+        Err(LedgerError::InsufficientCredits) => {
+            fail("Refused: the amount exceeds the available balance.".into())
+        }
+        Err(e) => fail(format!("Refused: {e}")),
+    };
+    account_page(&state, &s, &acc.id, flash).await
+}
+
+#[derive(Deserialize)]
+pub struct InviteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    email: String,
+}
+
+/// The one-time URL of an invite.
+pub fn invite_url(public_url: &url::Url, token: &str) -> String {
+    format!(
+        "{}/console/invite/{token}",
+        public_url.as_str().trim_end_matches('/')
+    )
+}
+
+pub async fn invite(
+    State(state): State<AppState>,
+    Operator(s): Operator,
+    Path(id): Path<String>,
+    Form(f): Form<InviteForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&s, &f.csrf) {
+        return Ok(r);
+    }
+    let flash = match users::invite(&state.db, &f.email, Some(&id)).await {
+        Ok(inv) => {
+            tracing::info!(operator = %s.user.id, user = %inv.user.id, "console: invite created");
+            let url = invite_url(&state.config.public_url, &inv.token);
+            return account_page(
+                &state,
+                &s,
+                &id,
+                Flash {
+                    ok: None,
+                    error: None,
+                    invite: Some((&inv.user.email, url)),
+                },
+            )
+            .await;
+        }
+        Err(users::UserError::Db(e)) => return Err(e.into()),
+        Err(e) => Flash {
+            ok: None,
+            error: Some(e.to_string()),
+            invite: None,
+        },
+    };
+    account_page(&state, &s, &id, flash).await
+}
+
+pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
+    // read from the database, not the node's snapshot: a switch just flipped shows
+    let snap = settings::load(&state.db).await?;
+    let now = crate::store::now_ms();
+    type Figures = (i64, i64, i64, Option<String>);
+    let (pending, failed_24h, open_tasks, active_key): Figures = with_read!(&state.db, |p| {
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'), \
+                    (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed' AND finished_at >= $1), \
+                    (SELECT COUNT(*) FROM tasks WHERE state IN ('waiting','queuing','generating')), \
+                    (SELECT MAX(id) FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(now - 86_400_000)
+        .fetch_one(p)
+        .await?
+    });
+    let (db_ok, store_ok) = tokio::join!(async { state.db.ping().await.is_ok() }, async {
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(1500), state.blobs.ping()).await,
+            Ok(Ok(()))
+        )
+    });
+    let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
+    let body = html! {
+        h2 { "Health" }
+        dl.facts {
+            dt { "Database" } dd id="health-db" { (state.db.backend()) ", " (yes_no(db_ok)) }
+            dt { "Object store" } dd id="health-store" { (state.blobs.describe()) ", " (yes_no(store_ok)) }
+            dt { "Open tasks" } dd { (open_tasks) }
+            dt { "Callback backlog" } dd id="backlog" { (pending) " pending, " (failed_24h) " failed in the last 24 h" }
+        }
+        p.hint { "Request and error rates: " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code)." }
+        h2 { "Link signing key" }
+        form.inline method="post" action="/console/admin/settings" {
+            (csrf_field(&s))
+            input type="hidden" name="name" value="signing-key";
+            p { "Active key " code id="signing-key" { (active_key.unwrap_or_default()) } ". Rotating retires it; its links stay valid until they expire. " }
+            button type="submit" name="value" value="rotate" { "Rotate signing key" }
+        }
+        h2 { "Maintenance" }
+        form.inline method="post" action="/console/admin/settings" {
+            (csrf_field(&s))
+            input type="hidden" name="name" value="maintenance";
+            p {
+                "Maintenance mode is " strong id="maintenance-state" { (if snap.maintenance { "on" } else { "off" }) }
+                ": while on, every /api request answers code 455. "
+            }
+            @if snap.maintenance {
+                button type="submit" name="value" value="off" { "Turn maintenance off" }
+            } @else {
+                button type="submit" name="value" value="on" class="danger" { "Turn maintenance on" }
+            }
+        }
+        h2 { "Features" }
+        table.list {
+            thead { tr { th scope="col" { "Feature" } th scope="col" { "Endpoints" } th scope="col" { "State" } th scope="col" { span.sr { "Switch" } } } }
+            tbody {
+                @for (name, what) in settings::FEATURES {
+                    @let off = snap.is_disabled(name);
+                    tr {
+                        td { code { (name) } }
+                        td { (what) }
+                        td { (if off { "disabled" } else { "enabled" }) }
+                        td {
+                            form.inline method="post" action="/console/admin/settings" {
+                                (csrf_field(&s))
+                                input type="hidden" name="name" value=(format!("feature:{name}"));
+                                @if off {
+                                    button type="submit" name="value" value="on" aria-label=(format!("Enable {name}")) { "Enable" }
+                                } @else {
+                                    button type="submit" name="value" value="off" aria-label=(format!("Disable {name}")) { "Disable" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.hint { "Every node applies a change within a second." }
+    };
+    Ok(page(&s, "/console/admin/settings", "Settings", body))
+}
+
+#[derive(Deserialize)]
+pub struct SettingForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+pub async fn change_setting(
+    State(state): State<AppState>,
+    Operator(s): Operator,
+    Form(f): Form<SettingForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&s, &f.csrf) {
+        return Ok(r);
+    }
+    let on = f.value == "on";
+    if f.name == "signing-key" && f.value == "rotate" {
+        crate::files::links::rotate(&state.db).await?;
+    } else if f.name == "maintenance" {
+        settings::set_maintenance(&state.db, on).await?;
+    } else if let Some(feature) = f
+        .name
+        .strip_prefix("feature:")
+        .filter(|n| settings::FEATURES.iter().any(|(k, _)| k == n))
+    {
+        settings::set_feature(&state.db, feature, on).await?;
+    } else {
+        return Ok(message_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unknown setting",
+            "There is no such setting.",
+        ));
+    }
+    tracing::info!(operator = %s.user.id, setting = %f.name, value = %f.value, "console: setting changed");
+    Ok(Redirect::to("/console/admin/settings").into_response())
+}

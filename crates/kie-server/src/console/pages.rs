@@ -1,0 +1,1108 @@
+//! Sign-in, invites, sign-out and the account holder's pages.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use kie_wire::Credits;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::chart::{self, Day};
+use super::layout::{
+    self, bare_page, copyable, csrf_field, message_page, notice, opt_time, page, size, time,
+};
+use super::session::{self, csrf_refusal, Holder, Refusal, SignedIn};
+use super::users::{self, Role, SignIn};
+use crate::app::AppState;
+use crate::store::now_ms;
+use crate::{accounts, files, ledger, tasks, webhooks};
+
+type PageResult = Result<Response, Refusal>;
+
+const DAY_MS: i64 = 86_400_000;
+/// Rows per page of the task log, files and usage.
+const PAGE: i64 = 50;
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Internal(e.to_string())
+}
+
+/// `/console/`: the signed-in user's home, else sign-in.
+pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let home = match session::cookie_token(&headers) {
+        Some(t) => match users::session(&state.db, t).await {
+            Ok(Some(s)) if s.user.role == Role::Operator => "/console/admin/",
+            Ok(Some(_)) => "/console/overview",
+            _ => "/console/login",
+        },
+        None => "/console/login",
+    };
+    Redirect::to(home).into_response()
+}
+
+pub async fn not_found() -> Response {
+    message_page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such console page.",
+    )
+}
+
+fn login_page(status: StatusCode, email: &str, error: Option<&str>) -> Response {
+    bare_page(
+        status,
+        "Sign in",
+        html! {
+            @if let Some(e) = error { (notice("error", e)) }
+            form method="post" action="/console/login" {
+                label for="email" { "Email" }
+                input id="email" name="email" type="email" autocomplete="username" required value=(email);
+                label for="password" { "Password" }
+                input id="password" name="password" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub async fn login_form() -> Response {
+    login_page(StatusCode::OK, "", None)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> PageResult {
+    if f.password.len() > users::MAX_PASSWORD {
+        return Ok(login_page(
+            StatusCode::UNAUTHORIZED,
+            &f.email,
+            Some("Wrong email or password."),
+        ));
+    }
+    match users::sign_in(&state.db, &f.email, &f.password).await? {
+        SignIn::Ok(user) => {
+            let token = users::create_session(&state.db, &user).await?;
+            tracing::info!(user = %user.id, role = user.role.as_str(), "console sign-in");
+            let home = if user.role == Role::Operator {
+                "/console/admin/"
+            } else {
+                "/console/overview"
+            };
+            Ok(signed_in_redirect(&state, &token, home))
+        }
+        SignIn::Wrong => Ok(login_page(
+            StatusCode::UNAUTHORIZED,
+            &f.email,
+            Some("Wrong email or password."),
+        )),
+        SignIn::Locked(secs) => {
+            let mut r = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &f.email,
+                Some(&format!(
+                    "Too many failed sign-ins for this address: try again in {} minutes.",
+                    secs.div_ceil(60)
+                )),
+            );
+            if let Ok(v) = secs.to_string().parse() {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Ok(r)
+        }
+    }
+}
+
+fn signed_in_redirect(state: &AppState, token: &str, to: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
+    if let Ok(v) = session::set_cookie(state, token).parse() {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    SignedIn(s): SignedIn,
+    Form(f): Form<CsrfOnly>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&s, &f.csrf) {
+        return Ok(r);
+    }
+    users::end_session(&state.db, &s.token_digest).await?;
+    let mut r = Redirect::to("/console/login").into_response();
+    if let Ok(v) = session::clear_cookie(&state).parse() {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+fn invite_page(status: StatusCode, token: &str, email: &str, error: Option<&str>) -> Response {
+    bare_page(
+        status,
+        "Set your password",
+        html! {
+            p { "Choose a password for " strong { (email) } " (at least " (users::MIN_PASSWORD) " characters)." }
+            @if let Some(e) = error { (notice("error", e)) }
+            form method="post" action=(format!("/console/invite/{token}")) {
+                label for="password" { "Password" }
+                input id="password" name="password" type="password" autocomplete="new-password" required minlength=(users::MIN_PASSWORD);
+                label for="confirm" { "Confirm password" }
+                input id="confirm" name="confirm" type="password" autocomplete="new-password" required minlength=(users::MIN_PASSWORD);
+                button type="submit" { "Set password" }
+            }
+        },
+    )
+}
+
+fn invite_gone() -> Response {
+    message_page(
+        StatusCode::NOT_FOUND,
+        "Invite not valid",
+        "This invite link was already used or has expired. Ask your operator for a new one.",
+    )
+}
+
+fn plausible_token(t: &str) -> bool {
+    t.len() == 32 && t.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+pub async fn invite_form(State(state): State<AppState>, Path(token): Path<String>) -> PageResult {
+    if !plausible_token(&token) {
+        return Ok(invite_gone());
+    }
+    Ok(match users::invite_user(&state.db, &token).await? {
+        Some(u) => invite_page(StatusCode::OK, &token, &u.email, None),
+        None => invite_gone(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct NewPassword {
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Sets the password of an invite and signs the person in. The invite's unguessable
+/// token is what authorises this form (it is the CSRF token too).
+pub async fn invite_accept(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Form(f): Form<NewPassword>,
+) -> PageResult {
+    if !plausible_token(&token) {
+        return Ok(invite_gone());
+    }
+    let Some(user) = users::invite_user(&state.db, &token).await? else {
+        return Ok(invite_gone());
+    };
+    if let Err(why) = users::check_new_password(&f.password, &f.confirm) {
+        return Ok(invite_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &token,
+            &user.email,
+            Some(&why),
+        ));
+    }
+    let hash = users::hash_password(f.password).await.map_err(internal)?;
+    let Some(user) = users::redeem_invite(&state.db, &token, &hash).await? else {
+        return Ok(invite_gone());
+    };
+    let session = users::create_session(&state.db, &user).await?;
+    tracing::info!(user = %user.id, role = user.role.as_str(), "console invite used, password set");
+    let home = if user.role == Role::Operator {
+        "/console/admin/"
+    } else {
+        "/console/overview"
+    };
+    Ok(signed_in_redirect(&state, &session, home))
+}
+
+/// Burn rate and projected exhaustion as `kie monitor` computes them: credits spent
+/// over a window divided by its length (credits per hour), and the available balance
+/// divided by that rate. Here the window is the last 24 hours of the ledger.
+pub fn burn(spent_hundredths: i64, window_secs: f64, available: Credits) -> (f64, Option<f64>) {
+    if spent_hundredths <= 0 || window_secs <= 0.0 {
+        return (0.0, None);
+    }
+    let per_hour = spent_hundredths as f64 * 36.0 / window_secs;
+    let left = available.0.max(0) as f64;
+    (per_hour, Some(left * window_secs / spent_hundredths as f64))
+}
+
+fn duration_words(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 3600.0 {
+        format!("{} minutes", (s / 60.0).ceil() as i64)
+    } else if s < 2.0 * 86400.0 {
+        format!("{:.1} hours", s / 3600.0)
+    } else {
+        format!("{:.1} days", s / 86400.0)
+    }
+}
+
+fn task_rows(ts: &[tasks::Task]) -> Markup {
+    html! {
+        table.list {
+            thead { tr {
+                th scope="col" { "Task" } th scope="col" { "Model" } th scope="col" { "State" }
+                th scope="col" { "Created" } th scope="col" class="num" { "Credits" }
+            } }
+            tbody {
+                @for t in ts {
+                    tr {
+                        td { a href=(format!("/console/tasks/{}", t.id)) { code { (t.id) } } }
+                        td { (t.model) }
+                        td { span class=(format!("state {}", t.state)) { (t.state) } }
+                        td { (time(t.created_at)) }
+                        td.num { (if t.is_finished() { Credits(t.consume_credits) } else { Credits(t.price) }) }
+                    }
+                }
+                @if ts.is_empty() { tr { td colspan="5" { "No tasks yet." } } }
+            }
+        }
+    }
+}
+
+pub async fn overview(State(state): State<AppState>, h: Holder) -> PageResult {
+    let acc = &h.account_id;
+    let account = accounts::get(&state.db, acc).await.map_err(internal)?;
+    let bal = ledger::balance(&state.db, acc)
+        .await?
+        .ok_or_else(|| internal("account vanished"))?;
+    let now = now_ms();
+    let today = now.div_euclid(DAY_MS);
+    let first = today - 29;
+    let per_day = ledger::spent_per_day(&state.db, acc, first, today, now).await?;
+    let days: Vec<Day> = (first..=today)
+        .zip(per_day)
+        .map(|(d, spent)| Day {
+            date: time(d * DAY_MS)[..10].to_string(),
+            spent: Credits(spent),
+        })
+        .collect();
+    let window = 86_400.0;
+    let spent_24h = ledger::spent_since(&state.db, acc, now - DAY_MS).await?;
+    let (per_hour, eta) = burn(spent_24h, window, bal.available());
+    let latest = tasks::log(&state.db, acc, &Default::default(), None, 10).await?;
+    let body = html! {
+        section.cards {
+            div.card {
+                h2 id="available-label" { "Available credits" }
+                p.big id="available" aria-labelledby="available-label" { (bal.available()) }
+            }
+            div.card {
+                h2 id="held-label" { "Held credits" }
+                p.big id="held" aria-labelledby="held-label" { (bal.held) }
+                p.hint { "reserved by running tasks" }
+            }
+            div.card {
+                h2 { "Burn rate" }
+                p.big id="burn" { (format!("{per_hour:.2}")) " / hour" }
+                p.hint { "over the last 24 hours" }
+            }
+            div.card {
+                h2 { "Projected exhaustion" }
+                p.big id="eta" {
+                    @match eta {
+                        Some(s) => { "in " (duration_words(s)) }
+                        None => { "not at this rate" }
+                    }
+                }
+            }
+        }
+        p.hint { "Account " strong { (account.name) } " (" code { (account.id) } ")" }
+        h2 { "Credits spent per day" }
+        (chart::spent_per_day(&days))
+        h2 { "Latest tasks" }
+        (task_rows(&latest))
+        p { a href="/console/tasks" { "All tasks" } }
+    };
+    Ok(page(&h.session, "/console/overview", "Overview", body))
+}
+
+// ---- API keys -----------------------------------------------------------------------
+
+fn keys_page(
+    h: &Holder,
+    keys: &[accounts::KeyInfo],
+    created: Option<&accounts::NewKey>,
+    ask: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let body = html! {
+        @if let Some(e) = error { (notice("error", e)) }
+        @if let Some(k) = created {
+            div.notice.success role="status" {
+                p { "New key " strong { (k.prefix) } " — copy it now: it is not shown again." }
+                (copyable("new-key", "New API key", &k.key))
+            }
+        }
+        form.inline method="post" action="/console/keys" {
+            (csrf_field(&h.session))
+            label for="key-name" { "Key name" }
+            input id="key-name" name="name" type="text" maxlength="100";
+            button type="submit" { "Create key" }
+        }
+        table.list {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Prefix" } th scope="col" { "Created" }
+                th scope="col" { "Expires" } th scope="col" { "Status" } th scope="col" { span.sr { "Actions" } }
+            } }
+            tbody {
+                @for k in keys {
+                    tr data-key=(k.id) {
+                        td { (k.name.as_deref().unwrap_or("—")) }
+                        td { code { (k.prefix) } }
+                        td { (time(k.created_at)) }
+                        td { (opt_time(k.expires_at)) }
+                        td { span class=(format!("state {}", k.status)) { (k.status) } }
+                        td {
+                            @if k.status == "active" {
+                                @let open = ask == Some(k.id.as_str());
+                                form.revoke method="post" action=(format!("/console/keys/{}/revoke", k.id)) {
+                                    (csrf_field(&h.session))
+                                    @if !open {
+                                        button type="submit" name="step" value="ask" class="reveal"
+                                            aria-label=(format!("Revoke {}", k.name.as_deref().unwrap_or(&k.prefix))) { "Revoke" }
+                                    }
+                                    span.confirm hidden[!open] {
+                                        "Revoke this key? "
+                                        button type="submit" name="step" value="confirm" class="danger" { "Confirm" }
+                                    }
+                                }
+                                @let label = k.name.as_deref().unwrap_or(&k.prefix);
+                                form.roll method="post" action=(format!("/console/keys/{}/roll", k.id)) {
+                                    (csrf_field(&h.session))
+                                    select name="grace" aria-label=(format!("Grace period for {label}")) {
+                                        @for (value, text) in GRACES { option value=(value) { (text) } }
+                                    }
+                                    button type="submit" aria-label=(format!("Roll {label}")) { "Roll" }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if keys.is_empty() { tr { td colspan="6" { "No keys yet." } } }
+            }
+        }
+    };
+    page(&h.session, "/console/keys", "API keys", body)
+}
+
+pub async fn keys(State(state): State<AppState>, h: Holder) -> PageResult {
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    Ok(keys_page(&h, &keys, None, None, None))
+}
+
+#[derive(Deserialize)]
+pub struct KeyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<KeyForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let name = f.name.trim();
+    if name.chars().count() > 100 {
+        let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+            .await
+            .map_err(internal)?;
+        return Ok(keys_page(
+            &h,
+            &keys,
+            None,
+            None,
+            Some("A key name has at most 100 characters."),
+        ));
+    }
+    let name = (!name.is_empty()).then_some(name);
+    let k = accounts::create_key(&state.db, &h.account_id, name, None)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %h.session.user.id, key = %k.id, prefix = %k.prefix, "console: key created");
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    Ok(keys_page(&h, &keys, Some(&k), None, None))
+}
+
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    step: String,
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<RevokeForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    if !keys.iter().any(|k| k.id == id) {
+        return Ok(not_found().await);
+    }
+    if f.step != "confirm" {
+        // without the script: the row asks for the confirmation
+        return Ok(keys_page(&h, &keys, None, Some(&id), None));
+    }
+    accounts::revoke_key(&state.db, &id)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %h.session.user.id, key = %id, "console: key revoked");
+    Ok(Redirect::to("/console/keys").into_response())
+}
+
+/// Grace periods offered when rolling a key: (form value, label).
+const GRACES: &[(&str, &str)] = &[
+    ("0", "old key revoked now"),
+    ("1h", "old key valid 1 hour"),
+    ("24h", "old key valid 24 hours"),
+    ("7d", "old key valid 7 days"),
+];
+
+#[derive(Deserialize)]
+pub struct RollForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    grace: String,
+}
+
+/// Replaces a key: the new one is shown once; the old one stays valid for the chosen
+/// grace period.
+pub async fn roll_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<RollForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let grace_ms: i64 = match f.grace.as_str() {
+        "0" => 0,
+        "1h" => 3_600_000,
+        "24h" => 86_400_000,
+        "7d" => 7 * 86_400_000,
+        _ => return Ok(not_found().await),
+    };
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    if !keys.iter().any(|k| k.id == id && k.status == "active") {
+        return Ok(not_found().await);
+    }
+    let k = accounts::roll_key(&state.db, &id, grace_ms, None)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %h.session.user.id, old = %id, new = %k.id, grace_ms, "console: key rolled");
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    Ok(keys_page(&h, &keys, Some(&k), None, None))
+}
+
+// ---- Tasks --------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub struct TaskQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    before: String,
+}
+
+fn parse_day(s: &str) -> Option<i64> {
+    let d = time::Date::parse(
+        s.trim(),
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()?;
+    Some(d.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// A keyset cursor `created_at.id`.
+fn parse_cursor(s: &str) -> Option<(i64, String)> {
+    let (t, id) = s.split_once('.')?;
+    Some((t.parse().ok()?, id.to_string()))
+}
+
+const STATES: &[&str] = &["waiting", "queuing", "generating", "success", "fail"];
+
+pub async fn tasks(
+    State(state): State<AppState>,
+    h: Holder,
+    Query(q): Query<TaskQuery>,
+) -> PageResult {
+    let filter = tasks::LogFilter {
+        state: STATES
+            .iter()
+            .find(|s| **s == q.state)
+            .map(|s| s.to_string()),
+        model: (!q.model.is_empty()).then(|| q.model.clone()),
+        from: parse_day(&q.from),
+        to: parse_day(&q.to).map(|t| t + DAY_MS),
+    };
+    let rows = tasks::log(
+        &state.db,
+        &h.account_id,
+        &filter,
+        parse_cursor(&q.before),
+        PAGE,
+    )
+    .await?;
+    // the server's models (reading the account's distinct models would scan its log)
+    let models: Vec<&String> = state.config.models.keys().collect();
+    let next = (rows.len() as i64 == PAGE).then(|| {
+        let last = rows.last().expect("a full page");
+        let mut u = url::form_urlencoded::Serializer::new(String::new());
+        u.append_pair("state", &q.state)
+            .append_pair("model", &q.model)
+            .append_pair("from", &q.from)
+            .append_pair("to", &q.to)
+            .append_pair("before", &format!("{}.{}", last.created_at, last.id));
+        format!("/console/tasks?{}", u.finish())
+    });
+    let body = html! {
+        form.filters method="get" action="/console/tasks" {
+            label for="f-state" { "State" }
+            select id="f-state" name="state" {
+                option value="" { "any" }
+                @for s in STATES { option value=(s) selected[q.state == *s] { (s) } }
+            }
+            label for="f-model" { "Model" }
+            select id="f-model" name="model" {
+                option value="" { "any" }
+                @for m in &models { option value=(m) selected[&q.model == *m] { (m) } }
+            }
+            label for="f-from" { "From" }
+            input id="f-from" name="from" type="date" value=(q.from);
+            label for="f-to" { "To" }
+            input id="f-to" name="to" type="date" value=(q.to);
+            button type="submit" { "Filter" }
+        }
+        (task_rows(&rows))
+        @if let Some(n) = next { p { a href=(n) rel="next" { "Older tasks" } } }
+    };
+    Ok(page(&h.session, "/console/tasks", "Tasks", body))
+}
+
+/// Pretty-prints a JSON text (unchanged when it is not JSON).
+fn pretty(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| json.to_string())
+}
+
+pub async fn task(State(state): State<AppState>, h: Holder, Path(id): Path<String>) -> PageResult {
+    let Some(t) = tasks::get_for_account(&state.db, &h.account_id, &id).await? else {
+        return Ok(not_found().await);
+    };
+    let result_files = files::of_task(&state.db, &t.id).await?;
+    let deliveries = webhooks::deliveries(&state.db, Some(&t.id), 5).await?;
+    let now = now_ms();
+    let body = html! {
+        dl.facts {
+            dt { "Task" } dd { code { (t.id) } }
+            dt { "Model" } dd { (t.model) }
+            dt { "State" } dd { span class=(format!("state {}", t.state)) id="task-state" { (t.state) } }
+            dt { "Created" } dd { (time(t.created_at)) }
+            dt { "Started" } dd { (opt_time(t.claimed_at)) }
+            dt { "Finished" } dd { (opt_time(t.completed_at)) }
+            dt { "Credits held" } dd { (Credits(t.price)) }
+            dt { "Credits charged" } dd { (Credits(t.consume_credits)) }
+            @if !t.fail_msg.is_empty() || !t.fail_code.is_empty() {
+                dt { "Failure" } dd id="task-failure" { (t.fail_code) " " (t.fail_msg) }
+            }
+            dt { "Callback URL" } dd { (t.callback_url.as_deref().unwrap_or("—")) }
+        }
+        h2 { "Input" }
+        pre id="task-input" { (pretty(&t.param)) }
+        h2 { "Result" }
+        @if t.result_json.is_empty() { p { "No result yet." } } @else { pre id="task-result" { (pretty(&t.result_json)) } }
+        h2 { "Result files" }
+        (file_table(&h, &result_files, now))
+        h2 { "Callback attempts" }
+        (delivery_table(&deliveries))
+    };
+    Ok(page(
+        &h.session,
+        "/console/tasks",
+        &format!("Task {}", t.id),
+        body,
+    ))
+}
+
+fn delivery_table(ds: &[webhooks::DeliveryInfo]) -> Markup {
+    html! {
+        @if ds.is_empty() { p { "No callbacks." } }
+        @for d in ds {
+            div.delivery {
+                p {
+                    "To " code { (d.url) } " — " span class=(format!("state {}", d.state)) { (d.state) }
+                    ", " (d.attempts) " attempt(s)"
+                    @if let Some(n) = d.next_attempt_at { ", next at " (time(n)) }
+                    " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
+                }
+                @if !d.attempt_log.is_empty() {
+                    table.list {
+                        thead { tr { th scope="col" { "#" } th scope="col" { "Started" } th scope="col" { "Status" } th scope="col" { "Error" } th scope="col" class="num" { "ms" } } }
+                        tbody {
+                            @for a in &d.attempt_log {
+                                tr {
+                                    td { (a.attempt) }
+                                    td { (time(a.started_at)) }
+                                    td { (a.status.map(|s| s.to_string()).unwrap_or_else(|| "—".into())) }
+                                    td { (a.error.as_deref().unwrap_or("")) }
+                                    td.num { (a.duration_ms) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- Files --------------------------------------------------------------------------
+
+fn file_table(h: &Holder, fs: &[files::FileRecord], now: i64) -> Markup {
+    html! {
+        table.list {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Kind" } th scope="col" class="num" { "Size" }
+                th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { span.sr { "Link" } }
+            } }
+            tbody {
+                @for f in fs {
+                    tr {
+                        td { (f.name) }
+                        td { (f.kind) }
+                        td.num { (size(f.size)) }
+                        td { (time(f.created_at)) }
+                        td { (time(f.expires_at)) }
+                        td {
+                            @if files::is_live(f, now) {
+                                form.inline method="post" action=(format!("/console/files/{}/link", f.id)) {
+                                    (csrf_field(&h.session))
+                                    button type="submit" aria-label=(format!("Get a link to {}", f.name)) { "Get link" }
+                                }
+                            } @else { "expired" }
+                        }
+                    }
+                }
+                @if fs.is_empty() { tr { td colspan="6" { "No files." } } }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    #[serde(default)]
+    before: String,
+    #[serde(default)]
+    since: String,
+}
+
+async fn files_page(
+    state: &AppState,
+    h: &Holder,
+    q: &PageQuery,
+    link: Option<(&str, &str)>,
+    error: Option<&str>,
+) -> PageResult {
+    let rows = files::of_account(&state.db, &h.account_id, parse_cursor(&q.before), PAGE).await?;
+    let next = (rows.len() as i64 == PAGE).then(|| {
+        let last = rows.last().expect("a full page");
+        format!("/console/files?before={}.{}", last.created_at, last.id)
+    });
+    let body = html! {
+        @if let Some(e) = error { (notice("error", e)) }
+        @if let Some((name, url)) = link {
+            div.notice.success role="status" {
+                p { "A download link for " strong { (name) } ", valid " (humantime::format_duration(state.config.link_ttl)) ":" }
+                (copyable("file-link", "Download link", url))
+                p { a href=(url) { "Download" } }
+            }
+        }
+        (file_table(h, &rows, now_ms()))
+        @if let Some(n) = next { p { a href=(n) rel="next" { "Older files" } } }
+    };
+    Ok(page(&h.session, "/console/files", "Files", body))
+}
+
+pub async fn files(
+    State(state): State<AppState>,
+    h: Holder,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    files_page(&state, &h, &q, None, None).await
+}
+
+/// A fresh download link for one of the account's files (priced like
+/// `POST /api/v1/common/download-url`).
+pub async fn file_link(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let rec = match files::get(&state.db, &id).await? {
+        Some(r) if r.account_id == h.account_id && files::is_live(&r, now_ms()) => r,
+        _ => return Ok(not_found().await),
+    };
+    let link = match crate::api::download_url::issue_download_link(&state, &rec).await {
+        Ok(l) => l,
+        Err(e) => return Err(internal(format!("issuing a link: {}", e.msg))),
+    };
+    if let Err(e) = crate::api::download_url::charge_link(&state, &h.account_id, None).await {
+        let q = PageQuery::default();
+        return files_page(&state, &h, &q, None, Some(&e.msg)).await;
+    }
+    files_page(
+        &state,
+        &h,
+        &PageQuery::default(),
+        Some((&rec.name, &link)),
+        None,
+    )
+    .await
+}
+
+// ---- Usage --------------------------------------------------------------------------
+
+pub async fn usage(
+    State(state): State<AppState>,
+    h: Holder,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    let before = q.before.parse().ok();
+    let since = parse_day(&q.since);
+    let rows = ledger::lines(&state.db, &h.account_id, before, since, PAGE).await?;
+    let next = (rows.len() as i64 == PAGE).then(|| {
+        let last = rows.last().expect("a full page");
+        format!("/console/usage?since={}&before={}", q.since, last.seq)
+    });
+    let csv = if q.since.is_empty() {
+        "/console/usage.csv".to_string()
+    } else {
+        format!("/console/usage.csv?since={}", q.since)
+    };
+    let body = html! {
+        form.filters method="get" action="/console/usage" {
+            label for="u-since" { "Since" }
+            input id="u-since" name="since" type="date" value=(q.since);
+            button type="submit" { "Show" }
+            a.button href=(csv) download="usage.csv" { "Export CSV" }
+        }
+        table.list {
+            thead { tr {
+                th scope="col" { "Time" } th scope="col" { "Kind" } th scope="col" class="num" { "Amount" }
+                th scope="col" class="num" { "Held" } th scope="col" { "Reason" }
+            } }
+            tbody {
+                @for l in &rows {
+                    tr {
+                        td { (time(l.created_at)) }
+                        td { (l.kind) }
+                        td.num { (l.amount) }
+                        td.num { (l.held_delta) }
+                        td { (l.reason.as_deref().unwrap_or("")) }
+                    }
+                }
+                @if rows.is_empty() { tr { td colspan="5" { "No entries." } } }
+            }
+        }
+        @if let Some(n) = next { p { a href=(n) rel="next" { "Older entries" } } }
+        p.hint { "Grants, deductions and charges change the balance; holds reserve credits for running tasks and voids release them." }
+    };
+    Ok(page(&h.session, "/console/usage", "Usage", body))
+}
+
+/// One CSV field, quoted when needed; a leading `=`, `+`, `-` or `@` is prefixed with
+/// `'` so a spreadsheet does not run it as a formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+pub async fn usage_csv(
+    State(state): State<AppState>,
+    h: Holder,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    let since = parse_day(&q.since);
+    let mut out = String::from("time,entry_id,kind,amount,held_delta,reason\n");
+    let mut before = None;
+    loop {
+        let rows = ledger::lines(&state.db, &h.account_id, before, since, 5000).await?;
+        for l in &rows {
+            out += &format!(
+                "{},{},{},{},{},{}\n",
+                csv_field(&layout::time(l.created_at)),
+                csv_field(&l.entry_id),
+                csv_field(&l.kind),
+                l.amount,
+                l.held_delta,
+                csv_field(l.reason.as_deref().unwrap_or(""))
+            );
+        }
+        if rows.len() < 5000 {
+            break;
+        }
+        before = rows.last().map(|l| l.seq);
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"usage.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+// ---- Callbacks and alerts -------------------------------------------------------------
+
+async fn callbacks_page(
+    state: &AppState,
+    h: &Holder,
+    shown_key: Option<&str>,
+    message: Option<(&str, &str)>,
+) -> PageResult {
+    let key = accounts::webhook_key(&state.db, &h.account_id)
+        .await
+        .map_err(internal)?;
+    let ds = webhooks::deliveries_of_account(&state.db, &h.account_id, 50).await?;
+    let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        h2 { "Webhook signing key" }
+        @if let Some(k) = shown_key {
+            (copyable("webhook-key", "Webhook key", k))
+            p.hint { "Verify callbacks with it (Standard Webhooks and KIE.AI signatures)." }
+        } @else if key.key.is_some() {
+            p { "A key is set: callbacks carry Standard Webhooks and KIE.AI signatures made with it." }
+        } @else {
+            p { "No key yet: callbacks are sent unsigned." }
+        }
+        form.inline method="post" action="/console/callbacks/key" {
+            (csrf_field(&h.session))
+            @if key.key.is_some() && shown_key.is_none() {
+                button type="submit" name="action" value="show" { "Show key" }
+            }
+            @if key.key.is_none() {
+                button type="submit" name="action" value="generate" { "Generate key" }
+            }
+        }
+        h2 { "Replay failed deliveries" }
+        form.inline method="post" action="/console/callbacks/replay" {
+            (csrf_field(&h.session))
+            label for="replay-since" { "Failed since" }
+            input id="replay-since" name="since" type="date" required;
+            button type="submit" { "Replay" }
+        }
+        h2 { "Recent deliveries" }
+        @if ds.is_empty() { p { "No callbacks yet." } }
+        @for d in &ds {
+            div.delivery {
+                (delivery_table(std::slice::from_ref(d)))
+                @if d.state != "pending" {
+                    form.inline method="post" action=(format!("/console/callbacks/{}/redeliver", d.id)) {
+                        (csrf_field(&h.session))
+                        button type="submit" aria-label=(format!("Redeliver {}", d.id)) { "Redeliver" }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page(&h.session, "/console/callbacks", "Callbacks", body))
+}
+
+pub async fn callbacks(State(state): State<AppState>, h: Holder) -> PageResult {
+    callbacks_page(&state, &h, None, None).await
+}
+
+#[derive(Deserialize)]
+pub struct KeyAction {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// Shows the webhook key (on request, never in a page's plain view) or generates the
+/// first one.
+pub async fn webhook_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<KeyAction>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let current = accounts::webhook_key(&state.db, &h.account_id)
+        .await
+        .map_err(internal)?;
+    let key = match (f.action.as_str(), current.key) {
+        ("show", Some(k)) => k,
+        ("generate", None) => {
+            let k = accounts::generate_webhook_key(&state.db, &h.account_id)
+                .await
+                .map_err(internal)?;
+            tracing::info!(user = %h.session.user.id, "console: webhook key generated");
+            k.key.unwrap_or_default()
+        }
+        _ => return callbacks_page(&state, &h, None, None).await,
+    };
+    callbacks_page(&state, &h, Some(&key), None).await
+}
+
+pub async fn redeliver(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let done = webhooks::redeliver(&state.db, &h.account_id, &id).await?;
+    if done {
+        state.jobs.webhooks.notify_waiters();
+        tracing::info!(user = %h.session.user.id, delivery = %id, "console: redelivery");
+    }
+    let msg = if done {
+        ("success", "Queued for one more attempt.")
+    } else {
+        ("error", "No such finished delivery.")
+    };
+    callbacks_page(&state, &h, None, Some(msg)).await
+}
+
+#[derive(Deserialize)]
+pub struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    since: String,
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<ReplayForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let Some(since) = parse_day(&f.since) else {
+        return callbacks_page(
+            &state,
+            &h,
+            None,
+            Some(("error", "Give a date (YYYY-MM-DD).")),
+        )
+        .await;
+    };
+    let n = webhooks::replay_failed(&state.db, &h.account_id, since).await?;
+    if n > 0 {
+        state.jobs.webhooks.notify_waiters();
+    }
+    tracing::info!(user = %h.session.user.id, replayed = n, "console: replay of failed deliveries");
+    let text = format!("{n} failed deliveries queued again.");
+    callbacks_page(&state, &h, None, Some(("success", &text))).await
+}
+
+pub async fn alerts(h: Holder) -> PageResult {
+    let body = html! {
+        p { "Server-side low-balance alerts are not available yet on this server." }
+        p { "Until then, " code { "kie monitor --warn X --critical Y --alert-url URL" } " watches the balance from any machine with an API key." }
+    };
+    Ok(page(&h.session, "/console/alerts", "Alerts", body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burn_rate_is_monitors_arithmetic() {
+        // 24 credits spent in 24 h: 1 credit/h; 10 credits left last 10 h
+        let (per_hour, eta) = burn(2400, 86_400.0, Credits(1000));
+        assert!((per_hour - 1.0).abs() < 1e-9);
+        assert!((eta.unwrap() - 36_000.0).abs() < 1e-6);
+        assert_eq!(burn(0, 86_400.0, Credits(1000)), (0.0, None));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_defused() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("-1.5"), "-1.5");
+    }
+
+    #[test]
+    fn cursors_and_days() {
+        assert_eq!(parse_cursor("12.task_x"), Some((12, "task_x".into())));
+        assert_eq!(parse_cursor("x"), None);
+        assert_eq!(parse_day("1970-01-02"), Some(DAY_MS));
+        assert_eq!(parse_day("nope"), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Browser tests of the console (issue 16): a real `kie serve` (SQLite, or PostgreSQL
+//! with `KIE_TEST_BACKEND=postgres`) driven through Debian's headless Chromium by
+//! chromedriver, finding everything by its accessible name. They write a 1280×800
+//! screenshot of every page to `docs/screenshots/` (see the README).
+//!
+//! Needs `chromium` and `chromium-driver` (`scripts/install-test-tools` installs them);
+//! fails, never skips, without them.
+
+#[path = "../server/harness.rs"]
+mod harness;
+mod webdriver;
+
+use harness::*;
+use serde_json::json;
+use std::time::Duration;
+use webdriver::Browser;
+
+const PW: &str = "correct horse battery";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn credit(s: &Server, key: &str) -> serde_json::Value {
+    get_json(&s.url("/api/v1/chat/credit"), Some(key)).await.2
+}
+
+/// Sets the password on an invite page and lands signed in.
+async fn accept_invite(b: &Browser, url: &str, shot: Option<&str>) {
+    b.goto(url).await;
+    b.type_into(&b.field("Password").await, PW).await;
+    b.type_into(&b.field("Confirm password").await, PW).await;
+    if let Some(name) = shot {
+        b.screenshot(name).await;
+    }
+    b.click(&b.button("Set password").await).await;
+}
+
+async fn sign_in(b: &Browser, s: &Server, email: &str) {
+    b.goto(&s.url("/console/login")).await;
+    b.type_into(&b.field("Email").await, email).await;
+    b.type_into(&b.field("Password").await, PW).await;
+    b.click(&b.button("Sign in").await).await;
+}
+
+async fn sign_out(b: &Browser) {
+    b.click(&b.button("Sign out").await).await;
+    b.field("Email").await;
+}
+
+/// The text of the element labelled "Available credits".
+async fn available(b: &Browser) -> String {
+    let e = b
+        .find("//*[@aria-labelledby=//*[normalize-space()='Available credits']/@id]")
+        .await;
+    assert_eq!(b.label(&e).await, "Available credits");
+    b.text(&e).await
+}
+
+async fn nav(b: &Browser, name: &str) {
+    b.click(
+        &b.find(&format!("//nav//a[normalize-space()='{name}']"))
+            .await,
+    )
+    .await;
+    b.find(&format!(
+        "//h1[starts-with(normalize-space(), '{}')]",
+        match name {
+            "API keys" => "API keys",
+            other => other,
+        }
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn account_holder_flow_in_a_browser() {
+    let s = Server::start(Opts::default());
+    s.admin(&[
+        "account",
+        "create",
+        "--name",
+        "ann",
+        "--email",
+        "ann@example.com",
+        "--credits",
+        "25",
+    ]);
+    let invite = s.admin(&["console", "invite", "--account", "ann"]);
+    let b = Browser::start().await;
+
+    // invite → set password → signed in on the overview
+    accept_invite(&b, invite["url"].as_str().unwrap(), Some("invite")).await;
+    assert_eq!(available(&b).await, "25");
+    let cookies = b.cookies().await;
+    let session = cookies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kie_session")
+        .expect("session cookie");
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Lax");
+
+    // sign out, sign in with the password
+    sign_out(&b).await;
+    b.screenshot("login").await;
+    sign_in(&b, &s, "ann@example.com").await;
+    assert_eq!(available(&b).await, "25");
+
+    // create a key; it works on the API
+    nav(&b, "API keys").await;
+    b.type_into(&b.field("Key name").await, "laptop").await;
+    b.click(&b.button("Create key").await).await;
+    let key = b.text(&b.find("//code[@id='new-key']").await).await;
+    assert!(key.starts_with("kie_"), "{key}");
+    b.button("Copy").await;
+    b.screenshot("keys").await;
+    assert_eq!(credit(&s, &key).await["data"], json!(25));
+
+    // revoke it (with the confirmation); the key gets 401
+    b.click(&b.button("Revoke").await).await;
+    b.screenshot("keys-revoke-confirm").await;
+    b.click(&b.button("Confirm").await).await;
+    b.find("//td/span[normalize-space()='revoked']").await;
+    b.wait_for(WAIT, "the revoked key to be refused", || async {
+        credit(&s, &key).await["code"] == 401
+    })
+    .await;
+
+    // a task created through the API shows in the task log with its result; its
+    // script-like prompt is text
+    let api_key = s.admin(&["key", "create", "--account", "ann"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, r) = post_json(
+        &s.url("/api/v1/jobs/createTask"),
+        Some(&api_key),
+        &json!({"model": "demo/image", "input": {"prompt": "<script>alert(1)</script>", "width": 64, "height": 48}}),
+    )
+    .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let task = r["data"]["taskId"].as_str().unwrap().to_string();
+    b.wait_for(WAIT, "the task to finish", || async {
+        let (_, _, v) = get_json(
+            &s.url(&format!("/api/v1/jobs/recordInfo?taskId={task}")),
+            Some(&api_key),
+        )
+        .await;
+        v["data"]["state"] == "success"
+    })
+    .await;
+    nav(&b, "Tasks").await;
+    b.screenshot("tasks").await;
+    b.click(&b.find(&format!("//a[normalize-space()='{task}']")).await)
+        .await;
+    let input = b.text(&b.find("//pre[@id='task-input']").await).await;
+    assert!(input.contains("<script>alert(1)</script>"), "{input}");
+    assert!(!b.alert_open().await, "the prompt ran as a script");
+    assert_eq!(
+        b.text(&b.find("//*[@id='task-state']").await).await,
+        "success"
+    );
+    let result = b.text(&b.find("//pre[@id='task-result']").await).await;
+    assert!(result.contains("resultUrls"), "{result}");
+    b.screenshot("task").await;
+    // a result file gets a fresh download link that serves it
+    b.click(
+        &b.find("//button[starts-with(@aria-label, 'Get a link to ')]")
+            .await,
+    )
+    .await;
+    let link = b.text(&b.find("//code[@id='file-link']").await).await;
+    assert!(link.contains("/links/"), "{link}");
+    let got = client().get(&link).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    b.screenshot("files").await;
+
+    // CSRF: a form post without the token, with the session cookie, changes nothing
+    let keys_before = s.sql("SELECT COUNT(*) FROM api_keys")[0][0].clone();
+    let status = b
+        .run_async(
+            "const done = arguments[0];
+             fetch('/console/keys', {method: 'POST', credentials: 'include',
+                    body: new URLSearchParams({name: 'forged'})})
+               .then(r => done(r.status), e => done(String(e)));",
+        )
+        .await;
+    assert_eq!(status, json!(403));
+    assert_eq!(s.sql("SELECT COUNT(*) FROM api_keys")[0][0], keys_before);
+
+    // the 30-day chart renders: 30 bars, an accessible image, the day's spending
+    nav(&b, "Overview").await;
+    let chart = b.find("//*[local-name()='svg'][@id='spent-chart']").await;
+    let role = b.role(&chart).await;
+    assert!(role == "image" || role == "img", "{role}");
+    assert_eq!(
+        b.count("//*[local-name()='svg'][@id='spent-chart']/*[local-name()='rect']")
+            .await,
+        30
+    );
+    let desc = b
+        .text(
+            &b.find("//figure[contains(@class,'chart')]/figcaption")
+                .await,
+        )
+        .await;
+    assert!(desc.contains("credits spent in 30 days"), "{desc}");
+    b.screenshot("overview").await;
+
+    for (page, shot) in [
+        ("Usage", "usage"),
+        ("Callbacks", "callbacks"),
+        ("Alerts", "alerts"),
+    ] {
+        nav(&b, page).await;
+        b.screenshot(shot).await;
+    }
+    drop(b);
+}
+
+#[tokio::test]
+async fn operator_grants_credits_in_a_browser() {
+    let s = Server::start(Opts::default());
+    s.admin(&[
+        "account",
+        "create",
+        "--name",
+        "bob",
+        "--email",
+        "bob@example.com",
+        "--credits",
+        "3",
+    ]);
+    let holder = s.admin(&["console", "invite", "--account", "bob"]);
+    let op = s.admin(&[
+        "console",
+        "invite",
+        "--operator",
+        "--email",
+        "ops@example.com",
+    ]);
+    let b = Browser::start().await;
+
+    accept_invite(&b, op["url"].as_str().unwrap(), None).await;
+    b.find("//h1[normalize-space()='Accounts']").await;
+    b.type_into(&b.field("Search accounts").await, "bob").await;
+    b.click(&b.button("Search").await).await;
+    b.screenshot("admin-accounts").await;
+    b.click(&b.link("bob").await).await;
+    b.type_into(&b.field("Amount").await, "40.5").await;
+    b.type_into(&b.field("Reason").await, "welcome bonus").await;
+    b.click(&b.button("Apply").await).await;
+    let note = b
+        .text(&b.find("//p[contains(@class,'notice')]").await)
+        .await;
+    assert!(note.contains("Granted 40.5 credits"), "{note}");
+    b.screenshot("admin-account").await;
+    b.click(&b.find("//nav//a[normalize-space()='Settings']").await)
+        .await;
+    b.find("//h1[normalize-space()='Settings']").await;
+    b.screenshot("admin-settings").await;
+    sign_out(&b).await;
+
+    // the account holder's overview shows the grant
+    accept_invite(&b, holder["url"].as_str().unwrap(), None).await;
+    assert_eq!(available(&b).await, "43.5");
+    drop(b);
+}
