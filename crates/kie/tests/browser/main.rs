@@ -1,7 +1,8 @@
 //! Browser tests of the console (issue 16): a real `kie serve` (SQLite, or PostgreSQL
 //! with `KIE_TEST_BACKEND=postgres`) driven through Debian's headless Chromium by
 //! chromedriver, finding everything by its accessible name. They write a 1280×800
-//! screenshot of every page to `docs/screenshots/` (see the README).
+//! screenshot of every page to `target/screenshots/` (`KIE_UPDATE_SCREENSHOTS=1`: also
+//! to `docs/screenshots/`, the set the README shows).
 //!
 //! Needs `chromium` and `chromium-driver` (`scripts/install-test-tools` installs them);
 //! fails, never skips, without them.

@@ -309,8 +309,9 @@ impl Browser {
         }
     }
 
-    /// A PNG of the viewport (1280×800) into `docs/screenshots/NAME.png` (SQLite runs)
-    /// or `target/screenshots/` (PostgreSQL runs, so one committed set).
+    /// A PNG of the viewport (1280×800) into `target/screenshots/{sqlite,postgres}/NAME.png`;
+    /// with `KIE_UPDATE_SCREENSHOTS=1` (SQLite runs) into `docs/screenshots/` too, the
+    /// committed set the README shows — a plain test run leaves the checkout clean.
     pub async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", json!({})).await;
         let png = base64::engine::general_purpose::STANDARD
@@ -321,13 +322,17 @@ impl Browser {
         let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
         assert_eq!((width, height), (1280, 800), "{name}");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let dir = if crate::harness::backend_is_postgres() {
-            root.join("target/screenshots")
-        } else {
-            root.join("docs/screenshots")
-        };
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+        let pg = crate::harness::backend_is_postgres();
+        let mut dirs = vec![root
+            .join("target/screenshots")
+            .join(if pg { "postgres" } else { "sqlite" })];
+        if !pg && std::env::var("KIE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+            dirs.push(root.join("docs/screenshots"));
+        }
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+        }
     }
 }
 
