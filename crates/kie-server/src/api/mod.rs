@@ -4,6 +4,7 @@
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
+pub mod models;
 pub mod upload;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -21,10 +22,12 @@ use crate::app::AppState;
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
+    paths(models::model_price, models::model_schema, models::model_success_rate),
     tags(
         (name = "common", description = "Common API"),
         (name = "upload", description = "File Upload API (answers also carry \"success\")"),
-        (name = "jobs", description = "Jobs API: tasks that create files and spend credits")
+        (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
+        (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)")
     )
 )]
 pub struct ApiDoc;
@@ -55,5 +58,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(download_url::download_url))
         .routes(routes!(jobs::create_task))
         .routes(routes!(jobs::record_info))
+        .routes(routes!(models::list_models))
+        // Model names contain '/': price, schema and success-rate share one catch-all
+        // route (documented above as /api/v1/models/{model}/…).
+        .route(
+            "/api/v1/models/{*rest}",
+            axum::routing::get(models::model_detail),
+        )
         .merge(uploads)
 }
