@@ -329,9 +329,8 @@ pub async fn model_success_rate(state: &AppState, m: &Model) -> Result<SuccessRa
     // buckets end on a 10-minute boundary after now; the oldest starts 24 h before it
     let end = (now / BUCKET_MS + 1) * BUCKET_MS;
     let start = end - WINDOW_MS;
-    let rows: Vec<(i64, String)> =
-        crate::with_read!(&state.db, |p| {
-            sqlx::query_as(
+    let rows: Vec<(i64, String)> = crate::with_read!(&state.db, |p| {
+        sqlx::query_as(
         "SELECT completed_at, state FROM tasks WHERE model = $1 AND state IN ('success','fail') \
          AND completed_at >= $2 AND completed_at < $3"
     )
@@ -340,7 +339,7 @@ pub async fn model_success_rate(state: &AppState, m: &Model) -> Result<SuccessRa
     .bind(end)
     .fetch_all(p)
     .await?
-        });
+    });
     let n = (WINDOW_MS / BUCKET_MS) as usize;
     let mut counts = vec![(0u64, 0u64); n];
     for (at, st) in rows {

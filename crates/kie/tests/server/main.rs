@@ -4,6 +4,7 @@
 mod harness;
 
 mod bounded;
+mod catalog;
 mod cli_e2e;
 mod crash;
 mod diskfull;
