@@ -773,6 +773,52 @@ mod tests {
     }
 
     #[test]
+    fn catalog_models_with_toml_overrides() {
+        let dir = std::env::temp_dir().join(format!("kie-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kie.toml");
+        let with = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            let a = ServeArgs {
+                store: StoreArgs {
+                    config: Some(path.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Config::from_args(&a)
+        };
+        let c = with(
+            "default_model_price = \"2.5\"\ndemo_delay = \"2s\"\n\
+             [models.\"google/nano-banana\"]\nprice = \"9\"\nfail_rate = 0.5\n\
+             [models.\"acme/x\"]\nprice = \"1\"\n",
+        )
+        .unwrap();
+        let nb = &c.models["google/nano-banana"];
+        assert_eq!(
+            (nb.price, nb.fail_rate, nb.kind),
+            (Credits(900), Some(0.5), ModelKind::DemoImage)
+        );
+        assert!(nb.spec.is_some() && nb.price_published);
+        let sd = &c.models["bytedance/seedance-2"];
+        assert_eq!(
+            (sd.price, sd.price_published, sd.kind),
+            (Credits(250), false, ModelKind::DemoVideo)
+        );
+        assert_eq!(c.models["acme/x"].kind, ModelKind::External);
+        assert!(c.models.contains_key("demo/image") && c.models.len() == 149 + 4 + 1);
+        assert_eq!(c.demo_delay, Duration::from_secs(2));
+        assert_eq!(c.catalog_rate_limit, 1);
+        let e = with("[models.\"acme/y\"]\nkind = \"video\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid model 'acme/y': not in the catalog, so it needs a price"
+        );
+        assert!(with("demo_fail_rate = 2.0\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn connection_guard_settings() {
         let c = Config::from_args(&ServeArgs::default()).unwrap();
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
