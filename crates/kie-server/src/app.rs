@@ -52,6 +52,8 @@ pub struct AppStateInner {
     pub db_health: store::health::DbHealth,
     /// Direct point reads for the hottest endpoints (SQLite only; see `store::fastread`).
     pub fast: Option<Arc<crate::store::fastread::FastReader>>,
+    /// Per-account limit of the catalog endpoints (`None`: off). See `api::models`.
+    pub catalog_limiter: Option<Arc<crate::ratelimit::KeyedLimiter<Arc<str>>>>,
 }
 
 /// Errors that stop `kie serve` from starting, each one line for the operator.
@@ -212,6 +214,9 @@ fn record_bounded_sizes(state: &AppState) {
         crate::auth::LIMITER_MAX,
     );
     record_bounded("auth_cache", state.auth.cache_len(), crate::auth::CACHE_MAX);
+    if let Some(l) = &state.catalog_limiter {
+        record_bounded("catalog_limiter", l.len(), l.max());
+    }
     record_bounded(
         "file_records",
         state.files.records.len(),
@@ -337,6 +342,7 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
     }
     let auth = state.auth.clone();
     let ip_limiter = state.ip_limiter.clone();
+    let catalog_limiter = state.catalog_limiter.clone();
     let mut stop = shutdown.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -345,6 +351,9 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
                 _ = tick.tick() => {
                     auth.housekeeping();
                     if let Some(l) = &ip_limiter {
+                        l.housekeeping();
+                    }
+                    if let Some(l) = &catalog_limiter {
                         l.housekeeping();
                     }
                 }
@@ -428,7 +437,9 @@ impl AppState {
             }
             crate::config::DatabaseUrl::Postgres(_) => None,
         };
+        let catalog_limiter = crate::api::models::limiter(config.catalog_rate_limit).map(Arc::new);
         let state = AppState(Arc::new(AppStateInner {
+            catalog_limiter,
             ip_limiter,
             fast,
             config: Arc::new(config),

@@ -122,6 +122,17 @@ pub struct ServeArgs {
     /// transaction per write) [default: true]
     #[arg(long, env = "KIE_SQLITE_GROUP_COMMIT", value_name = "BOOL")]
     pub sqlite_group_commit: Option<bool>,
+    /// Price in credits of catalog models KIE.AI publishes no price for [default: 10]
+    #[arg(long, env = "KIE_DEFAULT_MODEL_PRICE", value_name = "CREDITS")]
+    pub default_model_price: Option<String>,
+    /// Built-in generators: time a task stays `generating` before it finishes, e.g.
+    /// 3s (per model: `delay` in the TOML `models` table) [default: 0s]
+    #[arg(long, env = "KIE_DEMO_DELAY", value_name = "DURATION")]
+    pub demo_delay: Option<String>,
+    /// Built-in generators: share of tasks that fail on purpose, 0 to 1 (per model:
+    /// `fail_rate` in the TOML `models` table) [default: 0]
+    #[arg(long, env = "KIE_DEMO_FAIL_RATE", value_name = "RATE")]
+    pub demo_fail_rate: Option<f64>,
 }
 
 /// The TOML file: the same settings as the flags, plus the ones only a file can express
@@ -166,6 +177,10 @@ struct FileConfig {
     ip_rate_limit: Option<u32>,
     db_acquire_timeout: Option<String>,
     sqlite_group_commit: Option<bool>,
+    default_model_price: Option<String>,
+    demo_delay: Option<String>,
+    demo_fail_rate: Option<f64>,
+    catalog_rate_limit: Option<u32>,
     pricing: Option<PricingFile>,
     models: Option<BTreeMap<String, ModelFile>>,
 }
@@ -179,26 +194,48 @@ struct PricingFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelFile {
-    price: String,
-    /// `image`, `audio`, `text` for the built-in demo generators, `external` for models
-    /// served by an external worker.
+    /// Required for a model the catalog does not know; overrides the catalog's price
+    /// otherwise.
+    price: Option<String>,
+    /// `image`, `video`, `audio`, `text` for the built-in demo generators, `external`
+    /// for models served by an external worker.
     kind: Option<String>,
+    /// Built-in generators: this model's `demo_delay`.
+    delay: Option<String>,
+    /// Built-in generators: this model's `demo_fail_rate`.
+    fail_rate: Option<f64>,
 }
 
-/// One model of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One model the server accepts tasks for.
+#[derive(Debug, Clone)]
 pub struct Model {
     pub name: String,
     pub price: Credits,
     pub kind: ModelKind,
+    /// Its catalog entry (fields, task type, published price), if it is a KIE.AI model.
+    pub spec: Option<std::sync::Arc<crate::catalog::CatalogModel>>,
+    /// Whether `price` is KIE.AI's published one (or the operator's), not the default.
+    pub price_published: bool,
+    /// Generation delay of the built-in generators (`None`: `demo_delay`).
+    pub delay: Option<Duration>,
+    /// Failure rate of the built-in generators (`None`: `demo_fail_rate`).
+    pub fail_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     DemoImage,
+    DemoVideo,
     DemoAudio,
     DemoText,
     External,
+}
+
+impl ModelKind {
+    /// Served by the built-in generators.
+    pub fn is_demo(self) -> bool {
+        self != ModelKind::External
+    }
 }
 
 /// Where the metadata lives.
@@ -258,6 +295,15 @@ pub struct Config {
     pub sqlite_group_commit: bool,
     pub price_download_url: Credits,
     pub models: BTreeMap<String, Model>,
+    /// Price of catalog models without a published price.
+    pub default_model_price: Credits,
+    /// Built-in generators: time between claiming a task and finishing it.
+    pub demo_delay: Duration,
+    /// Built-in generators: share of tasks failed on purpose (0..=1).
+    pub demo_fail_rate: f64,
+    /// Requests per second per account on the catalog endpoints (`/api/v1/models…`,
+    /// KIE.AI: 1; 0 = off).
+    pub catalog_rate_limit: u32,
     /// See `conn_guard`: head deadline (and keep-alive idle timeout).
     pub header_read_timeout: Duration,
     /// See `conn_guard`: the whole request body must arrive within this.
@@ -296,9 +342,14 @@ fn parse_credits(what: &str, s: &str) -> Result<Credits, ConfigError> {
 pub const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,24h";
 pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The price of catalog models KIE.AI publishes no price for, unless configured.
+pub const DEFAULT_MODEL_PRICE: &str = "10";
+
+/// The built-in `demo/*` models (need `input.prompt`; images take `width`/`height`).
 pub fn default_models() -> BTreeMap<String, Model> {
     [
         ("demo/image", 200, ModelKind::DemoImage),
+        ("demo/video", 300, ModelKind::DemoVideo),
         ("demo/audio", 100, ModelKind::DemoAudio),
         ("demo/text", 50, ModelKind::DemoText),
     ]
@@ -310,10 +361,49 @@ pub fn default_models() -> BTreeMap<String, Model> {
                 name: n.into(),
                 price: Credits(p),
                 kind: k,
+                spec: None,
+                price_published: true,
+                delay: None,
+                fail_rate: None,
             },
         )
     })
     .collect()
+}
+
+/// The embedded KIE.AI catalog plus the `demo/*` models, every one served by the
+/// built-in generator of its output media; `default_price` for unpublished prices.
+pub fn catalog_models(default_price: Credits) -> BTreeMap<String, Model> {
+    let mut out = default_models();
+    for m in &crate::catalog::catalog().models {
+        let published = m.price.as_deref().and_then(|p| p.parse::<Credits>().ok());
+        let kind = match m.output {
+            crate::catalog::Output::Image => ModelKind::DemoImage,
+            crate::catalog::Output::Video => ModelKind::DemoVideo,
+            crate::catalog::Output::Audio => ModelKind::DemoAudio,
+            crate::catalog::Output::Text => ModelKind::DemoText,
+        };
+        out.insert(
+            m.model.clone(),
+            Model {
+                name: m.model.clone(),
+                price: published.unwrap_or(default_price),
+                kind,
+                spec: Some(m.clone()),
+                price_published: published.is_some(),
+                delay: None,
+                fail_rate: None,
+            },
+        );
+    }
+    out
+}
+
+fn parse_fail_rate(what: &str, r: f64) -> Result<f64, ConfigError> {
+    if !(0.0..=1.0).contains(&r) {
+        return Err(bad(format!("invalid {what} {r}: must be between 0 and 1")));
+    }
+    Ok(r)
 }
 
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -464,35 +554,83 @@ impl Config {
             .collect();
         file_hosts.push(host_key(&public_url));
 
-        let models = match &f.models {
-            None => default_models(),
-            Some(m) => {
-                let mut out = BTreeMap::new();
-                for (name, spec) in m {
-                    let kind = match spec.kind.as_deref() {
-                        None | Some("external") => ModelKind::External,
-                        Some("image") => ModelKind::DemoImage,
-                        Some("audio") => ModelKind::DemoAudio,
-                        Some("text") => ModelKind::DemoText,
-                        Some(k) => {
-                            return Err(bad(format!(
-                                "invalid model '{name}': kind '{k}' is not image, audio, text or external"
-                            )))
-                        }
-                    };
-                    let price = parse_credits(&format!("price of model '{name}'"), &spec.price)?;
-                    out.insert(
-                        name.clone(),
-                        Model {
-                            name: name.clone(),
-                            price,
-                            kind,
-                        },
-                    );
+        let default_model_price = parse_credits(
+            "--default-model-price",
+            a.default_model_price
+                .as_deref()
+                .or(f.default_model_price.as_deref())
+                .unwrap_or(DEFAULT_MODEL_PRICE),
+        )?;
+        // The catalog, then the TOML `models` table overriding or extending it.
+        let mut models = catalog_models(default_model_price);
+        for (name, spec) in f.models.iter().flatten() {
+            let kind = match spec.kind.as_deref() {
+                None => None,
+                Some("external") => Some(ModelKind::External),
+                Some("image") => Some(ModelKind::DemoImage),
+                Some("video") => Some(ModelKind::DemoVideo),
+                Some("audio") => Some(ModelKind::DemoAudio),
+                Some("text") => Some(ModelKind::DemoText),
+                Some(k) => {
+                    return Err(bad(format!(
+                        "invalid model '{name}': kind '{k}' is not image, video, audio, text or external"
+                    )))
                 }
-                out
+            };
+            let price = spec
+                .price
+                .as_deref()
+                .map(|p| parse_credits(&format!("price of model '{name}'"), p))
+                .transpose()?;
+            let delay = spec
+                .delay
+                .as_deref()
+                .map(|d| parse_duration(&format!("delay of model '{name}'"), d))
+                .transpose()?;
+            let fail_rate = spec
+                .fail_rate
+                .map(|r| parse_fail_rate(&format!("fail_rate of model '{name}'"), r))
+                .transpose()?;
+            let m = match models.get_mut(name) {
+                Some(m) => m,
+                None => {
+                    let Some(price) = price else {
+                        return Err(bad(format!(
+                            "invalid model '{name}': not in the catalog, so it needs a price"
+                        )));
+                    };
+                    models.entry(name.clone()).or_insert(Model {
+                        name: name.clone(),
+                        price,
+                        kind: kind.unwrap_or(ModelKind::External),
+                        spec: None,
+                        price_published: true,
+                        delay: None,
+                        fail_rate: None,
+                    })
+                }
+            };
+            if let Some(p) = price {
+                m.price = p;
+                m.price_published = true;
             }
-        };
+            if let Some(k) = kind {
+                m.kind = k;
+            }
+            m.delay = delay.or(m.delay);
+            m.fail_rate = fail_rate.or(m.fail_rate);
+        }
+        let demo_delay = parse_duration(
+            "--demo-delay",
+            a.demo_delay
+                .as_deref()
+                .or(f.demo_delay.as_deref())
+                .unwrap_or("0s"),
+        )?;
+        let demo_fail_rate = parse_fail_rate(
+            "--demo-fail-rate",
+            a.demo_fail_rate.or(f.demo_fail_rate).unwrap_or(0.0),
+        )?;
         let price_download_url = match f.pricing.as_ref().and_then(|p| p.download_url.as_deref()) {
             None => Credits::ZERO,
             Some(p) => parse_credits("pricing.download_url", p)?,
@@ -552,6 +690,10 @@ impl Config {
                 .unwrap_or(true),
             price_download_url,
             models,
+            default_model_price,
+            demo_delay,
+            demo_fail_rate,
+            catalog_rate_limit: f.catalog_rate_limit.unwrap_or(1),
             header_read_timeout: positive(
                 "--header-read-timeout",
                 dur(
@@ -628,6 +770,52 @@ mod tests {
         assert_eq!(c.webhook_retry_schedule.len(), 8);
         assert_eq!(c.models["demo/text"].price, Credits(50));
         assert_eq!(c.file_hosts, vec!["127.0.0.1:8080".to_string()]);
+    }
+
+    #[test]
+    fn catalog_models_with_toml_overrides() {
+        let dir = std::env::temp_dir().join(format!("kie-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kie.toml");
+        let with = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            let a = ServeArgs {
+                store: StoreArgs {
+                    config: Some(path.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Config::from_args(&a)
+        };
+        let c = with(
+            "default_model_price = \"2.5\"\ndemo_delay = \"2s\"\n\
+             [models.\"google/nano-banana\"]\nprice = \"9\"\nfail_rate = 0.5\n\
+             [models.\"acme/x\"]\nprice = \"1\"\n",
+        )
+        .unwrap();
+        let nb = &c.models["google/nano-banana"];
+        assert_eq!(
+            (nb.price, nb.fail_rate, nb.kind),
+            (Credits(900), Some(0.5), ModelKind::DemoImage)
+        );
+        assert!(nb.spec.is_some() && nb.price_published);
+        let sd = &c.models["bytedance/seedance-2"];
+        assert_eq!(
+            (sd.price, sd.price_published, sd.kind),
+            (Credits(250), false, ModelKind::DemoVideo)
+        );
+        assert_eq!(c.models["acme/x"].kind, ModelKind::External);
+        assert!(c.models.contains_key("demo/image") && c.models.len() == 149 + 4 + 1);
+        assert_eq!(c.demo_delay, Duration::from_secs(2));
+        assert_eq!(c.catalog_rate_limit, 1);
+        let e = with("[models.\"acme/y\"]\nkind = \"video\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid model 'acme/y': not in the catalog, so it needs a price"
+        );
+        assert!(with("demo_fail_rate = 2.0\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod blobs;
+pub mod catalog;
 pub mod config;
 pub mod conn_guard;
 pub mod console;

@@ -56,7 +56,7 @@ pub struct UploadEnvelope {
 pub struct CreateTaskBody {
     /// A model of the catalog, e.g. `demo/image`
     pub model: String,
-    /// Model input; demo models need `prompt` (and take `width`/`height` for images)
+    /// Model input, checked against the model's fields (GET /api/v1/models/{model}/schema); `demo/*` models need `prompt`
     pub input: serde_json::Value,
     /// http(s) URL that receives the callback when the task finishes
     #[schema(nullable)]
@@ -111,4 +111,42 @@ pub struct RecordInfoEnvelope {
     pub msg: String,
     #[schema(nullable)]
     pub data: Option<RecordInfoData>,
+}
+
+/// `{"code": 200, "msg": "success", "data": {"total": N, "models": […]}}`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ModelListEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<crate::api::models::ModelList>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ModelPriceEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<crate::api::models::ModelPrice>,
+}
+
+/// `data` is a JSON Schema (2020-12) of the model's `input` object.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SchemaEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SuccessRateEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<crate::api::models::SuccessRate>,
 }

@@ -73,6 +73,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
                         Some(k) => {
                             println!("demo API key: {k}");
                             println!("try: curl -s {base}/api/v1/chat/credit -H \"Authorization: Bearer {k}\"");
+                            println!(
+                                "models ({}: KIE.AI's catalog and demo/*): curl -s {base}/api/v1/models -H \"Authorization: Bearer {k}\"",
+                                state.config.models.len()
+                            );
                         }
                         None => println!(
                             "demo API key: not available here (create one with: kie admin key create --account demo)"

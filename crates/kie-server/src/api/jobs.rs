@@ -29,7 +29,11 @@ fn validate(state: &AppState, req: &CreateTaskRequest) -> Result<Option<String>,
             "Invalid field 'input': must be a JSON object",
         ));
     };
-    if model.kind != ModelKind::External {
+    if let Some(spec) = &model.spec {
+        // A KIE.AI model: its own fields, as KIE.AI checks them.
+        spec.validate(input).map_err(ApiError::validation)?;
+    } else if model.kind != ModelKind::External {
+        // The built-in `demo/*` models need a prompt.
         match input.get("prompt") {
             Some(serde_json::Value::String(p)) if !p.trim().is_empty() => {}
             _ => {
@@ -66,7 +70,7 @@ fn validate(state: &AppState, req: &CreateTaskRequest) -> Result<Option<String>,
     path = "/api/v1/jobs/createTask",
     tag = "jobs",
     request_body = crate::openapi::CreateTaskBody,
-    responses((status = 200, description = "Envelope; data = {taskId}. Codes: 200, 401 (also: key not allowed from this address), 402 (insufficient credits), 433 (the key's usage cap would be exceeded), 422 (unknown model, input not an object, bad callBackUrl), 429 (creation limit, HTTP 429 with Retry-After), 455, 500, 505", body = crate::openapi::CreateTaskEnvelope))
+    responses((status = 200, description = "Envelope; data = {taskId}. Codes: 200, 401 (also: key not allowed from this address), 402 (insufficient credits), 433 (the key's usage cap would be exceeded), 422 (unknown model, input not an object or not valid for the model — the message names the field, bad callBackUrl), 429 (creation limit, HTTP 429 with Retry-After), 455, 500, 505", body = crate::openapi::CreateTaskEnvelope))
 )]
 pub async fn create_task(
     State(state): State<AppState>,

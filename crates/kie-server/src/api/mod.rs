@@ -5,6 +5,7 @@ pub mod account;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
+pub mod models;
 pub mod upload;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,11 +23,13 @@ use crate::app::AppState;
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
+    paths(models::model_price, models::model_schema, models::model_success_rate),
     tags(
         (name = "common", description = "Common API"),
         (name = "upload", description = "File Upload API (answers also carry \"success\")"),
         (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
-        (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)")
+        (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)"),
+        (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)")
     )
 )]
 pub struct ApiDoc;
@@ -60,5 +63,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
         .routes(routes!(account::list_callbacks))
+        .routes(routes!(models::list_models))
+        // Model names contain '/': price, schema and success-rate share one catch-all
+        // route (documented above as /api/v1/models/{model}/…).
+        .route(
+            "/api/v1/models/{*rest}",
+            axum::routing::get(models::model_detail),
+        )
         .merge(uploads)
 }

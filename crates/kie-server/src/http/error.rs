@@ -30,6 +30,9 @@ pub struct ApiError {
     pub too_large: bool,
     /// File Upload API answers carry `"success": false`.
     pub upload: bool,
+    /// Keep HTTP 200 in compat mode although the code is 429 (KIE.AI's catalog
+    /// endpoints answer their 1 request/s limit that way).
+    pub http_ok: bool,
     internal: Option<String>,
 }
 
@@ -41,6 +44,7 @@ impl ApiError {
             retry_after: None,
             too_large: false,
             upload: false,
+            http_ok: false,
             internal: None,
         }
     }
@@ -158,9 +162,16 @@ impl IntoResponse for ApiError {
         if self.upload {
             r.extensions_mut().insert(UploadEnvelope);
         }
+        if self.http_ok {
+            r.extensions_mut().insert(KeepHttpOk);
+        }
         r
     }
 }
+
+/// Marks an answer whose HTTP status stays 200 in compat mode whatever its code.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepHttpOk;
 
 /// Marks an answer of the File Upload API (its error envelope carries `success`).
 #[derive(Debug, Clone, Copy)]

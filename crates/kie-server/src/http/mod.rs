@@ -195,7 +195,13 @@ pub fn finish(
             resp = error::json_response(error_body(codes::SERVER_ERROR, &msg, upload));
             resp.extensions_mut().insert(bc);
         }
-        *resp.status_mut() = http_status(state.config.status_mode, bc.code, bc.too_large);
+        let keep_ok = state.config.status_mode == StatusMode::Compat
+            && resp.extensions().get::<error::KeepHttpOk>().is_some();
+        *resp.status_mut() = if keep_ok {
+            StatusCode::OK
+        } else {
+            http_status(state.config.status_mode, bc.code, bc.too_large)
+        };
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), v);

@@ -1,140 +1,162 @@
-//! Built-in demo models, run in-process through the worker protocol, so the embedded
-//! default works end to end with no external AI:
+//! Built-in generators, run in-process through the worker protocol, so the embedded
+//! default works end to end with no external AI, for every catalog model and the
+//! `demo/*` models. Each task is generated from its input, deterministically (see
+//! [`super::media`]):
 //!
-//! * `image`: a real PNG (RGB, `input.width`×`input.height`, default 256×256, at most
-//!   1024 each): a diagonal gradient between two colours taken from a hash of the
-//!   prompt, with a band whose position also comes from the hash.
-//! * `audio`: a real WAV (PCM 16-bit mono, 16 kHz, 1 s): a tone whose pitch (220–880
-//!   Hz) comes from a hash of the prompt, with short fades against clicks.
-//! * `text`: `resultObject = {"text": …}` derived from the prompt.
+//! * image models: a PNG whose size follows `aspect_ratio` / `image_size` / `ratio`
+//!   and `resolution` / `image_resolution` / `size` / `quality` when given (1K → 1024 px
+//!   on the long side, 720p → 720 px on the short side, …; 1024×1024 otherwise; the
+//!   `demo/image` model takes `width`/`height`, default 256×256);
+//! * video models: an H.264 MP4 of `duration` seconds (1–5, default 3), 128 px on the
+//!   long side, in the asked aspect ratio;
+//! * audio models: a WAV (also where KIE.AI would answer MP3), about a second per
+//!   three words of `text`/`prompt` (1–5 s, `duration_seconds` when given);
+//! * text models: `resultObject = {"text": …}`.
+//!
+//! Input fields of type url / url[] (images, videos, audio, masks) are fetched through
+//! the SSRF guard (the upload-by-URL policy) and their bytes feed the seed; a URL that
+//! cannot be fetched fails the task with `failCode` 400 and a `failMsg` naming the
+//! field. `demo_delay` (per model `delay`) keeps the task `generating` that long;
+//! `demo_fail_rate` (per model `fail_rate`) fails that share of tasks on purpose.
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
+use super::media;
 use super::ClaimedTask;
 use crate::app::AppState;
-use crate::config::ModelKind;
+use crate::config::{Model, ModelKind};
 
-fn prompt_of(t: &ClaimedTask) -> String {
-    t.input
-        .get("prompt")
-        .and_then(|p| p.as_str())
-        .unwrap_or_default()
-        .to_string()
+/// Longest time to fetch one input file.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn str_of<'a>(input: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    input.get(key).and_then(|v| v.as_str())
 }
 
-fn dim(t: &ClaimedTask, key: &str) -> u32 {
-    t.input
+fn num_of(input: &serde_json::Value, key: &str) -> Option<f64> {
+    match input.get(key)? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().trim_end_matches('s').parse().ok(),
+        _ => None,
+    }
+}
+
+/// `w:h`, or one of the named sizes of KIE.AI's schemas.
+pub fn parse_ratio(s: &str) -> Option<(u32, u32)> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Some((a, b)) = s.split_once(':') {
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        return (a > 0 && b > 0 && a <= 100 && b <= 100).then_some((a, b));
+    }
+    let named = |r: &str| -> Option<(u32, u32)> {
+        let (a, b) = r.split_once('_')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    match s.as_str() {
+        "square" | "square_hd" => Some((1, 1)),
+        "landscape" => Some((16, 9)),
+        "portrait" => Some((9, 16)),
+        _ => {
+            if let Some(r) = s.strip_prefix("landscape_") {
+                named(r)
+            } else if let Some(r) = s.strip_prefix("portrait_") {
+                named(r).map(|(a, b)| (b, a))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// A resolution setting: the long side (`1K`, `2K`, `4K`) or the short side (`720p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Res {
+    Long(u32),
+    Short(u32),
+}
+
+pub fn parse_res(s: &str) -> Option<Res> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Some(k) = s.strip_suffix('k') {
+        let k: f64 = k.parse().ok()?;
+        return (k > 0.0 && k <= 8.0).then_some(Res::Long((k * 1024.0) as u32));
+    }
+    let n: u32 = s.strip_suffix('p').unwrap_or(&s).parse().ok()?;
+    (64..=4320).contains(&n).then_some(Res::Short(n))
+}
+
+fn ratio_of(input: &serde_json::Value) -> Option<(u32, u32)> {
+    ["aspect_ratio", "image_size", "ratio", "size"]
+        .iter()
+        .find_map(|k| str_of(input, k).and_then(parse_ratio))
+}
+
+/// Image size for a catalog model's input (see the module docs).
+pub fn image_dims(input: &serde_json::Value) -> (u32, u32) {
+    let (rw, rh) = ratio_of(input).unwrap_or((1, 1));
+    let res = [
+        "resolution",
+        "image_resolution",
+        "size",
+        "quality",
+        "output_resolution",
+    ]
+    .iter()
+    .find_map(|k| {
+        let v = input.get(*k)?;
+        match v {
+            serde_json::Value::String(s) => parse_res(s),
+            serde_json::Value::Number(n) => parse_res(&n.to_string()),
+            _ => None,
+        }
+    })
+    .unwrap_or(Res::Long(1024));
+    let (max, min) = (rw.max(rh) as u64, rw.min(rh) as u64);
+    let (mut long, mut short) = match res {
+        Res::Long(l) => (u64::from(l), u64::from(l) * min / max),
+        Res::Short(s) => (u64::from(s) * max / min, u64::from(s)),
+    };
+    if long > 4096 {
+        short = short * 4096 / long;
+        long = 4096;
+    }
+    let (long, short) = (long.max(1) as u32, short.max(1) as u32);
+    if rw >= rh {
+        (long, short)
+    } else {
+        (short, long)
+    }
+}
+
+/// Seconds of a generated video: `duration` (or `n_frames`, `duration_seconds`),
+/// 1 to 5, default 3.
+pub fn video_seconds(input: &serde_json::Value) -> u32 {
+    ["duration", "n_frames", "duration_seconds"]
+        .iter()
+        .find_map(|k| num_of(input, k))
+        .map(|s| s.round().clamp(1.0, 5.0) as u32)
+        .unwrap_or(3)
+}
+
+fn audio_seconds(input: &serde_json::Value) -> f64 {
+    if let Some(s) = num_of(input, "duration_seconds") {
+        return s.clamp(0.5, 5.0);
+    }
+    let words = ["text", "prompt"]
+        .iter()
+        .find_map(|k| str_of(input, k))
+        .map(|t| t.split_whitespace().count())
+        .unwrap_or(3);
+    (words as f64 / 3.0).clamp(1.0, 5.0)
+}
+
+fn demo_dim(input: &serde_json::Value, key: &str) -> u32 {
+    input
         .get(key)
         .and_then(|v| v.as_u64())
         .map(|v| v.clamp(1, 1024) as u32)
         .unwrap_or(256)
-}
-
-/// zlib stream of `data` in stored (uncompressed) deflate blocks: valid for every
-/// decoder, and needs no compression library.
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 16);
-    out.extend_from_slice(&[0x78, 0x01]);
-    let mut chunks = data.chunks(65535).peekable();
-    if chunks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(c) = chunks.next() {
-        let last = chunks.peek().is_none();
-        out.push(u8::from(last));
-        let len = c.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(c);
-    }
-    // Adler-32 of the uncompressed data.
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= 65521;
-        b %= 65521;
-    }
-    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    out
-}
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
-}
-
-/// A PNG image derived from `prompt`.
-pub fn png_for(prompt: &str, width: u32, height: u32) -> Vec<u8> {
-    let h = Sha256::digest(prompt.as_bytes());
-    let (c0, c1) = ([h[0], h[1], h[2]], [h[3], h[4], h[5]]);
-    let band = u32::from(h[6]) * height / 256;
-    let mut raw = Vec::with_capacity(((width * 3 + 1) * height) as usize);
-    let span = (width + height).max(2) - 2;
-    for y in 0..height {
-        raw.push(0); // filter: none
-        for x in 0..width {
-            let t = (x + y) * 255 / span.max(1);
-            let in_band = y.abs_diff(band) < height / 16 + 1;
-            for ch in 0..3 {
-                let v = (u32::from(c0[ch]) * (255 - t) + u32::from(c1[ch]) * t) / 255;
-                raw.push(if in_band { 255 - v as u8 } else { v as u8 });
-            }
-        }
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(&mut out, b"IDAT", &zlib_stored(&raw));
-    png_chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-pub const WAV_RATE: u32 = 16_000;
-
-/// The tone frequency for `prompt`, 220–880 Hz.
-pub fn tone_hz(prompt: &str) -> f64 {
-    let h = Sha256::digest(prompt.as_bytes());
-    220.0 + f64::from(u16::from_be_bytes([h[0], h[1]])) / 65535.0 * 660.0
-}
-
-/// A one-second WAV tone derived from `prompt`.
-pub fn wav_for(prompt: &str) -> Vec<u8> {
-    let hz = tone_hz(prompt);
-    let n = WAV_RATE as usize;
-    let fade = n / 50;
-    let data_len = (n * 2) as u32;
-    let mut out = Vec::with_capacity(44 + n * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&WAV_RATE.to_le_bytes());
-    out.extend_from_slice(&(WAV_RATE * 2).to_le_bytes()); // byte rate
-    out.extend_from_slice(&2u16.to_le_bytes()); // block align
-    out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
-    for i in 0..n {
-        let env = (i.min(n - 1 - i) as f64 / fade as f64).min(1.0);
-        let s = (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(WAV_RATE)).sin();
-        let v = (s * env * 0.6 * f64::from(i16::MAX)) as i16;
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
 }
 
 /// A short text derived from `prompt`.
@@ -145,32 +167,153 @@ pub fn text_for(prompt: &str) -> serde_json::Value {
     })
 }
 
+/// The URL inputs of a task (`input.image_urls[0]`, URL), in field order.
+fn input_urls(model: &Model, input: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(spec) = &model.spec else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for f in &spec.input {
+        match (f.ty.as_str(), input.get(&f.name)) {
+            ("url", Some(serde_json::Value::String(u))) => {
+                out.push((format!("input.{}", f.name), u.clone()))
+            }
+            ("url[]", Some(serde_json::Value::Array(a))) => {
+                for (i, u) in a.iter().enumerate() {
+                    if let Some(u) = u.as_str() {
+                        out.push((format!("input.{}[{i}]", f.name), u.to_string()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Fetches one input file through the SSRF guard; the error says why, without the URL
+/// (it may carry a signature).
+async fn fetch(state: &AppState, raw: &str) -> Result<Vec<u8>, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|_| "not a valid URL".to_string())?;
+    let policy = &state.files.fetch_policy;
+    let mut resp = crate::net_guard::get(&state.files.fetch_client, policy, url, FETCH_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "the server answered HTTP {}",
+            resp.status().as_u16()
+        ));
+    }
+    let limit = state.config.max_upload;
+    let mut body = Vec::new();
+    while let Some(c) = resp
+        .chunk()
+        .await
+        .map_err(|e| crate::net_guard::FetchError::from(e).to_string())?
+    {
+        body.extend_from_slice(&c);
+        if body.len() as u64 > limit {
+            return Err(format!("larger than {limit} bytes"));
+        }
+    }
+    Ok(body)
+}
+
+/// Why a task is failed on purpose or by its inputs.
+struct Failure(&'static str, String);
+
+/// The result file (name, content type, bytes) or text of a task.
+async fn generate(
+    state: &AppState,
+    model: &Model,
+    t: &ClaimedTask,
+) -> Result<Result<(&'static str, &'static str, Vec<u8>), serde_json::Value>, Failure> {
+    let input = &t.input;
+    let prompt = ["prompt", "text"]
+        .iter()
+        .find_map(|k| str_of(input, k))
+        .unwrap_or_default()
+        .to_string();
+    // The seed: the prompt for `demo/*`, the whole input and the fetched files else.
+    let seed: [u8; 32] = if model.spec.is_none() {
+        Sha256::digest(prompt.as_bytes()).into()
+    } else {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(input).unwrap_or_default());
+        for (path, url) in input_urls(model, input) {
+            let bytes = fetch(state, &url)
+                .await
+                .map_err(|why| Failure("400", format!("Could not fetch {path}: {why}")))?;
+            h.update(Sha256::digest(&bytes));
+        }
+        h.finalize().into()
+    };
+    let spec = model.spec.is_some();
+    Ok(match model.kind {
+        ModelKind::DemoImage => {
+            let (w, h) = if spec {
+                image_dims(input)
+            } else {
+                (demo_dim(input, "width"), demo_dim(input, "height"))
+            };
+            let png = tokio::task::spawn_blocking(move || media::png(&seed, w, h))
+                .await
+                .map_err(|e| Failure("500", format!("image generation failed: {e}")))?;
+            Ok(("image.png", "image/png", png))
+        }
+        ModelKind::DemoVideo => {
+            let (w, h) = media::video_size(ratio_of(input).unwrap_or((16, 9)));
+            let secs = video_seconds(input);
+            let mp4 = tokio::task::spawn_blocking(move || media::mp4(&seed, w, h, secs))
+                .await
+                .map_err(|e| Failure("500", format!("video generation failed: {e}")))?
+                .map_err(|e| Failure("500", e.to_string()))?;
+            Ok(("video.mp4", "video/mp4", mp4))
+        }
+        ModelKind::DemoAudio => {
+            let secs = if spec { audio_seconds(input) } else { 1.0 };
+            Ok(("audio.wav", "audio/wav", media::wav(&seed, secs)))
+        }
+        ModelKind::DemoText => Err(text_for(&prompt)),
+        ModelKind::External => return Err(Failure("500", "model is not a demo model".into())),
+    })
+}
+
 /// Generates one claimed task and reports it through the protocol.
 async fn run_one(state: &AppState, t: ClaimedTask) {
-    let kind = state.config.models.get(&t.model).map(|m| m.kind);
-    let prompt = prompt_of(&t);
-    let file = match kind {
-        Some(ModelKind::DemoImage) => Some((
-            "image.png",
-            "image/png",
-            png_for(&prompt, dim(&t, "width"), dim(&t, "height")),
-        )),
-        Some(ModelKind::DemoAudio) => Some(("audio.wav", "audio/wav", wav_for(&prompt))),
-        Some(ModelKind::DemoText) => None,
-        _ => {
-            let _ = super::fail(state, &t.task_id, "500", "model is not a demo model").await;
+    let Some(model) = state.config.models.get(&t.model) else {
+        let _ = super::fail(state, &t.task_id, "500", "model is not a demo model").await;
+        return;
+    };
+    let delay = model.delay.unwrap_or(state.config.demo_delay);
+    if !delay.is_zero() {
+        let mut stop = state.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            // left `generating`: the reaper times it out like a lost worker's task
+            _ = stop.changed() => return,
+        }
+    }
+    let rate = model.fail_rate.unwrap_or(state.config.demo_fail_rate);
+    if rate > 0.0 && rand::random::<f64>() < rate {
+        let msg = format!("Generation failed (simulated: demo fail rate {rate})");
+        let _ = super::fail(state, &t.task_id, "500", &msg).await;
+        return;
+    }
+    let result = match generate(state, model, &t).await {
+        Err(Failure(code, msg)) => {
+            let _ = super::fail(state, &t.task_id, code, &msg).await;
             return;
         }
-    };
-    let result = match file {
-        Some((name, ct, bytes)) => {
+        Ok(Ok((name, ct, bytes))) => {
             let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
             match super::upload_file(state, &t.task_id, name, ct, body).await {
                 Ok(_) => super::complete(state, &t.task_id, None, None).await,
                 Err(e) => Err(e),
             }
         }
-        None => super::complete(state, &t.task_id, None, Some(text_for(&prompt))).await,
+        Ok(Err(text)) => super::complete(state, &t.task_id, None, Some(text)).await,
     };
     if let Err(e) = result {
         tracing::warn!(task_id = %t.task_id, error = %e, "demo worker could not finish a task");
@@ -186,12 +329,7 @@ pub async fn worker_loop(state: AppState, index: u32) {
         .config
         .models
         .values()
-        .filter(|m| {
-            matches!(
-                m.kind,
-                ModelKind::DemoImage | ModelKind::DemoAudio | ModelKind::DemoText
-            )
-        })
+        .filter(|m| m.kind.is_demo())
         .map(|m| m.name.clone())
         .collect();
     if models.is_empty() {
@@ -232,30 +370,32 @@ pub async fn worker_loop(state: AppState, index: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn png_has_signature_and_size() {
-        let p = png_for("a red fox", 33, 17);
-        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(&p[12..16], b"IHDR");
-        assert_eq!(u32::from_be_bytes(p[16..20].try_into().unwrap()), 33);
-        assert_eq!(u32::from_be_bytes(p[20..24].try_into().unwrap()), 17);
-        assert_ne!(png_for("a blue fox", 33, 17), p);
+    fn image_size_follows_ratio_and_resolution() {
+        assert_eq!(image_dims(&json!({})), (1024, 1024));
+        assert_eq!(image_dims(&json!({"aspect_ratio": "16:9"})), (1024, 576));
+        assert_eq!(
+            image_dims(&json!({"aspect_ratio": "9:16", "resolution": "2K"})),
+            (1152, 2048)
+        );
+        assert_eq!(
+            image_dims(&json!({"image_size": "landscape_4_3"})),
+            (1024, 768)
+        );
+        assert_eq!(
+            image_dims(&json!({"image_size": "portrait_16_9", "resolution": "720p"})),
+            (720, 1280)
+        );
+        assert_eq!(image_dims(&json!({"resolution": "4K"})), (4096, 4096));
     }
 
     #[test]
-    fn zlib_adler_matches_reference() {
-        // Adler-32 of "Wikipedia" is 0x11E60398.
-        let z = zlib_stored(b"Wikipedia");
-        assert_eq!(&z[z.len() - 4..], &0x11E6_0398u32.to_be_bytes());
-    }
-
-    #[test]
-    fn wav_header() {
-        let w = wav_for("hum");
-        assert_eq!(&w[..4], b"RIFF");
-        assert_eq!(&w[8..16], b"WAVEfmt ");
-        assert_eq!(w.len(), 44 + 32_000);
-        assert!((220.0..=880.0).contains(&tone_hz("hum")));
+    fn video_seconds_from_input() {
+        assert_eq!(video_seconds(&json!({})), 3);
+        assert_eq!(video_seconds(&json!({"duration": "10"})), 5);
+        assert_eq!(video_seconds(&json!({"duration": 2})), 2);
+        assert_eq!(video_seconds(&json!({"n_frames": "10"})), 5);
     }
 }

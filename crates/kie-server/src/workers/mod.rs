@@ -9,6 +9,7 @@
 
 pub mod demo;
 pub mod http;
+pub mod media;
 
 use bytes::Bytes;
 use futures::Stream;

@@ -744,7 +744,7 @@ async fn openapi_document_matches_the_router() {
 }
 
 /// Issue 7: the credit read may be answered from a cache (SQLite: valid only while no
-/// transaction committed since; see `http::fastread`), and must still show every
+/// transaction committed since; see `store::fastread`), and must still show every
 /// acknowledged change at once — this server's own holds (group commit) and changes
 /// made by another process (`kie admin`) — with reads repeated between changes so that
 /// each change lands on a warm cache.

@@ -5,6 +5,7 @@ mod harness;
 
 mod bounded;
 mod caps;
+mod catalog;
 mod cli_e2e;
 mod console;
 mod crash;
