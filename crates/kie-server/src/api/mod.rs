@@ -5,6 +5,7 @@ pub mod account;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
+pub mod keys;
 pub mod upload;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -26,7 +27,8 @@ use crate::app::AppState;
         (name = "common", description = "Common API"),
         (name = "upload", description = "File Upload API (answers also carry \"success\")"),
         (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
-        (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)")
+        (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)"),
+        (name = "keys", description = "The account's API keys: list, create, revoke, roll, update (a key with the management scope only)")
     )
 )]
 pub struct ApiDoc;
@@ -60,5 +62,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
         .routes(routes!(account::list_callbacks))
+        .routes(routes!(keys::list_keys, keys::create_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::roll_key))
+        .routes(routes!(keys::update_key))
         .merge(uploads)
 }
