@@ -477,7 +477,7 @@ fn csrf_of(body: &str) -> String {
 async fn console_keys_page_shows_and_edits_caps_allowlist_and_scope() {
     let s = Server::start(opts());
     let (mut v, acc) = holder(&s, "pat", "40").await;
-    let (id, _) = admin_key(
+    let (id, key) = admin_key(
         &s,
         &acc,
         &["--cap-daily", "7", "--allow-ip", "203.0.113.0/24"],
@@ -584,4 +584,30 @@ async fn console_keys_page_shows_and_edits_caps_allowlist_and_scope() {
     assert_eq!(p.status, 200);
     let rows = s.sql("SELECT CAST(manage AS TEXT) FROM api_keys WHERE name = 'task bot'");
     assert!(rows[0][0] == "0" || rows[0][0] == "false", "{rows:?}");
+
+    // caps set on the console are enforced: any address again, a total cap of one task
+    let p = v
+        .post(
+            &update,
+            &[
+                ("csrf", &csrf),
+                ("cap_hourly", ""),
+                ("cap_daily", ""),
+                ("cap_total", "3"),
+                ("allow_ips", ""),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let allowed = eventually(Duration::from_secs(5), || async {
+        get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await.2["code"] == 200
+    })
+    .await;
+    assert!(allowed.is_some(), "the cleared allowlist still refuses");
+    let (_, _, t) = post_json(&s.url("/api/v1/jobs/createTask"), Some(&key), &task()).await;
+    assert_eq!(t["code"], 200, "{t}");
+    let (_, _, t) = post_json(&s.url("/api/v1/jobs/createTask"), Some(&key), &task()).await;
+    assert_eq!(t["code"], 433, "{t}");
+    let page = v.get("/console/keys").await;
+    assert!(page.body.contains("total 3 / 3"), "{}", page.body);
 }
