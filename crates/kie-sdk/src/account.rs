@@ -59,7 +59,7 @@ pub struct TaskFilter {
 }
 
 impl Client {
-    fn account_url(&self, path: &str, query: &[(&str, String)]) -> Result<Url> {
+    pub(crate) fn account_url(&self, path: &str, query: &[(&str, String)]) -> Result<Url> {
         let mut url = Url::parse(&format!(
             "{}{path}",
             self.base_url().as_str().trim_end_matches('/')

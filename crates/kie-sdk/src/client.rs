@@ -408,6 +408,21 @@ impl Client {
         .await
     }
 
+    /// A POST of a JSON body with an enveloped answer; retried per the policy only when
+    /// `idempotent`.
+    pub(crate) async fn post_enveloped<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        url: Url,
+        idempotent: bool,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        self.execute(what, idempotent, || async {
+            self.authed(self.inner.http.post(url.clone()).json(body))
+        })
+        .await
+    }
+
     /// The account's available balance (`GET /api/v1/chat/credit`).
     pub async fn credits(&self) -> Result<Credits> {
         let url = Self::endpoint(&self.inner.base_url, "/api/v1/chat/credit");

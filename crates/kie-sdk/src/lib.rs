@@ -46,6 +46,7 @@ pub mod account;
 mod client;
 pub mod download;
 mod error;
+pub mod keys;
 pub mod monitor;
 mod retry;
 pub mod webhook;

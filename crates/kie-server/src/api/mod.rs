@@ -5,6 +5,7 @@ pub mod account;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
+pub mod keys;
 pub mod models;
 pub mod upload;
 
@@ -29,7 +30,8 @@ use crate::app::AppState;
         (name = "upload", description = "File Upload API (answers also carry \"success\")"),
         (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
         (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)"),
-        (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)")
+        (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)"),
+        (name = "keys", description = "The account's API keys: list, create, revoke, roll, update (a key with the management scope only)")
     )
 )]
 pub struct ApiDoc;
@@ -70,5 +72,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
             "/api/v1/models/{*rest}",
             axum::routing::get(models::model_detail),
         )
+        .routes(routes!(keys::list_keys, keys::create_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::roll_key))
+        .routes(routes!(keys::update_key))
         .merge(uploads)
 }

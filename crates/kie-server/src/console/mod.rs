@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/keys", get(pages::keys).post(pages::create_key))
         .route("/console/keys/{id}/revoke", post(pages::revoke_key))
         .route("/console/keys/{id}/roll", post(pages::roll_key))
+        .route("/console/keys/{id}/update", post(pages::update_key))
         .route("/console/tasks", get(pages::tasks))
         .route("/console/tasks/{id}", get(pages::task))
         .route("/console/files", get(pages::files))

@@ -337,6 +337,19 @@ pub async fn overview(State(state): State<AppState>, h: Holder) -> PageResult {
 
 // ---- API keys -----------------------------------------------------------------------
 
+/// `used / cap` (or `used (no cap)`) of one cap.
+fn cap_usage(used: Credits, cap: Option<Credits>) -> String {
+    match cap {
+        Some(c) => format!("{used} / {c}"),
+        None => format!("{used} (no cap)"),
+    }
+}
+
+/// A cap as a form value (empty: no cap).
+fn cap_value(cap: Option<Credits>) -> String {
+    cap.map(|c| c.to_string()).unwrap_or_default()
+}
+
 fn keys_page(
     h: &Holder,
     keys: &[accounts::KeyInfo],
@@ -348,7 +361,10 @@ fn keys_page(
         @if let Some(e) = error { (notice("error", e)) }
         @if let Some(k) = created {
             div.notice.success role="status" {
-                p { "New key " strong { (k.prefix) } " — copy it now: it is not shown again." }
+                p {
+                    "New key " strong { (k.prefix) } " — copy it now: it is not shown again."
+                    @if k.manage { " It has the management scope: it can create, revoke and change keys." }
+                }
                 (copyable("new-key", "New API key", &k.key))
             }
         }
@@ -356,21 +372,41 @@ fn keys_page(
             (csrf_field(&h.session))
             label for="key-name" { "Key name" }
             input id="key-name" name="name" type="text" maxlength="100";
+            input id="key-manage" name="manage" type="checkbox" value="on";
+            label for="key-manage" { "Management key" }
             button type="submit" { "Create key" }
         }
+        p.hint { "A management key can create, revoke, roll and change this account's keys through the API ("
+            code { "kie keys" } "); keep task keys without it. Caps are in credits: hourly and daily per UTC hour and day, total over the key's life; a request over a cap gets code 433. Leave a cap empty for none; allowed IPs are CIDR blocks or addresses separated by spaces (empty: any address)." }
         table.list {
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Prefix" } th scope="col" { "Created" }
-                th scope="col" { "Expires" } th scope="col" { "Status" } th scope="col" { span.sr { "Actions" } }
+                th scope="col" { "Expires" } th scope="col" { "Status" }
+                th scope="col" { "Caps (used / cap)" } th scope="col" { "Allowed IPs" } th scope="col" { "Scope" }
+                th scope="col" { span.sr { "Actions" } }
             } }
             tbody {
                 @for k in keys {
+                    @let label = k.name.as_deref().unwrap_or(&k.prefix);
                     tr data-key=(k.id) {
                         td { (k.name.as_deref().unwrap_or("—")) }
                         td { code { (k.prefix) } }
                         td { (time(k.created_at)) }
                         td { (opt_time(k.expires_at)) }
                         td { span class=(format!("state {}", k.status)) { (k.status) } }
+                        td.caps {
+                            "hourly " (cap_usage(k.usage.hourly, k.caps.hourly)) br;
+                            "daily " (cap_usage(k.usage.daily, k.caps.daily)) br;
+                            "total " (cap_usage(k.usage.total, k.caps.total))
+                        }
+                        td.ips {
+                            @if k.allow_ips.is_empty() { "any" } @else {
+                                @for (i, ip) in k.allow_ips.iter().enumerate() {
+                                    @if i > 0 { " " } code { (ip) }
+                                }
+                            }
+                        }
+                        td { @if k.manage { strong { "management" } } @else { "tasks" } }
                         td {
                             @if k.status == "active" {
                                 @let open = ask == Some(k.id.as_str());
@@ -378,14 +414,13 @@ fn keys_page(
                                     (csrf_field(&h.session))
                                     @if !open {
                                         button type="submit" name="step" value="ask" class="reveal"
-                                            aria-label=(format!("Revoke {}", k.name.as_deref().unwrap_or(&k.prefix))) { "Revoke" }
+                                            aria-label=(format!("Revoke {label}")) { "Revoke" }
                                     }
                                     span.confirm hidden[!open] {
                                         "Revoke this key? "
                                         button type="submit" name="step" value="confirm" class="danger" { "Confirm" }
                                     }
                                 }
-                                @let label = k.name.as_deref().unwrap_or(&k.prefix);
                                 form.roll method="post" action=(format!("/console/keys/{}/roll", k.id)) {
                                     (csrf_field(&h.session))
                                     select name="grace" aria-label=(format!("Grace period for {label}")) {
@@ -393,11 +428,26 @@ fn keys_page(
                                     }
                                     button type="submit" aria-label=(format!("Roll {label}")) { "Roll" }
                                 }
+                                details.edit {
+                                    summary { "Edit caps and IPs" }
+                                    form.caps method="post" action=(format!("/console/keys/{}/update", k.id)) {
+                                        (csrf_field(&h.session))
+                                        label { "Hourly cap " input name="cap_hourly" type="text" inputmode="decimal" size="6"
+                                            value=(cap_value(k.caps.hourly)) aria-label=(format!("Hourly cap of {label}")); }
+                                        label { "Daily cap " input name="cap_daily" type="text" inputmode="decimal" size="6"
+                                            value=(cap_value(k.caps.daily)) aria-label=(format!("Daily cap of {label}")); }
+                                        label { "Total cap " input name="cap_total" type="text" inputmode="decimal" size="6"
+                                            value=(cap_value(k.caps.total)) aria-label=(format!("Total cap of {label}")); }
+                                        label { "Allowed IPs " input name="allow_ips" type="text" size="30"
+                                            value=(k.allow_ips.join(" ")) aria-label=(format!("Allowed IPs of {label}")); }
+                                        button type="submit" aria-label=(format!("Save caps and IPs of {label}")) { "Save" }
+                                    }
+                                }
                             }
                         }
                     }
                 }
-                @if keys.is_empty() { tr { td colspan="6" { "No keys yet." } } }
+                @if keys.is_empty() { tr { td colspan="9" { "No keys yet." } } }
             }
         }
     };
@@ -417,6 +467,9 @@ pub struct KeyForm {
     csrf: String,
     #[serde(default)]
     name: String,
+    /// The **Management key** checkbox (`on` when ticked).
+    #[serde(default)]
+    manage: String,
 }
 
 pub async fn create_key(
@@ -441,10 +494,14 @@ pub async fn create_key(
         ));
     }
     let name = (!name.is_empty()).then_some(name);
-    let k = accounts::create_key(&state.db, &h.account_id, name, None)
+    let opts = accounts::KeyOptions {
+        manage: !f.manage.is_empty(),
+        ..Default::default()
+    };
+    let k = accounts::create_key_with(&state.db, &h.account_id, name, None, &opts)
         .await
         .map_err(internal)?;
-    tracing::info!(user = %h.session.user.id, key = %k.id, prefix = %k.prefix, "console: key created");
+    tracing::info!(user = %h.session.user.id, key = %k.id, prefix = %k.prefix, manage = k.manage, "console: key created");
     let keys = accounts::list_keys(&state.db, Some(&h.account_id))
         .await
         .map_err(internal)?;
@@ -533,6 +590,90 @@ pub async fn roll_key(
         .await
         .map_err(internal)?;
     Ok(keys_page(&h, &keys, Some(&k), None, None))
+}
+
+#[derive(Deserialize)]
+pub struct CapsForm {
+    #[serde(default)]
+    csrf: String,
+    /// Absent: unchanged; empty: no cap.
+    cap_hourly: Option<String>,
+    cap_daily: Option<String>,
+    cap_total: Option<String>,
+    /// Absent: unchanged; empty: any address.
+    allow_ips: Option<String>,
+}
+
+/// One cap field of the form: `None` unchanged, `Some(None)` no cap.
+fn form_cap(what: &str, v: Option<&str>) -> Result<Option<Option<Credits>>, String> {
+    let Some(v) = v.map(str::trim) else {
+        return Ok(None);
+    };
+    if v.is_empty() || v.eq_ignore_ascii_case("none") {
+        return Ok(Some(None));
+    }
+    match v.parse::<Credits>() {
+        Ok(c) if c.0 >= 0 => Ok(Some(Some(c))),
+        Ok(_) => Err(format!("{what}: a cap must not be negative.")),
+        Err(e) => Err(format!("{what}: {e}.")),
+    }
+}
+
+/// Changes a key's caps and IP allowlist (the same change as `kie admin key update`).
+pub async fn update_key(
+    State(state): State<AppState>,
+    h: Holder,
+    Path(id): Path<String>,
+    Form(f): Form<CapsForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+        .await
+        .map_err(internal)?;
+    if !keys.iter().any(|k| k.id == id && k.status == "active") {
+        return Ok(not_found().await);
+    }
+    let parsed = (|| -> Result<accounts::KeyUpdate, String> {
+        Ok(accounts::KeyUpdate {
+            hourly: form_cap("Hourly cap", f.cap_hourly.as_deref())?,
+            daily: form_cap("Daily cap", f.cap_daily.as_deref())?,
+            total: form_cap("Total cap", f.cap_total.as_deref())?,
+            allow_ips: match f.allow_ips.as_deref() {
+                None => None,
+                Some(list) => {
+                    let items: Vec<&str> = list
+                        .split(|c: char| c.is_whitespace() || c == ',')
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    if items.len() > crate::api::keys::MAX_ALLOW {
+                        return Err(format!(
+                            "Allowed IPs: at most {} entries.",
+                            crate::api::keys::MAX_ALLOW
+                        ));
+                    }
+                    Some(
+                        crate::ipallow::parse_list(&items)
+                            .map_err(|e| format!("Allowed IPs: {e}."))?,
+                    )
+                }
+            },
+            manage: None,
+        })
+    })();
+    let u = match parsed {
+        Ok(u) => u,
+        Err(e) => {
+            let resp = keys_page(&h, &keys, None, None, Some(&e));
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, resp).into_response());
+        }
+    };
+    accounts::update_key(&state.db, &id, &u)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %h.session.user.id, key = %id, "console: key caps updated");
+    Ok(Redirect::to("/console/keys").into_response())
 }
 
 // ---- Tasks --------------------------------------------------------------------------

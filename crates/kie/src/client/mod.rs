@@ -14,6 +14,7 @@ use common::{one_line, print_json};
 mod account;
 mod common;
 mod download;
+mod keys;
 mod monitor;
 mod progress;
 mod task;
@@ -60,6 +61,9 @@ pub enum ClientCommand {
     /// The account's callback deliveries
     #[command(subcommand)]
     Callbacks(account::CallbacksCommand),
+    /// The account's API keys: list, create, revoke, roll, update (needs a management key)
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 pub fn run(cmd: ClientCommand) -> ExitCode {
@@ -86,6 +90,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Tasks(c) => account::tasks(c).await,
             ClientCommand::Usage(a) => account::usage(a).await,
             ClientCommand::Callbacks(c) => account::callbacks(c).await,
+            ClientCommand::Keys(c) => keys::run(c).await,
         }
     });
     match result {

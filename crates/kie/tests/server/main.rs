@@ -15,6 +15,7 @@ mod foundation;
 mod group_commit;
 mod hostile;
 mod jobs;
+mod keys;
 mod multinode;
 mod outage;
 mod parity;
