@@ -323,9 +323,10 @@ impl Browser {
         assert_eq!((width, height), (1280, 800), "{name}");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let pg = crate::harness::backend_is_postgres();
-        let mut dirs = vec![root
-            .join("target/screenshots")
-            .join(if pg { "postgres" } else { "sqlite" })];
+        let mut dirs =
+            vec![root
+                .join("target/screenshots")
+                .join(if pg { "postgres" } else { "sqlite" })];
         if !pg && std::env::var("KIE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
             dirs.push(root.join("docs/screenshots"));
         }
