@@ -39,17 +39,31 @@ pub struct TestDb {
     pg_name: Option<String>,
 }
 
+/// Runs a `psql` command; while the shared server answers "too many clients" (every
+/// connection slot taken by the servers of tests running in parallel, or by another
+/// suite on the same PostgreSQL), tries again until a slot frees up (at most 60 s).
+pub fn run_psql(cmd: &mut Command) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let out = cmd.output().expect("psql must be installed");
+        let busy = String::from_utf8_lossy(&out.stderr).contains("too many clients");
+        if out.status.success() || !busy || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
-            &format!("{}/postgres", pg_base()),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            sql,
-        ])
-        .output()
-        .expect("psql must be installed for KIE_TEST_BACKEND=postgres");
+    let out = run_psql(Command::new("psql").args([
+        &format!("{}/postgres", pg_base()),
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-qc",
+        sql,
+    ]));
     assert!(
         out.status.success(),
         "psql {sql}: {}",
@@ -528,11 +542,11 @@ impl Server {
         let path = self.data_dir.join("setup.sql");
         std::fs::write(&path, script).unwrap();
         let out = match &self.db.url {
-            Some(u) => Command::new("psql")
-                .args([u.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"])
-                .arg(&path)
-                .output()
-                .expect("psql"),
+            Some(u) => run_psql(
+                Command::new("psql")
+                    .args([u.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+                    .arg(&path),
+            ),
             None => Command::new("sqlite3")
                 .args(["-bail", "-cmd", ".timeout 10000"])
                 .arg(self.data_dir.join("kie.db"))
@@ -551,18 +565,15 @@ impl Server {
     /// `|`-separated columns. A last resort for invariants no public command shows.
     pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
         let out = match &self.db.url {
-            Some(u) => Command::new("psql")
-                .args([
-                    u.as_str(),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-AtF",
-                    "|",
-                    "-c",
-                    query,
-                ])
-                .output()
-                .expect("psql"),
+            Some(u) => run_psql(Command::new("psql").args([
+                u.as_str(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-AtF",
+                "|",
+                "-c",
+                query,
+            ])),
             None => Command::new("sqlite3")
                 .arg("-readonly")
                 .args(["-cmd", ".timeout 10000", "-separator", "|"])

@@ -25,10 +25,7 @@ fn two_nodes(opts: Opts) -> (Server, Server) {
 /// One value from the shared database (`psql -tA`).
 fn sql(s: &Server, query: &str) -> String {
     let url = s.db.url.as_deref().expect("a PostgreSQL database");
-    let out = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", query])
-        .output()
-        .unwrap();
+    let out = run_psql(Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-tAc", query]));
     assert!(
         out.status.success(),
         "psql {query}: {}",
