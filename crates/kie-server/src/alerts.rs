@@ -47,16 +47,15 @@ type Row = (Option<i64>, Option<i64>, Option<String>, i64, i64, i64);
 
 /// The account's settings; `None` for an unknown account.
 pub async fn get(db: &Db, account_id: &str) -> Result<Option<AlertSettings>, sqlx::Error> {
-    let row: Option<Row> =
-        with_read!(db, |p| {
-            sqlx::query_as(
+    let row: Option<Row> = with_read!(db, |p| {
+        sqlx::query_as(
         "SELECT alert_warn, alert_critical, alert_url, CAST(alert_state AS BIGINT), balance, held \
          FROM accounts WHERE id = $1"
     )
     .bind(account_id)
     .fetch_optional(p)
     .await?
-        });
+    });
     Ok(row.map(|(w, c, u, s, b, h)| AlertSettings {
         warn: w.map(Credits),
         critical: c.map(Credits),

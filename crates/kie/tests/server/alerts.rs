@@ -322,3 +322,112 @@ async fn a_task_hold_crossing_the_threshold_alerts() {
     assert_eq!(alert_rows(&s, &acc), 1);
     assert_eq!(rcv.types(), ["balance.warning"]);
 }
+
+/// Runs `kie ARGS --json` (a client command) with `key`; asserts success.
+fn kie_json(s: &Server, key: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(KIE)
+        .args(args)
+        .arg("--json")
+        .env("KIE_API_KEY", key)
+        .env("KIE_BASE_URL", &s.base)
+        .env("KIE_RETRY_BASE", "10ms")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kie {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_page_cli_and_openapi() {
+    let s = Server::start(opts());
+    let rcv = receiver().await;
+    let (mut b, acc) = crate::console::holder(&s, "owl", "100").await;
+    let wkey = webhook_key(&s, &acc);
+    let page = b.get("/console/alerts").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("not available yet"), "{}", page.body);
+    // Nothing changes without the CSRF token.
+    let p = b.post("/console/alerts", &[("warn", "70")]).await;
+    assert_eq!(p.status, 403);
+    assert_eq!(
+        s.sql(&format!(
+            "SELECT COALESCE(CAST(alert_warn AS TEXT), 'none') FROM accounts WHERE id = '{acc}'"
+        ))[0][0],
+        "none"
+    );
+    // A bad value is named, and nothing is saved.
+    let p = b
+        .post(
+            "/console/alerts",
+            &[
+                ("csrf", page.csrf().as_str()),
+                ("warn", "x"),
+                ("critical", ""),
+                ("url", ""),
+            ],
+        )
+        .await;
+    assert!(
+        p.body.contains("Invalid field &#39;warn&#39;") || p.body.contains("Invalid field 'warn'"),
+        "{}",
+        p.body
+    );
+    let url = format!("{}/alert", rcv.base);
+    let p = b
+        .post(
+            "/console/alerts",
+            &[
+                ("csrf", page.csrf().as_str()),
+                ("warn", "70"),
+                ("critical", "30"),
+                ("url", url.as_str()),
+            ],
+        )
+        .await;
+    assert!(p.body.contains("Alerts saved."), "{}", p.body);
+    assert_eq!(
+        s.sql(&format!(
+            "SELECT alert_warn, alert_critical, alert_url FROM accounts WHERE id = '{acc}'"
+        ))[0],
+        ["7000", "3000", url.as_str()]
+    );
+    // The test button.
+    let p = b
+        .post("/console/alerts/test", &[("csrf", page.csrf().as_str())])
+        .await;
+    assert!(p.body.contains("Test event"), "{}", p.body);
+    let got = rcv.wait_for(1).await;
+    assert_eq!(got[0].json()["test"], true);
+    verify_signatures(&wkey, &got[0]);
+
+    // The CLI, with a management key.
+    let key = manage_key(&s, &acc);
+    let v = kie_json(&s, &key, &["alerts", "show"]);
+    assert_eq!(v["warn"], json!(70));
+    assert_eq!(v["critical"], json!(30));
+    assert_eq!(v["state"], "ok");
+    let v = kie_json(
+        &s,
+        &key,
+        &["alerts", "set", "--warn", "80.5", "--critical", "40"],
+    );
+    assert_eq!(v["warn"], json!(80.5));
+    assert_eq!(v["url"], url.as_str());
+    let v = kie_json(&s, &key, &["alerts", "test"]);
+    let got = rcv.wait_for(2).await;
+    assert_eq!(got[1].json()["id"], v["eventId"]);
+    // A deduct across the new warning threshold.
+    credits(&s, "deduct", &acc, "20");
+    let got = rcv.wait_for(3).await;
+    assert_eq!(got[2].json()["type"], "balance.warning");
+    assert_eq!(got[2].json()["data"]["threshold"].as_f64(), Some(80.5));
+
+    let (_, _, doc) = get_json(&s.url("/openapi.json"), None).await;
+    assert!(doc["paths"]["/api/v1/account/alerts"]["get"].is_object());
+    assert!(doc["paths"]["/api/v1/account/alerts"]["post"].is_object());
+    assert!(doc["paths"]["/api/v1/account/alerts/test"]["post"].is_object());
+}
