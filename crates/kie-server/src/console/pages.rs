@@ -823,7 +823,11 @@ fn delivery_table(ds: &[webhooks::DeliveryInfo]) -> Markup {
                     "To " code { (d.url) } " — " span class=(format!("state {}", d.state)) { (d.state) }
                     ", " (d.attempts) " attempt(s)"
                     @if let Some(n) = d.next_attempt_at { ", next at " (time(n)) }
-                    " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
+                    @if d.task_id.starts_with("evt_") {
+                        " (balance event " code { (d.task_id) } ")"
+                    } @else {
+                        " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
+                    }
                 }
                 @if !d.attempt_log.is_empty() {
                     table.list {

@@ -426,6 +426,11 @@ async fn console_page_cli_and_openapi() {
     assert_eq!(got[2].json()["type"], "balance.warning");
     assert_eq!(got[2].json()["data"]["threshold"].as_f64(), Some(80.5));
 
+    // The Callbacks page lists the events as events, not as tasks.
+    let page = b.get("/console/callbacks").await;
+    assert!(page.body.contains("balance event"), "{}", page.body);
+    assert!(!page.body.contains("/console/tasks/evt_"), "{}", page.body);
+
     let (_, _, doc) = get_json(&s.url("/openapi.json"), None).await;
     assert!(doc["paths"]["/api/v1/account/alerts"]["get"].is_object());
     assert!(doc["paths"]["/api/v1/account/alerts"]["post"].is_object());
