@@ -436,3 +436,43 @@ async fn console_page_cli_and_openapi() {
     assert!(doc["paths"]["/api/v1/account/alerts"]["post"].is_object());
     assert!(doc["paths"]["/api/v1/account/alerts/test"]["post"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deducts_from_many_processes_cross_once() {
+    let s = Server::start(opts());
+    let n2 = s.second_node();
+    let (acc, _) = s.account_with_key("race", "100");
+    let key = manage_key(&s, &acc);
+    let rcv = receiver().await;
+    let (_, _, v) = post_json(
+        &s.url("/api/v1/account/alerts"),
+        Some(&key),
+        &json!({"warn": 50, "url": format!("{}/alert", rcv.base)}),
+    )
+    .await;
+    assert_eq!(v["code"], 200, "{v}");
+    // Ten deducts of 6 at once (ten kie admin processes, two nodes running): 100 → 40.
+    let mut kids = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &s } else { &n2 };
+        kids.push(
+            node.admin_cmd(&["credits", "deduct", "--account", &acc, "--amount", "6"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let got = rcv.wait_for(1).await;
+    assert!(eventually(Duration::from_secs(10), || async {
+        pending_alerts(&s, &acc) == 0
+    })
+    .await
+    .is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(alert_rows(&s, &acc), 1);
+    assert_eq!(rcv.types(), ["balance.warning"]);
+    assert_eq!(got[0].json()["data"]["threshold"].as_f64(), Some(50.0));
+}
