@@ -43,6 +43,7 @@
 //! ```
 
 pub mod account;
+pub mod alerts;
 mod client;
 pub mod download;
 mod error;

@@ -37,6 +37,23 @@
 //!   given back to the hour/day counters: skew can only make a cap stricter, never
 //!   let usage exceed it.
 //!
+//! * Low-balance alerts (issue 16): every ledger operation, on every path (the sqlx
+//!   `apply_in_tx!`, `hold_in`, the PostgreSQL hold CTE, the SQLite group commit's
+//!   rusqlite statements, any node), changes money with an `UPDATE accounts SET balance
+//!   …, held …`. That UPDATE is the common place, so the check lives there, as the
+//!   `accounts_balance_alert` trigger (migration 0007; `BEFORE UPDATE OF balance, held`
+//!   on PostgreSQL, `AFTER UPDATE OF balance, held` on SQLite). It computes the level of
+//!   the new available balance (2 below `alert_critical`, else 1 below `alert_warn`,
+//!   else 0) and, when it differs from `accounts.alert_state`, compares-and-sets
+//!   `alert_state` and — on a move up in level (`balance.warning` / `balance.critical`,
+//!   only the level reached) or back to 0 (`balance.recovered`) — inserts one delivery
+//!   without a task into `webhook_deliveries` for `alert_url`. It runs inside the
+//!   balance change's own transaction (or savepoint) with the account row locked
+//!   (PostgreSQL) or the single writer held (SQLite), so an event is enqueued exactly
+//!   once per crossing, commits or rolls back with the change, and two nodes can never
+//!   both see the same crossing. Setting thresholds (`alerts::set`) sets `alert_state`
+//!   to the current level without an event.
+//!
 //! Entry kinds: `grant` (+), `deduct` (−), `adjust` (±) change the posted balance;
 //! `hold` reserves credits (held +X, balance unchanged); `post` charges a hold (balance
 //! −charged, held −X); `void` releases it (held −X).

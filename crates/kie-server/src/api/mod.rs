@@ -2,6 +2,7 @@
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 pub mod account;
+pub mod alerts;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
@@ -31,7 +32,8 @@ use crate::app::AppState;
         (name = "jobs", description = "Jobs API: tasks that create files and spend credits"),
         (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)"),
         (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)"),
-        (name = "keys", description = "The account's API keys: list, create, revoke, roll, update (a key with the management scope only)")
+        (name = "keys", description = "The account's API keys: list, create, revoke, roll, update (a key with the management scope only)"),
+        (name = "alerts", description = "The account's low-balance alerts: thresholds, alert URL, a test event (a key with the management scope only)")
     )
 )]
 pub struct ApiDoc;
@@ -76,5 +78,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::roll_key))
         .routes(routes!(keys::update_key))
+        .routes(routes!(alerts::get_alerts, alerts::set_alerts))
+        .routes(routes!(alerts::test_alert))
         .merge(uploads)
 }

@@ -60,7 +60,11 @@ pub fn routes() -> Router<AppState> {
         .route("/console/callbacks/key", post(pages::webhook_key))
         .route("/console/callbacks/replay", post(pages::replay))
         .route("/console/callbacks/{id}/redeliver", post(pages::redeliver))
-        .route("/console/alerts", get(pages::alerts))
+        .route(
+            "/console/alerts",
+            get(pages::alerts).post(pages::set_alerts),
+        )
+        .route("/console/alerts/test", post(pages::test_alert))
         .route("/console/admin", get(admin::accounts))
         .route("/console/admin/", get(admin::accounts))
         .route("/console/admin/accounts/{id}", get(admin::account))

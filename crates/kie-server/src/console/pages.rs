@@ -823,7 +823,11 @@ fn delivery_table(ds: &[webhooks::DeliveryInfo]) -> Markup {
                     "To " code { (d.url) } " — " span class=(format!("state {}", d.state)) { (d.state) }
                     ", " (d.attempts) " attempt(s)"
                     @if let Some(n) = d.next_attempt_at { ", next at " (time(n)) }
-                    " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
+                    @if d.task_id.starts_with("evt_") {
+                        " (balance event " code { (d.task_id) } ")"
+                    } @else {
+                        " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
+                    }
                 }
                 @if !d.attempt_log.is_empty() {
                     table.list {
@@ -1210,12 +1214,95 @@ pub async fn replay(
     callbacks_page(&state, &h, None, Some(("success", &text))).await
 }
 
-pub async fn alerts(h: Holder) -> PageResult {
+async fn alerts_page(state: &AppState, h: &Holder, message: Option<(&str, &str)>) -> PageResult {
+    let s = crate::alerts::get(&state.db, &h.account_id)
+        .await?
+        .ok_or_else(|| internal("account not found"))?;
+    let c = |c: Option<Credits>| c.map(|c| c.to_string()).unwrap_or_default();
     let body = html! {
-        p { "Server-side low-balance alerts are not available yet on this server." }
-        p { "Until then, " code { "kie monitor --warn X --critical Y --alert-url URL" } " watches the balance from any machine with an API key." }
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        p { "The server POSTs a signed event (Standard Webhooks and KIE.AI signatures, with the webhook key of the Callbacks page) to the alert URL once when the available balance crosses below a threshold (" code { "balance.warning" } ", " code { "balance.critical" } ") and once when it is back at or above the warning threshold (" code { "balance.recovered" } "), whoever moved it." }
+        p { "Available now: " strong { (s.available.to_string()) } " credits; state: " strong { (s.state) } "." }
+        form method="post" action="/console/alerts" {
+            (csrf_field(&h.session))
+            label for="alert-warn" { "Warning threshold (credits)" }
+            input id="alert-warn" name="warn" type="text" inputmode="decimal" value=(c(s.warn));
+            label for="alert-critical" { "Critical threshold (credits)" }
+            input id="alert-critical" name="critical" type="text" inputmode="decimal" value=(c(s.critical));
+            label for="alert-url" { "Alert URL" }
+            input id="alert-url" name="url" type="url" value=(s.url.as_deref().unwrap_or(""));
+            p.hint { "Leave a field empty to clear it." }
+            button type="submit" { "Save" }
+        }
+        form.inline method="post" action="/console/alerts/test" {
+            (csrf_field(&h.session))
+            button type="submit" { "Send a test event" }
+        }
     };
     Ok(page(&h.session, "/console/alerts", "Alerts", body))
+}
+
+pub async fn alerts(State(state): State<AppState>, h: Holder) -> PageResult {
+    alerts_page(&state, &h, None).await
+}
+
+#[derive(Deserialize)]
+pub struct AlertsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    warn: String,
+    #[serde(default)]
+    critical: String,
+    #[serde(default)]
+    url: String,
+}
+
+pub async fn set_alerts(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<AlertsForm>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    let cur = crate::alerts::get(&state.db, &h.account_id)
+        .await?
+        .ok_or_else(|| internal("account not found"))?;
+    let field = |v: &str| {
+        let v = v.trim();
+        if v.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(v.to_string())
+        }
+    };
+    let v = serde_json::json!({"warn": field(&f.warn), "critical": field(&f.critical), "url": field(&f.url)});
+    let u = match crate::api::alerts::parse_update(&state, &v, &cur) {
+        Ok(u) => u,
+        Err(e) => return alerts_page(&state, &h, Some(("error", &e.msg))).await,
+    };
+    crate::alerts::set(&state.db, &h.account_id, &u).await?;
+    tracing::info!(user = %h.session.user.id, "console: alerts set");
+    alerts_page(&state, &h, Some(("success", "Alerts saved."))).await
+}
+
+pub async fn test_alert(
+    State(state): State<AppState>,
+    h: Holder,
+    Form(f): Form<CsrfOnly>,
+) -> PageResult {
+    if let Some(r) = csrf_refusal(&h.session, &f.csrf) {
+        return Ok(r);
+    }
+    match crate::alerts::send_test(&state.db, &h.account_id).await? {
+        Some(id) => {
+            state.jobs.webhooks.notify_waiters();
+            let text = format!("Test event {id} queued.");
+            alerts_page(&state, &h, Some(("success", &text))).await
+        }
+        None => alerts_page(&state, &h, Some(("error", "Set an alert URL first."))).await,
+    }
 }
 
 #[cfg(test)]

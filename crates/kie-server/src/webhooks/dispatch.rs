@@ -63,7 +63,7 @@ async fn lease_due(db: &Db, limit: i64, lease: Duration) -> Result<Vec<Leased>, 
          WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $2 \
            AND (locked_until IS NULL OR locked_until <= $2) ORDER BY next_attempt_at LIMIT $3{lock}) \
          AND state = 'pending' AND (locked_until IS NULL OR locked_until <= $2) \
-         RETURNING id, task_id, account_id, url, body, attempts"
+         RETURNING id, COALESCE(task_id, id) AS task_id, account_id, url, body, attempts"
     );
     let until = now + lease.as_millis() as i64;
     Ok(with_tx!(db, |tx| sqlx::query_as::<_, Leased>(&sql)

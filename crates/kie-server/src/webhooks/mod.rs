@@ -7,6 +7,11 @@
 //! exactly one node; a node that dies mid-attempt leaves a lease that expires and the
 //! delivery is picked up again.
 //!
+//! Balance alert events (issue 16) are deliveries without a task (`task_id` NULL),
+//! enqueued by the `accounts_balance_alert` trigger (migration 0007) or by
+//! [`enqueue_event`]; their delivery id is the event id, which the KIE.AI signature
+//! scheme signs in place of the task id (and listings show in the task id's place).
+//!
 //! Delivery states: `pending` (an attempt is due at `next_attempt_at`), `delivered`
 //! (a 2xx answer), `stopped` (the receiver answered 410 Gone), `failed` (the retry
 //! schedule is exhausted), `refused` (the target resolves to a forbidden address).
@@ -154,7 +159,7 @@ async fn deliveries_where(
 ) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
     let rows: Vec<DeliveryRow> = with_read!(db, |p| {
         sqlx::query_as(
-        "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
+        "SELECT id, COALESCE(task_id, id), url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
          FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR account_id = $2) \
          ORDER BY created_at DESC, id LIMIT $3"
     )

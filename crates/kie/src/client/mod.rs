@@ -12,6 +12,7 @@ pub use common::ApiArgs;
 use common::{one_line, print_json};
 
 mod account;
+mod alerts;
 mod common;
 mod download;
 mod keys;
@@ -64,6 +65,9 @@ pub enum ClientCommand {
     /// The account's API keys: list, create, revoke, roll, update (needs a management key)
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Low-balance alerts: thresholds, alert URL, a test event (needs a management key)
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
 }
 
 pub fn run(cmd: ClientCommand) -> ExitCode {
@@ -91,6 +95,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
             ClientCommand::Usage(a) => account::usage(a).await,
             ClientCommand::Callbacks(c) => account::callbacks(c).await,
             ClientCommand::Keys(c) => keys::run(c).await,
+            ClientCommand::Alerts(c) => alerts::run(c).await,
         }
     });
     match result {

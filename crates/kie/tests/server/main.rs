@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod bounded;
 mod caps;
 mod catalog;
