@@ -87,8 +87,11 @@ async fn live_ids(db: &Db, ids: &[String]) -> Result<HashSet<String>, sqlx::Erro
         "SELECT id FROM files WHERE deleted_at IS NULL AND id IN ({})",
         placeholders.join(", ")
     );
+    // Not kept in the connections' statement caches: the list's length varies (the
+    // last batch of every sweep), and each length would be a new cached statement on
+    // whichever connection ran it — memory that grows for as long as the server runs.
     let rows: Vec<String> = with_read!(db, |p| {
-        let mut q = sqlx::query_scalar(&sql);
+        let mut q = sqlx::query_scalar(&sql).persistent(false);
         for id in ids {
             q = q.bind(id);
         }
