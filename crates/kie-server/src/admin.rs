@@ -1,8 +1,8 @@
 //! Operator operations shared by `kie admin`: opening the same store the server uses.
 
 use crate::config::StoreArgs;
+use crate::startup::StartError;
 use crate::store::{Db, OpenOptions};
-use crate::StartError;
 
 /// Opens (and migrates) the store named by `--data-dir`/`--database-url`/`--config`.
 pub async fn open(args: &StoreArgs) -> Result<Db, StartError> {

@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use kie_wire::apikey;
 
 use crate::accounts::{self, KeyAuth};
-use crate::app::AppState;
 use crate::http::{ApiError, RequestCtx};
 use crate::ratelimit::KeyedLimiter;
 use crate::store::{now_ms, Db};
+use axum::extract::FromRef;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -184,10 +184,15 @@ impl Authenticator {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// Any state that hands out the authenticator (the server's `AppState` does).
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Authenticator>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -196,7 +201,9 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let caller = state.auth.authenticate(header, peer).await?;
+        let caller = Arc::<Authenticator>::from_ref(state)
+            .authenticate(header, peer)
+            .await?;
         if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
             let _ = ctx
                 .caller

@@ -20,12 +20,10 @@
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,12 +31,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-
-use crate::http::ApiError;
-use crate::ratelimit::KeyedLimiter;
-
-/// The body code of a request whose body did not arrive in time.
-pub const REQUEST_TIMEOUT: i64 = 408;
 
 /// Connection-level limits (see the module documentation).
 #[derive(Debug, Clone)]
@@ -55,7 +47,7 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    hot: Option<crate::app::AppState>,
+    hot: Option<crate::state::AppState>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -216,79 +208,5 @@ pub async fn body_deadline(State(timeout): State<Duration>, req: Request, next: 
     if !fired.load(Ordering::Relaxed) {
         return resp;
     }
-    body_timed_out(timeout, upload)
-}
-
-/// The answer to a request whose body did not arrive within `timeout`: code 408 and
-/// `Connection: close`.
-pub fn body_timed_out(timeout: Duration, upload: bool) -> Response {
-    tracing::info!(
-        timeout_ms = timeout.as_millis() as u64,
-        "request body not received in time; closing the connection"
-    );
-    let mut e = ApiError::new(
-        REQUEST_TIMEOUT,
-        format!(
-            "Request body not received within {} s",
-            timeout.as_secs_f64()
-        ),
-    );
-    e.upload = upload;
-    let mut r = e.into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONNECTION,
-        HeaderValue::from_static("close"),
-    );
-    r
-}
-
-/// Client addresses the per-IP limiter remembers at most (see `ratelimit` for the
-/// eviction): 64 Ki addresses are a few MiB.
-pub const IP_LIMITER_MAX: usize = 65_536;
-
-/// The per-IP request limiter.
-pub struct IpLimiter {
-    limiter: KeyedLimiter<IpAddr>,
-}
-
-impl IpLimiter {
-    /// `None` when `per_second` is 0 (off). The burst is one second's worth.
-    pub fn new(per_second: u32) -> Option<Arc<IpLimiter>> {
-        KeyedLimiter::new(per_second, IP_LIMITER_MAX).map(|limiter| Arc::new(IpLimiter { limiter }))
-    }
-
-    /// Drops state of addresses that are back to a full burst (called periodically).
-    pub fn housekeeping(&self) {
-        self.limiter.housekeeping();
-    }
-
-    /// Addresses remembered now (bound: [`IP_LIMITER_MAX`] + a little).
-    pub fn len(&self) -> usize {
-        self.limiter.len()
-    }
-
-    /// Whether no address is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
-    }
-
-    /// `Some(answer)` (429 with `Retry-After`) when `ip` is over its limit.
-    pub fn check(&self, ip: IpAddr, path: &str) -> Option<Response> {
-        let wait = self.limiter.check(&ip).err()?;
-        let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
-        e.upload = path.starts_with("/api/file-");
-        Some(e.into_response())
-    }
-}
-
-/// Middleware: the per-IP rate limit.
-pub async fn ip_limit(State(l): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(refused) = ip.and_then(|ip| l.check(ip, req.uri().path())) {
-        return refused;
-    }
-    next.run(req).await
+    crate::http::body_timed_out(timeout, upload)
 }

@@ -41,11 +41,15 @@ pub mod net_guard;
 pub mod openapi;
 pub mod ratelimit;
 pub mod settings;
+pub mod startup;
+pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod webhooks;
 pub mod workers;
 
-pub use app::{AppState, Server, StartError};
+pub use app::Server;
 pub use config::{Config, ServeArgs, StoreArgs};
 pub use sqlx;
+pub use startup::StartError;
+pub use state::AppState;

@@ -37,19 +37,6 @@ pub struct LinkEnvelope {
     pub data: Option<String>,
 }
 
-/// `{"success": true, "code": 200, "msg": "File uploaded successfully", "data": {…}}`
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct UploadEnvelope {
-    pub success: bool,
-    /// 200 on success; 401, 422, 455, 505 otherwise
-    pub code: i64,
-    pub msg: String,
-    /// Null on error
-    #[schema(nullable)]
-    pub data: Option<crate::api::upload::UploadedFile>,
-}
-
 /// `POST /api/v1/jobs/createTask` body.
 #[derive(ToSchema)]
 #[allow(dead_code, non_snake_case)]
@@ -113,25 +100,6 @@ pub struct RecordInfoEnvelope {
     pub data: Option<RecordInfoData>,
 }
 
-/// `{"code": 200, "msg": "success", "data": {"total": N, "models": […]}}`
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ModelListEnvelope {
-    pub code: i64,
-    pub msg: String,
-    #[schema(nullable)]
-    pub data: Option<crate::api::models::ModelList>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ModelPriceEnvelope {
-    pub code: i64,
-    pub msg: String,
-    #[schema(nullable)]
-    pub data: Option<crate::api::models::ModelPrice>,
-}
-
 /// `data` is a JSON Schema (2020-12) of the model's `input` object.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -140,13 +108,4 @@ pub struct SchemaEnvelope {
     pub msg: String,
     #[schema(nullable)]
     pub data: Option<serde_json::Value>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct SuccessRateEnvelope {
-    pub code: i64,
-    pub msg: String,
-    #[schema(nullable)]
-    pub data: Option<crate::api::models::SuccessRate>,
 }

@@ -26,6 +26,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::http::ApiError;
+
 /// How many checks pass between two looks at the size.
 pub const CHECK_EVERY: u32 = 1024;
 
@@ -98,6 +105,63 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             l.shrink_to_fit();
         }
     }
+}
+
+/// Per-account limiter of the model catalog endpoints (`None` when `per_second` is 0),
+/// keyed by account id (a bounded set: the accounts of this deployment).
+pub fn catalog_limiter(per_second: u32) -> Option<KeyedLimiter<Arc<str>>> {
+    KeyedLimiter::new(per_second, 100_000)
+}
+
+/// Client addresses the per-IP limiter remembers at most (see `ratelimit` for the
+/// eviction): 64 Ki addresses are a few MiB.
+pub const IP_LIMITER_MAX: usize = 65_536;
+
+/// The per-IP request limiter.
+pub struct IpLimiter {
+    limiter: KeyedLimiter<IpAddr>,
+}
+
+impl IpLimiter {
+    /// `None` when `per_second` is 0 (off). The burst is one second's worth.
+    pub fn new(per_second: u32) -> Option<Arc<IpLimiter>> {
+        KeyedLimiter::new(per_second, IP_LIMITER_MAX).map(|limiter| Arc::new(IpLimiter { limiter }))
+    }
+
+    /// Drops state of addresses that are back to a full burst (called periodically).
+    pub fn housekeeping(&self) {
+        self.limiter.housekeeping();
+    }
+
+    /// Addresses remembered now (bound: [`IP_LIMITER_MAX`] + a little).
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Whether no address is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+
+    /// `Some(answer)` (429 with `Retry-After`) when `ip` is over its limit.
+    pub fn check(&self, ip: IpAddr, path: &str) -> Option<Response> {
+        let wait = self.limiter.check(&ip).err()?;
+        let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
+        e.upload = path.starts_with("/api/file-");
+        Some(e.into_response())
+    }
+}
+
+/// Middleware: the per-IP rate limit (see `conn_guard`'s module docs).
+pub async fn ip_limit(State(l): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(refused) = ip.and_then(|ip| l.check(ip, req.uri().path())) {
+        return refused;
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -22,9 +22,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
-use kie_server::app::{router, AppState};
+use kie_server::app::router;
 use kie_server::config::{StatusMode, StoreArgs};
 use kie_server::files::{self, FileKind, NewFile};
+use kie_server::AppState;
 use kie_server::{accounts, settings, Config, ServeArgs};
 
 const PUBLIC_URL: &str = "http://kie.test";

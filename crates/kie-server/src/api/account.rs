@@ -8,9 +8,9 @@ use axum::extract::{Query, State};
 use kie_wire::Credits;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::{ApiError, ApiOk, ApiResult};
+use crate::state::AppState;
 use crate::{ledger, tasks, webhooks};
 
 const MAX_LIMIT: i64 = 1000;

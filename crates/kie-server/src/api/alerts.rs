@@ -10,11 +10,11 @@ use kie_wire::Credits;
 use serde::Serialize;
 
 use crate::alerts::{self, AlertSettings, AlertUpdate};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::json::{parse_json, require_json_content_type};
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::net_guard::{CheckError, Policy};
+use crate::state::AppState;
 
 /// Longest accepted alert URL.
 pub const MAX_URL: usize = 2048;

@@ -3,10 +3,10 @@
 use axum::extract::State;
 use kie_wire::Credits;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::ledger;
+use crate::state::AppState;
 
 /// The account's available balance (posted balance minus credits held by running
 /// tasks), as a number: `100` when whole, `10.98` otherwise.

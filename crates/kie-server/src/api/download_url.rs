@@ -5,7 +5,6 @@ use axum::extract::State;
 use serde::Deserialize;
 use url::Url;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::blobs::BlobKind;
 use crate::config::host_key;
@@ -13,6 +12,7 @@ use crate::files::{self, links, serve::parse_id_and_name, FileRecord};
 use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::ledger::{self, LedgerError};
+use crate::state::AppState;
 use crate::store::{new_id, now_ms};
 
 /// The request body. `url` is read as any JSON value so that a missing, empty or

@@ -4,12 +4,12 @@ use axum::extract::{Query, State};
 use kie_wire::task::{CreateTaskData, CreateTaskRequest, RecordInfo};
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::ModelKind;
 use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::net_guard::{CheckError, Policy};
+use crate::state::AppState;
 use crate::tasks::{self, CreateError, NewTask};
 
 /// Longest accepted `callBackUrl`.

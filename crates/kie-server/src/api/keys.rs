@@ -15,11 +15,11 @@ use kie_wire::{codes, Credits};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::{self, AccountError, Caps, KeyInfo, KeyOptions, KeyUpdate, NewKey};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::json::{parse_json, require_json_content_type, ApiJson};
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::ipallow;
+use crate::state::AppState;
 use crate::store::now_ms;
 
 /// Longest key name (as in the console).

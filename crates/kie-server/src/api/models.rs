@@ -11,13 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::{Model, ModelKind};
 use crate::http::{ApiError, ApiOk, ApiResult};
-use crate::ratelimit::KeyedLimiter;
+use crate::state::AppState;
 
 /// Length of the success-rate window.
 pub const WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -25,11 +23,6 @@ pub const WINDOW_MS: i64 = 24 * 3600 * 1000;
 pub const BUCKET_MS: i64 = 10 * 60 * 1000;
 
 /// The per-account limiter of these endpoints (`None`: off).
-pub fn limiter(per_second: u32) -> Option<KeyedLimiter<Arc<str>>> {
-    // keyed by account id (a bounded set: accounts of this deployment)
-    KeyedLimiter::new(per_second, 100_000)
-}
-
 fn check_limit(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     if let Some(l) = &state.catalog_limiter {
         if l.check(&caller.account_id).is_err() {
@@ -68,6 +61,34 @@ pub struct ModelSummary {
 pub struct ModelList {
     pub total: usize,
     pub models: Vec<ModelSummary>,
+}
+
+/// `{"code": 200, "msg": "success", "data": {"total": N, "models": […]}}`
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ModelListEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<ModelList>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ModelPriceEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<ModelPrice>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SuccessRateEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<SuccessRate>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -159,7 +180,7 @@ fn summary(m: &Model, state: &AppState) -> ModelSummary {
     path = "/api/v1/models",
     tag = "models",
     params(ListQuery),
-    responses((status = 200, description = "Envelope; data = {total, models}. Codes: 200, 401, 429 (more than 1 request/s per account, inside HTTP 200), 455, 500", body = crate::openapi::ModelListEnvelope))
+    responses((status = 200, description = "Envelope; data = {total, models}. Codes: 200, 401, 429 (more than 1 request/s per account, inside HTTP 200), 455, 500", body = ModelListEnvelope))
 )]
 pub async fn list_models(
     State(state): State<AppState>,
@@ -232,7 +253,7 @@ pub struct ModelPrice {
     path = "/api/v1/models/{model}/price",
     tag = "models",
     params(("model" = String, Path, description = "Model name, slashes included, e.g. google/nano-banana")),
-    responses((status = 200, description = "Envelope; data = the price. Codes: 200, 401, 404 (unknown model), 429 (inside HTTP 200), 455, 500", body = crate::openapi::ModelPriceEnvelope))
+    responses((status = 200, description = "Envelope; data = the price. Codes: 200, 401, 404 (unknown model), 429 (inside HTTP 200), 455, 500", body = ModelPriceEnvelope))
 )]
 pub async fn model_price(state: &AppState, m: &Model) -> Result<ModelPrice, ApiError> {
     let credits: f64 = m.price.to_string().parse().unwrap_or(0.0);
@@ -322,7 +343,7 @@ fn rate(part: u64, total: u64) -> Option<f64> {
     path = "/api/v1/models/{model}/success-rate",
     tag = "models",
     params(("model" = String, Path, description = "Model name, slashes included")),
-    responses((status = 200, description = "Envelope; data = 144 ten-minute buckets of the last 24 h (null rates where nothing finished). Codes: 200, 401, 404, 429 (inside HTTP 200), 455, 500", body = crate::openapi::SuccessRateEnvelope))
+    responses((status = 200, description = "Envelope; data = 144 ten-minute buckets of the last 24 h (null rates where nothing finished). Codes: 200, 401, 404, 429 (inside HTTP 200), 455, 500", body = SuccessRateEnvelope))
 )]
 pub async fn model_success_rate(state: &AppState, m: &Model) -> Result<SuccessRate, ApiError> {
     let now = crate::store::now_ms();

@@ -16,7 +16,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::blobs::BlobError;
 use crate::files::{self, FileError, FileKind, FileRecord, NewFile, StoredBytes};
@@ -24,12 +23,26 @@ use crate::http::error::{json_response, BodyCode};
 use crate::http::json::{is_json_content_type, parse_json};
 use crate::http::{ApiError, RequestCtx};
 use crate::net_guard::{self, FetchError};
+use crate::state::AppState;
 use kie_wire::codes;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Text fields of a multipart upload (`uploadPath`, `fileName`) are short.
 const MAX_TEXT_FIELD: usize = 4096;
 const MAX_PARTS: usize = 16;
+
+/// `{"success": true, "code": 200, "msg": "File uploaded successfully", "data": {…}}`
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadEnvelope {
+    pub success: bool,
+    /// 200 on success; 401, 422, 455, 505 otherwise
+    pub code: i64,
+    pub msg: String,
+    /// Null on error
+    #[schema(nullable)]
+    pub data: Option<UploadedFile>,
+}
 
 /// `data` of a successful upload: both shapes KIE.AI documents (`filePath`,
 /// `uploadedAt` … and `fileId`, `originalName`, `uploadPath`, `uploadTime` …).
@@ -318,7 +331,7 @@ fn text_field(v: Option<&serde_json::Value>, name: &str) -> Result<Option<String
     path = "/api/file-stream-upload",
     tag = "upload",
     request_body(content_type = "multipart/form-data", description = "fields: file (binary), uploadPath, fileName?"),
-    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, too large), 455, 505", body = crate::openapi::UploadEnvelope))
+    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, too large), 455, 505", body = UploadEnvelope))
 )]
 pub async fn file_stream_upload(State(state): State<AppState>, req: Request) -> Response {
     stream_upload(state, req)
@@ -576,7 +589,7 @@ pub fn decode_stream_chunked(
     path = "/api/file-base64-upload",
     tag = "upload",
     request_body = Base64UploadRequest,
-    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, invalid base64, too large), 455, 505", body = crate::openapi::UploadEnvelope))
+    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, invalid base64, too large), 455, 505", body = UploadEnvelope))
 )]
 pub async fn file_base64_upload(State(state): State<AppState>, req: Request) -> Response {
     base64_upload(state, req)
@@ -663,7 +676,7 @@ pub fn name_from_url(u: &url::Url) -> Option<String> {
     path = "/api/file-url-upload",
     tag = "upload",
     request_body = UrlUploadRequest,
-    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, refused or failed fetch, too large), 455, 505", body = crate::openapi::UploadEnvelope))
+    responses((status = 200, description = "Upload envelope with success; codes 401, 422 (missing/invalid field, refused or failed fetch, too large), 455, 505", body = UploadEnvelope))
 )]
 pub async fn file_url_upload(State(state): State<AppState>, req: Request) -> Response {
     url_upload(state, req)

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::layout::{copyable, csrf_field, message_page, notice, opt_time, page, time};
 use super::session::{csrf_refusal, Operator, Refusal};
 use super::users;
-use crate::app::AppState;
 use crate::ledger::{self, LedgerError};
+use crate::state::AppState;
 use crate::{accounts, settings, with_read};
 
 type PageResult = Result<Response, Refusal>;

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 const CONSOLE_CSS: &str = include_str!("static/console.css");
 const CONSOLE_JS: &str = include_str!("static/console.js");

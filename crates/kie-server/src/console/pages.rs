@@ -14,7 +14,7 @@ use super::layout::{
 };
 use super::session::{self, csrf_refusal, Holder, Refusal, SignedIn};
 use super::users::{self, Role, SignIn};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::now_ms;
 use crate::{accounts, files, ledger, tasks, webhooks};
 

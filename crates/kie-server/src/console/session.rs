@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
 use super::users::{self, Role, Session, SESSION_ABSOLUTE};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const COOKIE: &str = "kie_session";
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::links::{self, LinkRefused};
 use super::{is_live, FileRecord};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::now_ms;
 
 const CHUNK: usize = 32 * 1024;

@@ -10,8 +10,8 @@
 //! path and runs **the same handlers** with the same checks in the same order:
 //!
 //! 1. request id (`x-request-id`), as the envelope layer;
-//! 2. the per-IP rate limit (`conn_guard::IpLimiter::check`);
-//! 3. maintenance and disabled features (`app::api_refusal`);
+//! 2. the per-IP rate limit (`ratelimit::IpLimiter::check`);
+//! 3. maintenance and disabled features (`http::guard::api_refusal`);
 //! 4. the handler itself (`api::credit::get_credit`, `api::download_url::download_url`,
 //!    `files::serve::serve_link` / `serve_public_url`) with its extractors
 //!    (`Caller`, the JSON body: content type, size, body deadline, parse);
@@ -35,8 +35,8 @@ use std::time::Instant;
 
 use super::json::{parse_json, require_json_content_type, ApiJson};
 use super::{finish, request_id_from, ApiError, ApiOk, RequestCtx};
-use crate::app::AppState;
 use crate::auth::Caller;
+use crate::state::AppState;
 
 /// A route served here. Labels are the router's (`MatchedPath`), so metrics do not
 /// change with the path a request took.
@@ -128,7 +128,7 @@ where
         too_large: false,
     });
     finish(
-        state,
+        &state.config,
         &ctx,
         &method,
         uri.path(),
@@ -146,7 +146,7 @@ fn refusal(state: &AppState, path: &str, peer: SocketAddr) -> Option<Response> {
             return Some(refused);
         }
     }
-    crate::app::api_refusal(state, path)
+    crate::http::guard::api_refusal(state, path)
 }
 
 /// `GET /api/v1/chat/credit`: the handler of the router, with the caller authenticated
@@ -214,7 +214,7 @@ where
             }
             let timeout = state.config.request_body_timeout;
             let bytes = match tokio::time::timeout(timeout, body.collect()).await {
-                Err(_) => return crate::conn_guard::body_timed_out(timeout, false),
+                Err(_) => return crate::http::body_timed_out(timeout, false),
                 Ok(Err(_)) => {
                     return ApiError::validation("Could not read the request body").into_response()
                 }

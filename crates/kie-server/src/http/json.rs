@@ -7,7 +7,9 @@ use axum::http::header::CONTENT_TYPE;
 use serde::de::{Deserialize, DeserializeOwned};
 
 use super::ApiError;
-use crate::app::AppState;
+use crate::config::Config;
+use axum::extract::FromRef;
+use std::sync::Arc;
 
 pub struct ApiJson<T>(pub T);
 
@@ -70,12 +72,18 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+/// Any state that hands out the configuration (the body limit comes from it).
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+    Arc<Config>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         require_json_content_type(req.headers())?;
-        let limit = state.config.max_body;
+        let limit = Arc::<Config>::from_ref(state).max_body;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(limit)

@@ -2,6 +2,7 @@
 //! request logs and metrics, the JSON body extractor, and the 404/405 answers.
 
 pub mod error;
+pub mod guard;
 pub mod hot;
 pub mod json;
 
@@ -16,8 +17,7 @@ use std::time::{Duration, Instant};
 use error::{error_body, BodyCode, InternalDetail, UploadEnvelope};
 pub use error::{ApiError, ApiOk, ApiResult};
 
-use crate::app::AppState;
-use crate::config::StatusMode;
+use crate::config::{Config, StatusMode};
 use kie_wire::codes;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -109,7 +109,7 @@ pub fn http_status(mode: StatusMode, code: i64, too_large: bool) -> StatusCode {
 /// Outermost layer: request id, envelope for answers produced outside our handlers
 /// (405 from the router, 413 from body limits), status mode, logs and metrics.
 pub async fn envelope_layer(
-    State(state): State<AppState>,
+    State(config): State<Arc<Config>>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -129,7 +129,7 @@ pub async fn envelope_layer(
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
     finish(
-        &state,
+        &config,
         &ctx,
         &method,
         uri.path(),
@@ -146,7 +146,7 @@ pub async fn envelope_layer(
 /// the request log line.
 #[allow(clippy::too_many_arguments)]
 pub fn finish(
-    state: &AppState,
+    config: &Config,
     ctx: &RequestCtx,
     method: &Method,
     path: &str,
@@ -169,7 +169,7 @@ pub fn finish(
                 codes::VALIDATION,
                 format!(
                     "Request body exceeds the limit of {} bytes",
-                    state.config.max_body
+                    config.max_body
                 ),
                 true,
             ),
@@ -195,12 +195,12 @@ pub fn finish(
             resp = error::json_response(error_body(codes::SERVER_ERROR, &msg, upload));
             resp.extensions_mut().insert(bc);
         }
-        let keep_ok = state.config.status_mode == StatusMode::Compat
+        let keep_ok = config.status_mode == StatusMode::Compat
             && resp.extensions().get::<error::KeepHttpOk>().is_some();
         *resp.status_mut() = if keep_ok {
             StatusCode::OK
         } else {
-            http_status(state.config.status_mode, bc.code, bc.too_large)
+            http_status(config.status_mode, bc.code, bc.too_large)
         };
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
@@ -326,6 +326,32 @@ pub async fn unknown_endpoint(method: Method) -> Response {
 /// An empty body (used for non-API 405s).
 pub fn empty(status: StatusCode) -> Response {
     (status, Body::empty()).into_response()
+}
+
+/// The body code of a request whose body did not arrive in time.
+pub const REQUEST_TIMEOUT: i64 = 408;
+
+/// The answer to a request whose body did not arrive within `timeout`: code 408 and
+/// `Connection: close`.
+pub fn body_timed_out(timeout: Duration, upload: bool) -> Response {
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "request body not received in time; closing the connection"
+    );
+    let mut e = ApiError::new(
+        REQUEST_TIMEOUT,
+        format!(
+            "Request body not received within {} s",
+            timeout.as_secs_f64()
+        ),
+    );
+    e.upload = upload;
+    let mut r = e.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    r
 }
 
 #[cfg(test)]

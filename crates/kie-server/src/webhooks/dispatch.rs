@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::app::AppState;
 use crate::net_guard::{self, CheckError, Policy};
+use crate::state::AppState;
 use crate::store::{now_ms, Db};
 use crate::with_tx;
 

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use super::media;
 use super::ClaimedTask;
-use crate::app::AppState;
 use crate::config::{Model, ModelKind};
+use crate::state::AppState;
 
 /// Longest time to fetch one input file.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);

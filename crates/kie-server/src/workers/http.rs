@@ -28,8 +28,8 @@ use serde::Deserialize;
 use std::time::Duration;
 
 use super::WorkerError;
-use crate::app::AppState;
 use crate::auth::bearer_token;
+use crate::state::AppState;
 use crate::tasks::Task;
 
 pub const PREFIX: &str = "/internal/v1/worker";

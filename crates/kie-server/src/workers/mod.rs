@@ -17,9 +17,9 @@ use kie_wire::Credits;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-use crate::app::AppState;
 use crate::blobs::BlobError;
 use crate::files::{self, FileError, FileKind, FileRecord, NewFile};
+use crate::state::AppState;
 use crate::tasks::{self, FinishError, Task};
 
 /// Longest long-poll a worker may ask for.
