@@ -80,12 +80,19 @@ fn record_bounded_sizes(state: &AppState) {
     let key_max = crate::files::links::KEY_CACHE_MAX;
     record_bounded("link_keys", known, key_max);
     record_bounded("link_keys_unknown", unknown, key_max);
-    if let Some(f) = &state.fast {
+    if let Some(f) = state.db.fast() {
         let (balances, files, signing) = f.cache_lens();
         let max = crate::store::fastread::MAX_CACHED;
         record_bounded("balance_cache", balances, max);
         record_bounded("file_cache", files, max);
         record_bounded("signing_key_cache", signing, max);
+    }
+    if let crate::store::Db::Postgres(pg) = &state.db {
+        record_bounded(
+            "balance_cache",
+            pg.balances.len(),
+            crate::store::balances::MAX_CACHED,
+        );
     }
     record_bounded(
         "settings_disabled_features",

@@ -790,13 +790,15 @@ pub async fn hold_via(
         }
         // Nothing else to write and no key's caps to check: the one statement is the
         // transaction.
-        Db::Postgres(p) if also.is_alone() && key_id.is_none() => {
+        Db::Postgres(pg) if also.is_alone() && key_id.is_none() => {
             let entry_id = new_id("ent");
             let idem = format!("hold:{hold_id}");
-            pg_hold_query!(h, &entry_id, &idem)
-                .fetch_optional(p)
-                .await?
-                .map(|(balance, held)| Applied {
+            let row = pg_hold_query!(h, &entry_id, &idem)
+                .fetch_optional(&pg.pool)
+                .await;
+            // committed (one statement): this node's next read sees it
+            pg.balances.wrote();
+            row?.map(|(balance, held)| Applied {
                     entry_id,
                     balance: Credits(balance),
                     held: Credits(held),
@@ -1122,13 +1124,16 @@ pub async fn resolve_with(
             g.run(move |c| sqlite_resolve(c, &r)).await?
         }
         // Nothing else to write: the one statement is the transaction.
-        Db::Postgres(p) if also.is_alone() => {
+        Db::Postgres(pg) if also.is_alone() => {
+            let p = &pg.pool;
             let entry_id = new_id("ent");
             let idem = format!("{}:{hold_id}", kind.as_str());
-            match pg_resolve_query!(r, &entry_id, &idem)
+            let row = pg_resolve_query!(r, &entry_id, &idem)
                 .fetch_optional(p)
-                .await?
-            {
+                .await;
+            // committed (one statement): this node's next read sees it
+            pg.balances.wrote();
+            match row? {
                 Some(row) => resolved(entry_id, row),
                 None => {
                     return Err(hold_refusal(
@@ -1183,13 +1188,7 @@ pub async fn balance(db: &Db, account_id: &str) -> Result<Option<Balance>, sqlx:
 
 /// The available balance alone: the hot path of `GET /api/v1/chat/credit`.
 pub async fn available(db: &Db, account_id: &str) -> Result<Option<Credits>, sqlx::Error> {
-    let row: Option<i64> = crate::with_read!(db, |p| {
-        sqlx::query_scalar("SELECT balance - held FROM accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_optional(p)
-            .await?
-    });
-    Ok(row.map(Credits))
+    Ok(db.available(account_id).await?.map(Credits))
 }
 
 /// A posted entry as `kie admin credits history` shows it.

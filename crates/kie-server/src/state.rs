@@ -46,8 +46,6 @@ pub struct AppStateInner {
     pub ip_limiter: Option<Arc<crate::ratelimit::IpLimiter>>,
     /// Whether the database is reachable (PostgreSQL probe; see `store::health`).
     pub db_health: store::health::DbHealth,
-    /// Direct point reads for the hottest endpoints (SQLite only; see `store::fastread`).
-    pub fast: Option<Arc<crate::store::fastread::FastReader>>,
     /// Per-account limit of the catalog endpoints (`None`: off). See `api::models`.
     pub catalog_limiter: Option<Arc<crate::ratelimit::KeyedLimiter<Arc<str>>>>,
 }
@@ -132,18 +130,11 @@ impl AppState {
             config.key_rate_limit,
         ));
         let ip_limiter = crate::ratelimit::IpLimiter::new(config.ip_rate_limit);
-        let fast = match &config.database {
-            crate::config::DatabaseUrl::Sqlite(path) => {
-                Some(Arc::new(crate::store::fastread::FastReader::new(path)))
-            }
-            crate::config::DatabaseUrl::Postgres(_) => None,
-        };
         let catalog_limiter =
             crate::ratelimit::catalog_limiter(config.catalog_rate_limit).map(Arc::new);
         let state = AppState(Arc::new(AppStateInner {
             catalog_limiter,
             ip_limiter,
-            fast,
             config: Arc::new(config),
             db,
             blobs,

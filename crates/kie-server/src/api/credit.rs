@@ -1,6 +1,7 @@
 //! `GET /api/v1/chat/credit`: the caller's available balance.
 
 use axum::extract::State;
+
 use kie_wire::Credits;
 
 use crate::auth::Caller;
@@ -17,17 +18,10 @@ use crate::state::AppState;
     responses((status = 200, description = "Envelope; data = available credits", body = crate::openapi::CreditEnvelope))
 )]
 pub async fn get_credit(State(state): State<AppState>, caller: Caller) -> ApiResult<Credits> {
-    // SQLite: a direct read on this thread (no cache: a fresh read transaction that
-    // sees every acknowledged change); the pool path if that fails or on PostgreSQL.
-    let fast = state
-        .fast
-        .as_ref()
-        .and_then(|f| f.available(&caller.account_id));
-    let available = match fast {
-        Some(v) => v.map(Credits),
-        None => ledger::available(&state.db, &caller.account_id).await?,
-    }
-    // The key exists but its account does not: treat like an unknown key.
-    .ok_or_else(ApiError::unauthorized)?;
+    // What a read may see on each backend is the store's business (`Db::available`).
+    let available = ledger::available(&state.db, &caller.account_id)
+        .await?
+        // The key exists but its account does not: treat like an unknown key.
+        .ok_or_else(ApiError::unauthorized)?;
     Ok(ApiOk(available))
 }

@@ -75,10 +75,7 @@ pub async fn resolve_file_url(
     }
     let (id, name) = locate(&state.config.public_url, &u).ok_or(ApiError::not_found(NOT_FOUND))?;
     // One answer for "no such file", "not yours", "expired" and "deleted".
-    let rec = match state.fast.as_ref().and_then(|f| f.file(&id)) {
-        Some(r) => r,
-        None => files::get(&state.db, &id).await?,
-    };
+    let rec = files::get(&state.db, &id).await?;
     match rec {
         Some(f) if f.account_id == account_id && f.name == name && files::is_live(&f, now_ms()) => {
             Ok(f)
@@ -93,7 +90,7 @@ pub async fn issue_download_link(state: &AppState, f: &FileRecord) -> Result<Str
     let ttl = state.config.link_ttl;
     match state.blobs.kind {
         BlobKind::Local(_) => {
-            let key = links::active_key_with(&state.db, state.fast.as_deref()).await?;
+            let key = links::active_key(&state.db).await?;
             Ok(links::sign(
                 &state.config.public_url,
                 &key,

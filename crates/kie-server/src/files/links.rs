@@ -35,20 +35,14 @@ fn new_key_material() -> (String, String) {
     )
 }
 
-/// [`active_key`] with its read done through `fast` when there is one (SQLite; cached
-/// only until the next commit, so a rotation is seen by the next link issued).
-pub async fn active_key_with(
-    db: &Db,
-    fast: Option<&crate::store::fastread::FastReader>,
-) -> Result<SigningKey, sqlx::Error> {
-    if let Some(Some(k)) = fast.and_then(|f| f.active_signing_key()) {
+/// The newest active key, creating the first one if the ring is empty.
+///
+/// SQLite: read directly (cached only until the next commit, so a rotation is seen by
+/// the next link issued).
+pub async fn active_key(db: &Db) -> Result<SigningKey, sqlx::Error> {
+    if let Some(Some(k)) = db.fast().and_then(|f| f.active_signing_key()) {
         return Ok(k);
     }
-    active_key(db).await
-}
-
-/// The newest active key, creating the first one if the ring is empty.
-pub async fn active_key(db: &Db) -> Result<SigningKey, sqlx::Error> {
     let row: Option<(String, String)> = with_read!(db, |p| {
         sqlx::query_as(ACTIVE_KEY_SQL).fetch_optional(p).await?
     });

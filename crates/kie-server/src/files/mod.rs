@@ -60,6 +60,11 @@ impl RecordCache {
     }
 
     pub async fn get(&self, db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
+        // SQLite: the direct read is exact (sees every acknowledged commit); this cache
+        // only serves PostgreSQL.
+        if let Some(r) = db.fast().and_then(|f| f.file(id)) {
+            return Ok(r);
+        }
         if let Some((at, r)) = self.0.read().expect("record cache").get(id) {
             if at.elapsed() < Self::TTL {
                 return Ok(Some(r.clone()));
@@ -369,6 +374,10 @@ fn to_record(r: FileRow) -> FileRecord {
 
 /// A file record by id (deleted or not: callers decide what a deleted file means).
 pub async fn get(db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
+    // SQLite: a direct read (sees every acknowledged commit, by anybody)
+    if let Some(r) = db.fast().and_then(|f| f.file(id)) {
+        return Ok(r);
+    }
     let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(GET_BY_ID_SQL)
         .bind(id)
         .fetch_optional(p)

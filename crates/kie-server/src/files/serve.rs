@@ -82,9 +82,6 @@ pub fn parse_id_and_name(raw: &str) -> Option<(&str, String)> {
 /// A file's record: on SQLite a direct read, cached only until the next commit (a
 /// deleted or swept file answers 404 at once); otherwise the record cache (1 s).
 async fn record(state: &AppState, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
-    if let Some(r) = state.fast.as_ref().and_then(|f| f.file(id)) {
-        return Ok(r);
-    }
     state.files.records.get(&state.db, id).await
 }
 

@@ -61,7 +61,8 @@ impl Route {
 
 /// Whether this module answers `req` (`None`: the router does).
 pub fn route_of<B>(state: &AppState, req: &http::Request<B>) -> Option<Route> {
-    state.fast.as_ref()?;
+    // SQLite only (PostgreSQL deployments take the router for every route)
+    state.db.fast()?;
     let path = req.uri().path();
     let file_route = || {
         if path.len() > "/links/".len() && path.starts_with("/links/") {

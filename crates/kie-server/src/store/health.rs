@@ -63,7 +63,8 @@ impl DbHealth {
 
     /// Probes until `shutdown` flips (returns at once for SQLite).
     pub async fn run(self, db: Db, mut shutdown: watch::Receiver<bool>) {
-        let Db::Postgres(pool) = db else { return };
+        let Db::Postgres(pg) = db else { return };
+        let pool = pg.pool;
         let opts = pool.connect_options();
         let mut conn: Option<PgConnection> = None;
         let mut tick = tokio::time::interval(PROBE_EVERY);

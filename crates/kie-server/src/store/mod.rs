@@ -29,8 +29,19 @@ pub struct SqliteDb {
     /// Group commit of write transactions (see [`group`]); `None` runs one
     /// transaction (and one fsync) per [`with_tx!`].
     pub group: Option<std::sync::Arc<group::Group>>,
+    /// Direct point reads (balances, file records, the signing key) that see every
+    /// acknowledged commit (see [`fastread`]).
+    pub fast: std::sync::Arc<fastread::FastReader>,
 }
 
+/// A PostgreSQL store: the pool and this node's balance cache (see [`balances`]).
+#[derive(Clone, Debug)]
+pub struct PgDb {
+    pub pool: PgPool,
+    pub balances: std::sync::Arc<balances::Balances>,
+}
+
+pub mod balances;
 pub mod fastread;
 pub mod group;
 pub mod records;
@@ -39,7 +50,7 @@ pub mod records;
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqliteDb),
-    Postgres(PgPool),
+    Postgres(PgDb),
 }
 
 /// Runs `$body` with `$p` bound to the backend's read pool (`&SqlitePool` or `&PgPool`).
@@ -51,7 +62,10 @@ macro_rules! with_read {
                 let $p = &s.read;
                 $body
             }
-            $crate::store::Db::Postgres($p) => $body,
+            $crate::store::Db::Postgres(pg) => {
+                let $p = &pg.pool;
+                $body
+            }
         }
     };
 }
@@ -84,10 +98,13 @@ macro_rules! with_tx {
                     r
                 }
             },
-            $crate::store::Db::Postgres(p) => {
-                let mut $tx = p.begin().await?;
+            $crate::store::Db::Postgres(pg) => {
+                let mut $tx = pg.pool.begin().await?;
                 let r = $body;
-                $tx.commit().await?;
+                let committed = $tx.commit().await;
+                // before the write is acknowledged: this node's next read sees it
+                pg.balances.wrote();
+                committed?;
                 r
             }
         }
@@ -213,7 +230,13 @@ impl Db {
                 let group = opts
                     .sqlite_group_commit
                     .then(|| group::Group::start(write.clone()));
-                Db::Sqlite(SqliteDb { read, write, group })
+                let fast = std::sync::Arc::new(fastread::FastReader::new(path));
+                Db::Sqlite(SqliteDb {
+                    read,
+                    write,
+                    group,
+                    fast,
+                })
             }
             DatabaseUrl::Postgres(u) => {
                 let connect_err = |e: sqlx::Error| OpenError::Connect {
@@ -256,7 +279,10 @@ impl Db {
                     .run(&pool)
                     .await
                     .map_err(|e| OpenError::Migrate(e.to_string()))?;
-                Db::Postgres(pool)
+                Db::Postgres(PgDb {
+                    pool,
+                    balances: Default::default(),
+                })
             }
         };
         Ok(db)
@@ -266,6 +292,47 @@ impl Db {
         match self {
             Db::Sqlite(_) => "sqlite",
             Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// An account's available balance (posted minus held), `None` for no such account.
+    /// SQLite: a direct read that sees every acknowledged commit, by anybody.
+    /// PostgreSQL: this node's cache (see [`balances`]): a change made through this node
+    /// is seen at once, one acknowledged elsewhere within 100 ms.
+    pub async fn available(&self, account_id: &str) -> Result<Option<i64>, sqlx::Error> {
+        const SQL: &str = "SELECT balance - held FROM accounts WHERE id = $1";
+        match self {
+            Db::Sqlite(s) => {
+                if let Some(v) = s.fast.available(account_id) {
+                    return Ok(v);
+                }
+                sqlx::query_scalar(SQL)
+                    .bind(account_id)
+                    .fetch_optional(&s.read)
+                    .await
+            }
+            Db::Postgres(pg) => {
+                if let Some(v) = pg.balances.get(account_id) {
+                    return Ok(Some(v));
+                }
+                let ticket = pg.balances.ticket();
+                let v: Option<i64> = sqlx::query_scalar(SQL)
+                    .bind(account_id)
+                    .fetch_optional(&pg.pool)
+                    .await?;
+                if let Some(v) = v {
+                    pg.balances.store(ticket, account_id, v);
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// SQLite's direct reader (`None` on PostgreSQL).
+    pub fn fast(&self) -> Option<&fastread::FastReader> {
+        match self {
+            Db::Sqlite(s) => Some(&s.fast),
+            Db::Postgres(_) => None,
         }
     }
 
@@ -286,7 +353,7 @@ impl Db {
                 s.read.close().await;
                 s.write.close().await;
             }
-            Db::Postgres(p) => p.close().await,
+            Db::Postgres(pg) => pg.pool.close().await,
         }
     }
 }
