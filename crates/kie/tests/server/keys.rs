@@ -405,6 +405,7 @@ async fn kie_keys_commands_and_their_json() {
             "createdAt",
             "expiresAt",
             "id",
+            "lastUsedAt",
             "manage",
             "name",
             "prefix",
