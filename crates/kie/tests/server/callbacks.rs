@@ -476,3 +476,53 @@ async fn redeliver_and_replay_through_the_cli() {
     assert!(doc["paths"]["/api/v1/account/callbacks/{id}/redeliver"]["post"].is_object());
     assert!(doc["paths"]["/api/v1/account/callbacks/replay"]["post"].is_object());
 }
+
+/// A delivery whose attempt is in flight (still `pending`) cannot be redelivered: 422,
+/// and it is attempted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivering_a_pending_delivery_is_refused() {
+    // a long attempt timeout: the attempt stays in flight until the receiver answers
+    let s = Server::start(
+        Opts::default()
+            .args(&["--allow-private-targets", "--webhook-retry-schedule", "0s"])
+            .config("webhook_timeout = \"60s\"\n"),
+    );
+    let (acc, task_key) = s.account_with_key("inflight", "10");
+    let mgr = manage_key(&s, &acc);
+    // a receiver that holds each request until released
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (a2, r2) = (arrived.clone(), release.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (a, r) = (a2.clone(), r2.clone());
+        async move {
+            a.notify_one();
+            r.notified().await;
+            StatusCode::OK
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    set_alert_url(&s, &mgr, &format!("{base}/alert")).await;
+    let ev = test_event(&s, &mgr).await;
+    tokio::time::timeout(Duration::from_secs(20), arrived.notified())
+        .await
+        .expect("the attempt arrives");
+    let (_, _, v) = post_json(
+        &s.url(&format!("/api/v1/account/callbacks/{ev}/redeliver")),
+        Some(&task_key),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(v["code"], 422, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("pending"), "{v}");
+    let (ok, _, err) = kie(&s, &task_key, &["callbacks", "redeliver", &ev]);
+    assert!(!ok && err.contains("pending"), "{err}");
+    release.notify_one();
+    wait_status(&s, &task_key, &[&ev], "delivered").await;
+    let rows = s.sql(&format!(
+        "SELECT CAST(attempts AS TEXT) FROM webhook_deliveries WHERE id = '{ev}'"
+    ));
+    assert_eq!(rows[0][0], "1");
+}
