@@ -321,6 +321,21 @@ async fn a_rolled_webhook_key_overlaps_then_only_the_new_one_signs() {
     assert!(ok);
     assert_eq!(out.trim(), last);
 
+    // the operator's command rolls too
+    let r = s.admin(&["webhook-key", "roll", "--account", &acc, "--grace", "1h"]);
+    let by_admin = r["key"].as_str().unwrap().to_string();
+    assert_ne!(by_admin, last);
+    let until = r["previousValidUntil"].as_i64().unwrap();
+    assert!(until > now_ms() + 3_500_000, "{r}");
+    let shown = kie_json(&s, &mgr, &["callbacks", "key", "show", "--json"]);
+    assert_eq!(shown["key"], by_admin.as_str());
+    assert_eq!(shown["previousValidUntil"], until);
+    test_event(&s, &mgr).await;
+    let d = rcv.wait_for(5).await.remove(4);
+    assert!(standard_ok(&by_admin, &d) && standard_ok(&last, &d));
+    let out = s.admin_raw(&["webhook-key", "roll", "--account", &acc, "--grace", "99d"]);
+    assert!(!out.status.success());
+
     // the endpoints are documented
     let (_, _, doc) = get_json(&s.url("/openapi.json"), None).await;
     assert!(doc["paths"]["/api/v1/account/callbacks/key"]["get"].is_object());
