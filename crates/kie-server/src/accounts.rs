@@ -395,26 +395,49 @@ pub async fn list_keys(db: &Db, account: Option<&str>) -> Result<Vec<KeyInfo>, A
     Ok(rows.into_iter().map(|r| to_key_info(r, now)).collect())
 }
 
-/// Notes when keys were last used (`(key id, epoch ms)`), in one transaction; a time
-/// never moves back.
+/// Notes when keys were last used (`(key id, epoch ms)`); a time never moves back.
+/// PostgreSQL: one statement for the lot; SQLite: transactions of [`LAST_USED_CHUNK`]
+/// (the single writer is never held long).
 pub async fn record_last_used(db: &Db, uses: &[(Arc<str>, i64)]) -> Result<(), sqlx::Error> {
     if uses.is_empty() {
         return Ok(());
     }
-    with_tx!(db, |tx| {
-        for (id, at) in uses {
+    match db {
+        Db::Postgres(p) => {
+            let ids: Vec<&str> = uses.iter().map(|(id, _)| &**id).collect();
+            let at: Vec<i64> = uses.iter().map(|(_, t)| *t).collect();
             sqlx::query(
-                "UPDATE api_keys SET last_used_at = $1 \
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                "UPDATE api_keys AS k SET last_used_at = v.t \
+                 FROM UNNEST($1::text[], $2::bigint[]) AS v(id, t) \
+                 WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)",
             )
-            .bind(*at)
-            .bind(&**id)
-            .execute(&mut *tx)
+            .bind(ids)
+            .bind(at)
+            .execute(p)
             .await?;
         }
-    });
+        Db::Sqlite(_) => {
+            for chunk in uses.chunks(LAST_USED_CHUNK) {
+                with_tx!(db, |tx| {
+                    for (id, at) in chunk {
+                        sqlx::query(
+                            "UPDATE api_keys SET last_used_at = $1 \
+                             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                        )
+                        .bind(*at)
+                        .bind(&**id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                });
+            }
+        }
+    }
     Ok(())
 }
+
+/// Key uses written per SQLite transaction.
+pub const LAST_USED_CHUNK: usize = 500;
 
 /// Finds a key by id or display prefix (never by the key itself: keys are not stored).
 pub async fn find_key(db: &Db, key_ref: &str) -> Result<KeyInfo, AccountError> {

@@ -214,6 +214,11 @@ fn record_bounded_sizes(state: &AppState) {
         crate::auth::LIMITER_MAX,
     );
     record_bounded("auth_cache", state.auth.cache_len(), crate::auth::CACHE_MAX);
+    record_bounded(
+        "key_last_used",
+        state.auth.last_used_len(),
+        crate::auth::LAST_USED_MAX,
+    );
     if let Some(l) = &state.catalog_limiter {
         record_bounded("catalog_limiter", l.len(), l.max());
     }

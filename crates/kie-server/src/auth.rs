@@ -78,6 +78,8 @@ pub const LIMITER_MAX: usize = 100_000;
 
 /// How often a key's use is noted: its first use in each minute.
 pub const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+/// Bound of the keys whose last use is held in memory (see [`LastUsed`]).
+pub const LAST_USED_MAX: usize = 100_000;
 /// How often noted uses are written to the database.
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 
@@ -96,12 +98,31 @@ impl LastUsed {
             return;
         }
         let mut m = self.0.write().expect("last used");
-        if m.len() >= LIMITER_MAX {
-            // bounded: forget the written ones
+        if m.len() >= LAST_USED_MAX && !m.contains_key(key_id) {
+            // bounded: forget the written ones; still full (that many keys first used
+            // within one flush interval): this use is not noted
             m.retain(|_, (u, w)| u.load(Ordering::Relaxed) > w.load(Ordering::Relaxed));
+            if m.len() >= LAST_USED_MAX {
+                return;
+            }
         }
         m.entry(key_id.clone())
             .or_insert_with(|| (AtomicI64::new(now), AtomicI64::new(0)));
+    }
+
+    /// Forgets keys written and not used for two minutes (a later use notes them again).
+    fn prune(&self, now: i64) {
+        let stale = |(u, w): &(AtomicI64, AtomicI64)| {
+            let used = u.load(Ordering::Relaxed);
+            used <= w.load(Ordering::Relaxed) && now - used > 2 * LAST_USED_GRANULARITY_MS
+        };
+        if self.0.read().expect("last used").values().any(stale) {
+            self.0.write().expect("last used").retain(|_, e| !stale(e));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.read().expect("last used").len()
     }
 
     /// The uses noted since the last write, marked as written.
@@ -228,7 +249,13 @@ impl Authenticator {
             self.last_used.unmark(&uses);
             return Err(e);
         }
+        self.last_used.prune(now_ms());
         Ok(uses.len())
+    }
+
+    /// Keys whose last use is held in memory now (bound: [`LAST_USED_MAX`]).
+    pub fn last_used_len(&self) -> usize {
+        self.last_used.len()
     }
 
     /// Entries of the auth cache now (bound: [`CACHE_MAX`]).
