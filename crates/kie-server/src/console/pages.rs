@@ -515,7 +515,7 @@ pub struct KeyForm {
     expires: String,
 }
 
-/// Expiries offered when creating a key: (form value, label, milliseconds).
+/// Expiries offered when creating a key: (form value, label); see [`expiry_ms`].
 const EXPIRIES: &[(&str, &str)] = &[
     ("", "never"),
     ("1d", "in 1 day"),
