@@ -40,12 +40,54 @@ pub struct UsageEntry {
 #[serde(rename_all = "camelCase")]
 pub struct CallbackSummary {
     pub id: String,
-    pub task_id: String,
+    /// The task; `None` for a balance alert event
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// The event id (`evt_…`) of a balance alert event; `None` for a task's callback
+    #[serde(default)]
+    pub event: Option<String>,
     pub url: String,
     pub status: String,
     pub attempts: i64,
     pub last_status: Option<i64>,
     pub next_attempt_at: Option<i64>,
+}
+
+/// A delivery queued again by [`Client::redeliver`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redelivered {
+    pub id: String,
+    pub status: String,
+}
+
+/// How many failed deliveries [`Client::replay_failed`] queued again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Replayed {
+    pub count: u64,
+}
+
+/// The account's webhook HMAC key (management scope).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookKey {
+    pub account: String,
+    /// `whsec_…`; `None` when callbacks are sent unsigned
+    pub key: Option<String>,
+    /// Until when (epoch ms) the key replaced by the last roll still signs too
+    pub previous_valid_until: Option<i64>,
+}
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key itself
+        f.debug_struct("WebhookKey")
+            .field("account", &self.account)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("previous_valid_until", &self.previous_valid_until)
+            .finish()
+    }
 }
 
 /// Filters of [`Client::tasks`].
@@ -118,5 +160,50 @@ impl Client {
         }
         let url = self.account_url("/api/v1/account/callbacks", &q)?;
         self.get_enveloped("account callbacks", url).await
+    }
+}
+
+impl Client {
+    /// One more attempt of a finished delivery (`POST
+    /// /api/v1/account/callbacks/{id}/redeliver`; not retried).
+    pub async fn redeliver(&self, delivery_id: &str) -> Result<Redelivered> {
+        let mut url = self.account_url("/api/v1/account/callbacks", &[])?;
+        url.path_segments_mut()
+            .map_err(|_| Error::Config("base URL cannot have a path".into()))?
+            .push(delivery_id)
+            .push("redeliver");
+        self.post_enveloped("redeliver", url, false, &serde_json::json!({}))
+            .await
+    }
+
+    /// Every failed delivery created at or after `since_ms` again, once each (`POST
+    /// /api/v1/account/callbacks/replay`; not retried).
+    pub async fn replay_failed(&self, since_ms: i64) -> Result<Replayed> {
+        let url = self.account_url("/api/v1/account/callbacks/replay", &[])?;
+        self.post_enveloped(
+            "replay",
+            url,
+            false,
+            &serde_json::json!({ "since": since_ms }),
+        )
+        .await
+    }
+
+    /// The webhook HMAC key (`GET /api/v1/account/callbacks/key`; management scope).
+    pub async fn webhook_key(&self) -> Result<WebhookKey> {
+        let url = self.account_url("/api/v1/account/callbacks/key", &[])?;
+        self.get_enveloped("webhook key", url).await
+    }
+
+    /// A new webhook key; the previous one keeps signing for `grace` (`24h` by default
+    /// on the server) (`POST /api/v1/account/callbacks/key/roll`; management scope).
+    pub async fn roll_webhook_key(&self, grace: Option<&str>) -> Result<WebhookKey> {
+        let url = self.account_url("/api/v1/account/callbacks/key/roll", &[])?;
+        let body = match grace {
+            Some(g) => serde_json::json!({ "grace": g }),
+            None => serde_json::json!({}),
+        };
+        self.post_enveloped("roll webhook key", url, false, &body)
+            .await
     }
 }

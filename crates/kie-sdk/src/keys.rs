@@ -43,6 +43,9 @@ pub struct KeyInfo {
     /// The management scope
     pub manage: bool,
     pub usage: Usage,
+    /// When the key was last used (epoch ms, to the minute); `None`: never
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
 }
 
 /// A new key: the only value that contains the key itself (shown once).

@@ -218,6 +218,8 @@ pub struct KeyInfo {
     pub manage: bool,
     /// Usage counted against the caps now.
     pub usage: Usage,
+    /// When the key was last used (epoch ms, to the minute; written every few seconds).
+    pub last_used_at: Option<i64>,
 }
 
 pub async fn create_key(
@@ -312,7 +314,7 @@ pub async fn update_key(db: &Db, key_ref: &str, u: &KeyUpdate) -> Result<KeyInfo
 
 const KEY_COLUMNS: &str = "id, prefix, account_id, name, created_at, expires_at, revoked_at, \
      cap_hourly, cap_daily, cap_total, allow_ips, manage, used_total, hour_bucket, hour_used, \
-     day_bucket, day_used";
+     day_bucket, day_used, last_used_at";
 
 #[derive(sqlx::FromRow)]
 struct KeyRow {
@@ -333,6 +335,7 @@ struct KeyRow {
     hour_used: i64,
     day_bucket: i64,
     day_used: i64,
+    last_used_at: Option<i64>,
 }
 
 fn to_key_info(r: KeyRow, now: i64) -> KeyInfo {
@@ -372,6 +375,7 @@ fn to_key_info(r: KeyRow, now: i64) -> KeyInfo {
             daily: Credits(if r.day_bucket >= day { r.day_used } else { 0 }),
             total: Credits(r.used_total),
         },
+        last_used_at: r.last_used_at,
     }
 }
 
@@ -390,6 +394,50 @@ pub async fn list_keys(db: &Db, account: Option<&str>) -> Result<Vec<KeyInfo>, A
     let now = now_ms();
     Ok(rows.into_iter().map(|r| to_key_info(r, now)).collect())
 }
+
+/// Notes when keys were last used (`(key id, epoch ms)`); a time never moves back.
+/// PostgreSQL: one statement for the lot; SQLite: transactions of [`LAST_USED_CHUNK`]
+/// (the single writer is never held long).
+pub async fn record_last_used(db: &Db, uses: &[(Arc<str>, i64)]) -> Result<(), sqlx::Error> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    match db {
+        Db::Postgres(p) => {
+            let ids: Vec<&str> = uses.iter().map(|(id, _)| &**id).collect();
+            let at: Vec<i64> = uses.iter().map(|(_, t)| *t).collect();
+            sqlx::query(
+                "UPDATE api_keys AS k SET last_used_at = v.t \
+                 FROM UNNEST($1::text[], $2::bigint[]) AS v(id, t) \
+                 WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)",
+            )
+            .bind(ids)
+            .bind(at)
+            .execute(p)
+            .await?;
+        }
+        Db::Sqlite(_) => {
+            for chunk in uses.chunks(LAST_USED_CHUNK) {
+                with_tx!(db, |tx| {
+                    for (id, at) in chunk {
+                        sqlx::query(
+                            "UPDATE api_keys SET last_used_at = $1 \
+                             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                        )
+                        .bind(*at)
+                        .bind(&**id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Key uses written per SQLite transaction.
+pub const LAST_USED_CHUNK: usize = 500;
 
 /// Finds a key by id or display prefix (never by the key itself: keys are not stored).
 pub async fn find_key(db: &Db, key_ref: &str) -> Result<KeyInfo, AccountError> {
@@ -541,6 +589,9 @@ pub async fn key_by_digest(db: &Db, digest: &str) -> Result<Option<KeyAuth>, sql
 pub struct WebhookKey {
     pub account: String,
     pub key: Option<String>,
+    /// Until when (epoch ms) the key replaced by the last roll still signs too
+    #[serde(rename = "previousValidUntil", skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<i64>,
 }
 
 impl std::fmt::Debug for WebhookKey {
@@ -549,6 +600,7 @@ impl std::fmt::Debug for WebhookKey {
         f.debug_struct("WebhookKey")
             .field("account", &self.account)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("previous_until", &self.previous_until)
             .finish()
     }
 }
@@ -558,29 +610,112 @@ pub async fn generate_webhook_key(db: &Db, account: &str) -> Result<WebhookKey, 
     let acc = get(db, account).await?;
     let key = kie_wire::webhook::generate_key();
     with_tx!(db, |tx| {
-        sqlx::query("UPDATE accounts SET webhook_key = $1 WHERE id = $2")
-            .bind(&key)
-            .bind(&acc.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE accounts SET webhook_key = $1, webhook_key_prev = NULL, \
+             webhook_key_prev_until = NULL WHERE id = $2",
+        )
+        .bind(&key)
+        .bind(&acc.id)
+        .execute(&mut *tx)
+        .await?;
     });
     Ok(WebhookKey {
         account: acc.id,
         key: Some(key),
+        previous_until: None,
+    })
+}
+
+/// Replaces the account's webhook key with a new one; the old key keeps signing
+/// callbacks next to the new one for `grace_ms` (0: replaced at once). Without a key
+/// yet, the first one is generated. Returns the new key, with the end of the overlap.
+pub async fn roll_webhook_key(
+    db: &Db,
+    account: &str,
+    grace_ms: i64,
+) -> Result<WebhookKey, AccountError> {
+    let acc = get(db, account).await?;
+    let key = kie_wire::webhook::generate_key();
+    let until = (grace_ms > 0).then(|| crate::store::now_ms().saturating_add(grace_ms));
+    // the previous key is the current one (when there is one and a grace period)
+    let prev_until: Option<i64> = with_tx!(db, |tx| {
+        sqlx::query_scalar(
+            "UPDATE accounts SET \
+               webhook_key_prev = CASE WHEN $2 IS NULL THEN NULL ELSE webhook_key END, \
+               webhook_key_prev_until = CASE WHEN $2 IS NULL OR webhook_key IS NULL THEN NULL ELSE $2 END, \
+               webhook_key = $1 \
+             WHERE id = $3 RETURNING webhook_key_prev_until",
+        )
+        .bind(&key)
+        .bind(until)
+        .bind(&acc.id)
+        .fetch_one(&mut *tx)
+        .await?
+    });
+    Ok(WebhookKey {
+        account: acc.id,
+        key: Some(key),
+        previous_until: prev_until,
+    })
+}
+
+/// The keys that sign the account's callbacks now: the current one and, during the
+/// overlap after a roll, the previous one.
+#[derive(Clone, Default)]
+pub struct SigningKeys {
+    pub current: Option<String>,
+    pub previous: Option<String>,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the keys themselves
+        f.debug_struct("SigningKeys")
+            .field("current", &self.current.as_ref().map(|_| "<redacted>"))
+            .field("previous", &self.previous.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The signing keys of an account as of `now` (one query; the dispatcher's per-attempt
+/// read).
+pub async fn signing_keys(db: &Db, account: &str, now: i64) -> Result<SigningKeys, sqlx::Error> {
+    let row: Option<(Option<String>, Option<String>, Option<i64>)> = with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT webhook_key, webhook_key_prev, webhook_key_prev_until FROM accounts WHERE id = $1",
+        )
+        .bind(account)
+        .fetch_optional(p)
+        .await?
+    });
+    Ok(match row {
+        None => SigningKeys::default(),
+        Some((current, prev, until)) => SigningKeys {
+            previous: match (&current, prev, until) {
+                (Some(_), Some(p), Some(u)) if u > now => Some(p),
+                _ => None,
+            },
+            current,
+        },
     })
 }
 
 pub async fn webhook_key(db: &Db, account: &str) -> Result<WebhookKey, AccountError> {
     let acc = get(db, account).await?;
-    let key: Option<String> = with_read!(db, |p| {
-        sqlx::query_scalar("SELECT webhook_key FROM accounts WHERE id = $1")
-            .bind(&acc.id)
-            .fetch_one(p)
-            .await?
+    let (key, until): (Option<String>, Option<i64>) = with_read!(db, |p| {
+        sqlx::query_as(
+            "SELECT webhook_key, CASE WHEN webhook_key_prev IS NULL THEN NULL ELSE webhook_key_prev_until END \
+             FROM accounts WHERE id = $1",
+        )
+        .bind(&acc.id)
+        .fetch_one(p)
+        .await?
     });
+    let now = crate::store::now_ms();
     Ok(WebhookKey {
         account: acc.id,
         key,
+        previous_until: until.filter(|u| *u > now),
     })
 }
 
@@ -607,6 +742,7 @@ mod debug_redaction_tests {
         let w = WebhookKey {
             account: "acc".into(),
             key: Some(wh.clone()),
+            previous_until: None,
         };
         let d = format!("{w:?} {w:#?}");
         assert!(!d.contains(&wh) && d.contains("<redacted>"), "{d}");

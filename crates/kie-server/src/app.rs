@@ -68,6 +68,11 @@ fn record_bounded_sizes(state: &AppState) {
         crate::auth::LIMITER_MAX,
     );
     record_bounded("auth_cache", state.auth.cache_len(), crate::auth::CACHE_MAX);
+    record_bounded(
+        "key_last_used",
+        state.auth.last_used_len(),
+        crate::auth::LAST_USED_MAX,
+    );
     if let Some(l) = &state.catalog_limiter {
         record_bounded("catalog_limiter", l.len(), l.max());
     }
@@ -207,6 +212,39 @@ fn spawn_background(state: &AppState, tasks: &mut JoinSet<()>, shutdown: &watch:
     for i in 0..state.config.demo_workers {
         tasks.spawn(crate::workers::demo::worker_loop(state.clone(), i));
     }
+    let auth = state.auth.clone();
+    let mut stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(crate::auth::LAST_USED_FLUSH);
+        let mut failing = false;
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
+            };
+            match auth.flush_last_used().await {
+                Ok(_) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "could not record when keys were last used; retrying");
+                }
+                Err(_) => {}
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    let mut stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(crate::metrics::RATE_SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => crate::metrics::sample_rates(),
+                _ = stop.changed() => return,
+            }
+        }
+    });
     let auth = state.auth.clone();
     let ip_limiter = state.ip_limiter.clone();
     let catalog_limiter = state.catalog_limiter.clone();

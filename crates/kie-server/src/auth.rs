@@ -20,6 +20,10 @@
 //! SHA-256: that was a sixth of a credit request, see BENCHMARKS.md). Forging a
 //! fingerprint collision would take ~2^64 online guesses against an unknown key; a miss
 //! falls back to the digest lookup in the database.
+//!
+//! "Last used" (issue 16) costs no write per request: the first use of a key in a
+//! minute is noted in memory ([`LastUsed`]), and [`Authenticator::flush_last_used`]
+//! writes what changed in one transaction every few seconds (and at shutdown).
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -27,6 +31,7 @@ use axum::http::request::Parts;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,7 +76,79 @@ pub const CACHE_MAX: usize = 100_000;
 /// database, so this is only reached by a deployment with that many busy keys.
 pub const LIMITER_MAX: usize = 100_000;
 
+/// How often a key's use is noted: its first use in each minute.
+pub const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+/// Bound of the keys whose last use is held in memory (see [`LastUsed`]).
+pub const LAST_USED_MAX: usize = 100_000;
+/// How often noted uses are written to the database.
+pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
+
+/// Uses of keys not yet written: key id → (last noted use, last written use).
+#[derive(Default)]
+struct LastUsed(RwLock<HashMap<Arc<str>, (AtomicI64, AtomicI64)>>);
+
+impl LastUsed {
+    /// Notes a use at `now`: an atomic load under a read lock, unless the key's last
+    /// noted use is a minute old (a store) or it is new here (a write lock).
+    fn note(&self, key_id: &Arc<str>, now: i64) {
+        if let Some((used, _)) = self.0.read().expect("last used").get(key_id) {
+            if now - used.load(Ordering::Relaxed) >= LAST_USED_GRANULARITY_MS {
+                used.store(now, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut m = self.0.write().expect("last used");
+        if m.len() >= LAST_USED_MAX && !m.contains_key(key_id) {
+            // bounded: forget the written ones; still full (that many keys first used
+            // within one flush interval): this use is not noted
+            m.retain(|_, (u, w)| u.load(Ordering::Relaxed) > w.load(Ordering::Relaxed));
+            if m.len() >= LAST_USED_MAX {
+                return;
+            }
+        }
+        m.entry(key_id.clone())
+            .or_insert_with(|| (AtomicI64::new(now), AtomicI64::new(0)));
+    }
+
+    /// Forgets keys written and not used for two minutes (a later use notes them again).
+    fn prune(&self, now: i64) {
+        let stale = |(u, w): &(AtomicI64, AtomicI64)| {
+            let used = u.load(Ordering::Relaxed);
+            used <= w.load(Ordering::Relaxed) && now - used > 2 * LAST_USED_GRANULARITY_MS
+        };
+        if self.0.read().expect("last used").values().any(stale) {
+            self.0.write().expect("last used").retain(|_, e| !stale(e));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.read().expect("last used").len()
+    }
+
+    /// The uses noted since the last write, marked as written.
+    fn take(&self) -> Vec<(Arc<str>, i64)> {
+        let m = self.0.read().expect("last used");
+        m.iter()
+            .filter_map(|(k, (u, w))| {
+                let used = u.load(Ordering::Relaxed);
+                (used > w.swap(used, Ordering::Relaxed)).then(|| (k.clone(), used))
+            })
+            .collect()
+    }
+
+    /// A write failed: these uses are written next time.
+    fn unmark(&self, uses: &[(Arc<str>, i64)]) {
+        let m = self.0.read().expect("last used");
+        for (k, _) in uses {
+            if let Some((_, w)) = m.get(k) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 pub struct Authenticator {
+    last_used: LastUsed,
     db: Db,
     ttl: Duration,
     cache: RwLock<HashMap<u128, (Instant, KeyAuth)>>,
@@ -85,6 +162,7 @@ impl Authenticator {
         // burst: one second's worth
         let limiter = KeyedLimiter::new(per_key_per_second, LIMITER_MAX);
         Authenticator {
+            last_used: LastUsed::default(),
             db,
             ttl,
             cache: RwLock::new(HashMap::new()),
@@ -140,7 +218,8 @@ impl Authenticator {
             .lookup(token)
             .await?
             .ok_or_else(ApiError::unauthorized)?;
-        if !k.is_valid_at(now_ms()) {
+        let now = now_ms();
+        if !k.is_valid_at(now) {
             return Err(ApiError::unauthorized());
         }
         if !k.allows(peer) {
@@ -153,12 +232,30 @@ impl Authenticator {
                 ));
             }
         }
+        self.last_used.note(&k.key_id, now);
         Ok(Caller {
             account_id: k.account_id,
             key_id: k.key_id,
             key_prefix: k.prefix,
             manage: k.manage,
         })
+    }
+
+    /// Writes the key uses noted since the last call (one transaction); on an error
+    /// they are kept for the next one.
+    pub async fn flush_last_used(&self) -> Result<usize, sqlx::Error> {
+        let uses = self.last_used.take();
+        if let Err(e) = accounts::record_last_used(&self.db, &uses).await {
+            self.last_used.unmark(&uses);
+            return Err(e);
+        }
+        self.last_used.prune(now_ms());
+        Ok(uses.len())
+    }
+
+    /// Keys whose last use is held in memory now (bound: [`LAST_USED_MAX`]).
+    pub fn last_used_len(&self) -> usize {
+        self.last_used.len()
     }
 
     /// Entries of the auth cache now (bound: [`CACHE_MAX`]).

@@ -9,9 +9,10 @@
 //! (or `unmatched`), codes are the service's own.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -114,7 +115,106 @@ fn register(
     )
 }
 
+/// Requests answered by this process, and those with a client error (400–499) or a
+/// server error (code ≥ 500) — by the body code, the one `kie_http_requests_total`
+/// counts — for the operator's health page ([`rates`]).
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static CLIENT_ERRORS: AtomicU64 = AtomicU64::new(0);
+static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How far back [`rates`] looks.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// How often [`sample_rates`] should be called.
+pub const RATE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    requests: u64,
+    client_errors: u64,
+    server_errors: u64,
+}
+
+fn now_sample() -> Sample {
+    Sample {
+        at: Instant::now(),
+        requests: REQUESTS.load(Ordering::Relaxed),
+        client_errors: CLIENT_ERRORS.load(Ordering::Relaxed),
+        server_errors: SERVER_ERRORS.load(Ordering::Relaxed),
+    }
+}
+
+static SAMPLES: Mutex<VecDeque<Sample>> = Mutex::new(VecDeque::new());
+
+/// Samples the request counters (every [`RATE_SAMPLE_EVERY`], by the server's
+/// housekeeping); keeps a little more than [`RATE_WINDOW`] of them.
+pub fn sample_rates() {
+    let s = now_sample();
+    let mut q = SAMPLES.lock().expect("rate samples");
+    while q
+        .front()
+        .is_some_and(|f| s.at.duration_since(f.at) > RATE_WINDOW + RATE_SAMPLE_EVERY)
+    {
+        q.pop_front();
+    }
+    q.push_back(s);
+}
+
+/// Request and error rates of this process over the last minute (or since its first
+/// sample, when it is younger).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// The window the figures cover, in seconds
+    pub window_secs: f64,
+    pub requests: u64,
+    pub client_errors: u64,
+    pub server_errors: u64,
+}
+
+impl Rates {
+    fn per_sec(&self, n: u64) -> f64 {
+        if self.window_secs > 0.0 {
+            n as f64 / self.window_secs
+        } else {
+            0.0
+        }
+    }
+    pub fn requests_per_sec(&self) -> f64 {
+        self.per_sec(self.requests)
+    }
+    pub fn client_errors_per_sec(&self) -> f64 {
+        self.per_sec(self.client_errors)
+    }
+    pub fn server_errors_per_sec(&self) -> f64 {
+        self.per_sec(self.server_errors)
+    }
+}
+
+/// The counters now against the oldest sample at most [`RATE_WINDOW`] old.
+pub fn rates() -> Rates {
+    let now = now_sample();
+    let base = {
+        let q = SAMPLES.lock().expect("rate samples");
+        q.iter()
+            .find(|s| now.at.duration_since(s.at) <= RATE_WINDOW)
+            .copied()
+    };
+    let base = base.unwrap_or(Sample { at: now.at, ..now });
+    Rates {
+        window_secs: now.at.duration_since(base.at).as_secs_f64(),
+        requests: now.requests - base.requests,
+        client_errors: now.client_errors - base.client_errors,
+        server_errors: now.server_errors - base.server_errors,
+    }
+}
+
 pub fn record_request(method: &axum::http::Method, route: &str, code: i64, elapsed: Duration) {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+    if code >= 500 {
+        SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
+    } else if code >= 400 {
+        CLIENT_ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
     let map = REQUEST_HANDLES.get_or_init(Default::default);
     let secs = elapsed.as_secs_f64();
     if let Ok(m) = map.read() {

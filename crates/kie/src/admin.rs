@@ -334,6 +334,16 @@ enum WebhookKeyCmd {
         #[arg(long)]
         account: String,
     },
+    /// Replace the account's webhook key; the old one keeps signing callbacks next to
+    /// the new one for --grace (Standard Webhooks: both signatures; KIE.AI scheme: the
+    /// new key)
+    Roll {
+        #[arg(long)]
+        account: String,
+        /// How long the old key keeps signing too (0, 1h, 24h, 7d; at most 30d)
+        #[arg(long, value_name = "D", default_value = "24h")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -715,6 +725,25 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 k.account,
                 k.key.as_deref().unwrap_or("")
             );
+            Ok(out(&k, text))
+        }
+        AdminCommand::WebhookKey(WebhookKeyCmd::Roll { account, grace }) => {
+            let grace_ms = kie_server::api::callbacks::grace_ms(&grace)
+                .map_err(|e| Failure(format!("--grace: {e}")))?;
+            let k = accounts::roll_webhook_key(db, &account, grace_ms).await?;
+            let mut text = format!(
+                "new webhook key for {}: {}",
+                k.account,
+                k.key.as_deref().unwrap_or("")
+            );
+            if let Some(t) = k.previous_until {
+                text.push_str(&format!(
+                    "\nthe previous key also signs callbacks until {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64)
+                    )
+                ));
+            }
             Ok(out(&k, text))
         }
         AdminCommand::WebhookKey(WebhookKeyCmd::Show { account }) => {

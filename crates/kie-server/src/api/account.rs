@@ -201,7 +201,13 @@ pub struct CallbacksQuery {
 pub struct CallbackSummary {
     /// The Standard Webhooks `webhook-id`
     pub id: String,
-    pub task_id: String,
+    /// The task whose result this is; null for a balance alert event
+    #[schema(nullable)]
+    pub task_id: Option<String>,
+    /// The event id (`evt_…`, also the `webhook-id`) of a balance alert event; null for
+    /// a task's callback
+    #[schema(nullable)]
+    pub event: Option<String>,
     pub url: String,
     /// pending, delivered, stopped (410), failed (retries exhausted) or refused
     pub status: String,
@@ -250,7 +256,8 @@ pub async fn list_callbacks(
         rows.into_iter()
             .map(|d| CallbackSummary {
                 id: d.id,
-                task_id: d.task_id,
+                task_id: d.event.is_none().then_some(d.task_id),
+                event: d.event,
                 url: d.url,
                 status: d.state,
                 attempts: d.attempts,

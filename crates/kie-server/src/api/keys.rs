@@ -171,6 +171,10 @@ pub struct KeySummary {
     /// Credits charged this UTC hour, this UTC day, in total: `{"hourly","daily","total"}`
     #[schema(value_type = Object)]
     pub usage: serde_json::Value,
+    /// When the key was last used (epoch ms, to the minute: the first use in each
+    /// minute is recorded, written within a few seconds); null: never
+    #[schema(nullable)]
+    pub last_used_at: Option<i64>,
 }
 
 /// A new key: the only answer that contains the key itself.

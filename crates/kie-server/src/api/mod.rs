@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod alerts;
+pub mod callbacks;
 pub mod credit;
 pub mod download_url;
 pub mod jobs;
@@ -67,6 +68,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
         .routes(routes!(account::list_callbacks))
+        .routes(routes!(callbacks::get_webhook_key))
+        .routes(routes!(callbacks::roll_webhook_key))
+        .routes(routes!(callbacks::redeliver))
+        .routes(routes!(callbacks::replay))
         .routes(routes!(models::list_models))
         // Model names contain '/': price, schema and success-rate share one catch-all
         // route (documented above as /api/v1/models/{model}/…).

@@ -361,7 +361,7 @@ pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> P
             dt { "Open tasks" } dd { (open_tasks) }
             dt { "Callback backlog" } dd id="backlog" { (pending) " pending, " (failed_24h) " failed in the last 24 h" }
         }
-        p.hint { "Request and error rates: " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code)." }
+        p.hint { "Request and error rates: the " a href="/console/admin/health" { "Health" } " page, or " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code)." }
         h2 { "Link signing key" }
         form.inline method="post" action="/console/admin/settings" {
             (csrf_field(&s))
@@ -411,6 +411,81 @@ pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> P
         p.hint { "Every node applies a change within a second." }
     };
     Ok(page(&s, "/console/admin/settings", "Settings", body))
+}
+
+/// The node's health: what `/readyz` checks, the work waiting, and request and error
+/// rates over the last minute from the request counters (sampled every 5 s by this
+/// node; each node counts its own requests).
+pub async fn health(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
+    let now = crate::store::now_ms();
+    type Figures = (i64, i64, i64, i64);
+    let (pending, failed_24h, open_tasks, accounts_waiting): Figures = with_read!(&state.db, |p| {
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'), \
+                    (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed' AND finished_at >= $1), \
+                    (SELECT COUNT(*) FROM tasks WHERE state IN ('waiting','queuing','generating')), \
+                    (SELECT COUNT(DISTINCT account_id) FROM webhook_deliveries WHERE state = 'pending')",
+        )
+        .bind(now - 86_400_000)
+        .fetch_one(p)
+        .await?
+    });
+    let (db_ok, store_ok) = tokio::join!(
+        async {
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_millis(1500), state.db.ping()).await,
+                Ok(Ok(()))
+            )
+        },
+        async {
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_millis(1500), state.blobs.ping())
+                    .await,
+                Ok(Ok(()))
+            )
+        }
+    );
+    let r = crate::metrics::rates();
+    let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
+    let ready = db_ok && store_ok;
+    let body = html! {
+        h2 { "Readiness" }
+        dl.facts {
+            dt { "Ready" } dd id="health-ready" { (if ready { "yes" } else { "no" }) }
+            dt { "Database" } dd id="health-db" { (state.db.backend()) ", " (yes_no(db_ok)) }
+            dt { "Object store" } dd id="health-store" { (state.blobs.describe()) ", " (yes_no(store_ok)) }
+            dt { "Open tasks" } dd id="health-open-tasks" { (open_tasks) }
+            dt { "Callback backlog" } dd id="health-backlog" {
+                (pending) " pending (" (accounts_waiting) " accounts), " (failed_24h) " failed in the last 24 h"
+            }
+        }
+        h2 { "Requests on this node" }
+        table.list #rates {
+            caption { "Over the last " span #rate-window { (format!("{:.0}", r.window_secs)) } " s" }
+            thead { tr {
+                th scope="col" { "What" } th scope="col" { "Per second" } th scope="col" { "Count" }
+            } }
+            tbody {
+                tr #rate-requests {
+                    th scope="row" { "Requests" }
+                    td.per-sec { (format!("{:.2}", r.requests_per_sec())) }
+                    td.count { (r.requests) }
+                }
+                tr #rate-client-errors {
+                    th scope="row" { "Client errors (code 400–499)" }
+                    td.per-sec { (format!("{:.2}", r.client_errors_per_sec())) }
+                    td.count { (r.client_errors) }
+                }
+                tr #rate-server-errors {
+                    th scope="row" { "Server errors (code 500 and above)" }
+                    td.per-sec { (format!("{:.2}", r.server_errors_per_sec())) }
+                    td.count { (r.server_errors) }
+                }
+            }
+        }
+        p.hint { "From the counters behind " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code), sampled every 5 s by this node; codes are the answers' body codes. Each node counts its own requests." }
+    };
+    Ok(page(&s, "/console/admin/health", "Health", body))
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ pub const ACCOUNT_NAV: &[(&str, &str)] = &[
 pub const OPERATOR_NAV: &[(&str, &str)] = &[
     ("Accounts", "/console/admin/"),
     ("Settings", "/console/admin/settings"),
+    ("Health", "/console/admin/health"),
 ];
 
 fn head(title: &str) -> Markup {

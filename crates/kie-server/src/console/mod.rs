@@ -67,6 +67,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/alerts/test", post(pages::test_alert))
         .route("/console/admin", get(admin::accounts))
         .route("/console/admin/", get(admin::accounts))
+        .route("/console/admin/health", get(admin::health))
         .route("/console/admin/accounts/{id}", get(admin::account))
         .route("/console/admin/accounts/{id}/credits", post(admin::credits))
         .route("/console/admin/accounts/{id}/invite", post(admin::invite))

@@ -49,13 +49,23 @@ pub async fn not_found() -> Response {
     )
 }
 
-fn login_page(status: StatusCode, email: &str, error: Option<&str>) -> Response {
-    bare_page(
+/// The sign-in page; with `csrf` its pre-session token (in the form and, when `set`,
+/// in a new `kie_login` cookie).
+fn login_page(
+    state: &AppState,
+    status: StatusCode,
+    email: &str,
+    error: Option<&str>,
+    csrf: &str,
+    set: bool,
+) -> Response {
+    let mut r = bare_page(
         status,
         "Sign in",
         html! {
             @if let Some(e) = error { (notice("error", e)) }
             form method="post" action="/console/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 label for="email" { "Email" }
                 input id="email" name="email" type="email" autocomplete="username" required value=(email);
                 label for="password" { "Password" }
@@ -63,28 +73,55 @@ fn login_page(status: StatusCode, email: &str, error: Option<&str>) -> Response 
                 button type="submit" { "Sign in" }
             }
         },
-    )
+    );
+    if set {
+        if let Ok(v) = session::set_login_cookie(state, csrf).parse() {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    r
 }
 
-pub async fn login_form() -> Response {
-    login_page(StatusCode::OK, "", None)
+/// The sign-in form with its pre-session token: the one of the browser's `kie_login`
+/// cookie (so two open sign-in tabs both work), else a new one; the cookie is renewed.
+pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = session::login_cookie_token(&headers)
+        .map(str::to_string)
+        .unwrap_or_else(users::new_token);
+    login_page(&state, StatusCode::OK, "", None, &token, true)
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
     password: String,
 }
 
-pub async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> PageResult {
-    if f.password.len() > users::MAX_PASSWORD {
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> PageResult {
+    if !session::login_csrf_ok(&headers, &f.csrf) {
+        // nothing is looked up or counted: a fresh form to try again
+        tracing::warn!("console sign-in refused: missing or wrong CSRF token");
         return Ok(login_page(
-            StatusCode::UNAUTHORIZED,
+            &state,
+            StatusCode::FORBIDDEN,
             &f.email,
-            Some("Wrong email or password."),
+            Some("This sign-in form has expired or was not sent from this site; nothing was checked. Please sign in again."),
+            &users::new_token(),
+            true,
         ));
+    }
+    let again =
+        |status, error: &str| login_page(&state, status, &f.email, Some(error), &f.csrf, false);
+    if f.password.len() > users::MAX_PASSWORD {
+        return Ok(again(StatusCode::UNAUTHORIZED, "Wrong email or password."));
     }
     match users::sign_in(&state.db, &f.email, &f.password).await? {
         SignIn::Ok(user) => {
@@ -97,19 +134,14 @@ pub async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> P
             };
             Ok(signed_in_redirect(&state, &token, home))
         }
-        SignIn::Wrong => Ok(login_page(
-            StatusCode::UNAUTHORIZED,
-            &f.email,
-            Some("Wrong email or password."),
-        )),
+        SignIn::Wrong => Ok(again(StatusCode::UNAUTHORIZED, "Wrong email or password.")),
         SignIn::Locked(secs) => {
-            let mut r = login_page(
+            let mut r = again(
                 StatusCode::TOO_MANY_REQUESTS,
-                &f.email,
-                Some(&format!(
+                &format!(
                     "Too many failed sign-ins for this address: try again in {} minutes.",
                     secs.div_ceil(60)
-                )),
+                ),
             );
             if let Ok(v) = secs.to_string().parse() {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -372,6 +404,10 @@ fn keys_page(
             (csrf_field(&h.session))
             label for="key-name" { "Key name" }
             input id="key-name" name="name" type="text" maxlength="100";
+            label for="key-expires" { "Expires" }
+            select id="key-expires" name="expires" {
+                @for (value, text) in EXPIRIES { option value=(value) { (text) } }
+            }
             input id="key-manage" name="manage" type="checkbox" value="on";
             label for="key-manage" { "Management key" }
             button type="submit" { "Create key" }
@@ -381,7 +417,7 @@ fn keys_page(
         table.list {
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Prefix" } th scope="col" { "Created" }
-                th scope="col" { "Expires" } th scope="col" { "Status" }
+                th scope="col" { "Last used" } th scope="col" { "Expires" } th scope="col" { "Status" }
                 th scope="col" { "Caps (used / cap)" } th scope="col" { "Allowed IPs" } th scope="col" { "Scope" }
                 th scope="col" { span.sr { "Actions" } }
             } }
@@ -392,6 +428,7 @@ fn keys_page(
                         td { (k.name.as_deref().unwrap_or("—")) }
                         td { code { (k.prefix) } }
                         td { (time(k.created_at)) }
+                        td.last-used { @match k.last_used_at { Some(t) => (time(t)), None => "never" } }
                         td { (opt_time(k.expires_at)) }
                         td { span class=(format!("state {}", k.status)) { (k.status) } }
                         td.caps {
@@ -429,7 +466,7 @@ fn keys_page(
                                     button type="submit" aria-label=(format!("Roll {label}")) { "Roll" }
                                 }
                                 details.edit {
-                                    summary { "Edit caps and IPs" }
+                                    summary { "Edit caps, IPs and scope" }
                                     form.caps method="post" action=(format!("/console/keys/{}/update", k.id)) {
                                         (csrf_field(&h.session))
                                         label { "Hourly cap " input name="cap_hourly" type="text" inputmode="decimal" size="6"
@@ -440,6 +477,9 @@ fn keys_page(
                                             value=(cap_value(k.caps.total)) aria-label=(format!("Total cap of {label}")); }
                                         label { "Allowed IPs " input name="allow_ips" type="text" size="30"
                                             value=(k.allow_ips.join(" ")) aria-label=(format!("Allowed IPs of {label}")); }
+                                        input type="hidden" name="set_manage" value="1";
+                                        label { input name="manage" type="checkbox" value="on" checked[k.manage]
+                                            aria-label=(format!("Management scope of {label}")); " Management scope" }
                                         button type="submit" aria-label=(format!("Save caps and IPs of {label}")) { "Save" }
                                     }
                                 }
@@ -447,7 +487,7 @@ fn keys_page(
                         }
                     }
                 }
-                @if keys.is_empty() { tr { td colspan="9" { "No keys yet." } } }
+                @if keys.is_empty() { tr { td colspan="10" { "No keys yet." } } }
             }
         }
     };
@@ -470,6 +510,31 @@ pub struct KeyForm {
     /// The **Management key** checkbox (`on` when ticked).
     #[serde(default)]
     manage: String,
+    /// Expiry: one of [`EXPIRIES`] (empty: never).
+    #[serde(default)]
+    expires: String,
+}
+
+/// Expiries offered when creating a key: (form value, label); see [`expiry_ms`].
+const EXPIRIES: &[(&str, &str)] = &[
+    ("", "never"),
+    ("1d", "in 1 day"),
+    ("7d", "in 7 days"),
+    ("30d", "in 30 days"),
+    ("90d", "in 90 days"),
+    ("365d", "in 1 year"),
+];
+
+fn expiry_ms(v: &str) -> Option<Option<i64>> {
+    match v {
+        "" => Some(None),
+        "1d" => Some(Some(DAY_MS)),
+        "7d" => Some(Some(7 * DAY_MS)),
+        "30d" => Some(Some(30 * DAY_MS)),
+        "90d" => Some(Some(90 * DAY_MS)),
+        "365d" => Some(Some(365 * DAY_MS)),
+        _ => None,
+    }
 }
 
 pub async fn create_key(
@@ -494,11 +559,25 @@ pub async fn create_key(
         ));
     }
     let name = (!name.is_empty()).then_some(name);
+    let Some(expires_in) = expiry_ms(f.expires.trim()) else {
+        let keys = accounts::list_keys(&state.db, Some(&h.account_id))
+            .await
+            .map_err(internal)?;
+        let resp = keys_page(
+            &h,
+            &keys,
+            None,
+            None,
+            Some("Expires: choose one of the offered times."),
+        );
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, resp).into_response());
+    };
+    let expires_at = expires_in.map(|ms| crate::store::now_ms() + ms);
     let opts = accounts::KeyOptions {
         manage: !f.manage.is_empty(),
         ..Default::default()
     };
-    let k = accounts::create_key_with(&state.db, &h.account_id, name, None, &opts)
+    let k = accounts::create_key_with(&state.db, &h.account_id, name, expires_at, &opts)
         .await
         .map_err(internal)?;
     tracing::info!(user = %h.session.user.id, key = %k.id, prefix = %k.prefix, manage = k.manage, "console: key created");
@@ -602,6 +681,11 @@ pub struct CapsForm {
     cap_total: Option<String>,
     /// Absent: unchanged; empty: any address.
     allow_ips: Option<String>,
+    /// Present (the edit form sends it): `manage` sets the scope; absent: unchanged.
+    set_manage: Option<String>,
+    /// The scope checkbox (`on` when ticked).
+    #[serde(default)]
+    manage: String,
 }
 
 /// One cap field of the form: `None` unchanged, `Some(None)` no cap.
@@ -659,7 +743,7 @@ pub async fn update_key(
                     )
                 }
             },
-            manage: None,
+            manage: f.set_manage.as_ref().map(|_| !f.manage.is_empty()),
         })
     })();
     let u = match parsed {
@@ -823,8 +907,8 @@ fn delivery_table(ds: &[webhooks::DeliveryInfo]) -> Markup {
                     "To " code { (d.url) } " — " span class=(format!("state {}", d.state)) { (d.state) }
                     ", " (d.attempts) " attempt(s)"
                     @if let Some(n) = d.next_attempt_at { ", next at " (time(n)) }
-                    @if d.task_id.starts_with("evt_") {
-                        " (balance event " code { (d.task_id) } ")"
+                    @if let Some(ev) = &d.event {
+                        " (balance event " code.event { (ev) } ")"
                     } @else {
                         " (task " a href=(format!("/console/tasks/{}", d.task_id)) { code { (d.task_id) } } ")"
                     }
@@ -1086,6 +1170,13 @@ async fn callbacks_page(
         } @else {
             p { "No key yet: callbacks are sent unsigned." }
         }
+        @if let Some(until) = key.previous_until {
+            p #previous-key-overlap {
+                "The previous key also signs callbacks until " (layout::time(until))
+                " (a second " code { "v1," } " signature in " code { "webhook-signature" }
+                "; " code { "X-Webhook-Signature" } " is made with the new key)."
+            }
+        }
         form.inline method="post" action="/console/callbacks/key" {
             (csrf_field(&h.session))
             @if key.key.is_some() && shown_key.is_none() {
@@ -1094,6 +1185,16 @@ async fn callbacks_page(
             @if key.key.is_none() {
                 button type="submit" name="action" value="generate" { "Generate key" }
             }
+        }
+        @if key.key.is_some() {
+            form.inline method="post" action="/console/callbacks/key" {
+                (csrf_field(&h.session))
+                input type="hidden" name="action" value="roll";
+                label for="roll-grace" { "Grace period" }
+                input id="roll-grace" name="grace" type="text" value=(crate::api::callbacks::DEFAULT_GRACE) required;
+                button type="submit" { "Roll key" }
+            }
+            p.hint { "Rolling makes a new key; during the grace period (0 to 30d, e.g. 1h, 24h, 7d) the old key signs callbacks too, so receivers verifying with either key accept them." }
         }
         h2 { "Replay failed deliveries" }
         form.inline method="post" action="/console/callbacks/replay" {
@@ -1129,6 +1230,8 @@ pub struct KeyAction {
     csrf: String,
     #[serde(default)]
     action: String,
+    #[serde(default)]
+    grace: String,
 }
 
 /// Shows the webhook key (on request, never in a page's plain view) or generates the
@@ -1151,6 +1254,20 @@ pub async fn webhook_key(
                 .await
                 .map_err(internal)?;
             tracing::info!(user = %h.session.user.id, "console: webhook key generated");
+            k.key.unwrap_or_default()
+        }
+        ("roll", Some(_)) => {
+            let grace = match crate::api::callbacks::grace_ms(&f.grace) {
+                Ok(g) => g,
+                Err(e) => {
+                    let text = format!("Grace period: {e}");
+                    return callbacks_page(&state, &h, None, Some(("error", &text))).await;
+                }
+            };
+            let k = accounts::roll_webhook_key(&state.db, &h.account_id, grace)
+                .await
+                .map_err(internal)?;
+            tracing::info!(user = %h.session.user.id, grace_ms = grace, "console: webhook key rolled");
             k.key.unwrap_or_default()
         }
         _ => return callbacks_page(&state, &h, None, None).await,

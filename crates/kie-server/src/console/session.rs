@@ -4,6 +4,14 @@
 //! `users`); it is `HttpOnly`, `SameSite=Lax`, limited to `/console`, and `Secure`
 //! when the public URL is https. Every state-changing form carries the session's CSRF
 //! token in a hidden field `csrf`, compared in constant time before anything changes.
+//!
+//! The sign-in form comes before any session: it carries a pre-session token as a
+//! double-submit cookie. `GET /console/login` sets `kie_login` (random, `HttpOnly`,
+//! `SameSite=Strict`, limited to `/console/login`, an hour) and puts the same value in
+//! the form's `csrf` field; a `POST` whose field does not match its cookie is refused
+//! before the address or password are looked at (no session, no failed-attempt count).
+//! Another site can neither read the cookie nor send it along (`SameSite=Strict`), so it
+//! cannot sign a victim into an account of its choosing.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -15,18 +23,47 @@ use super::users::{self, Role, Session, SESSION_ABSOLUTE};
 use crate::state::AppState;
 
 pub const COOKIE: &str = "kie_session";
+/// The sign-in form's pre-session CSRF cookie.
+pub const LOGIN_COOKIE: &str = "kie_login";
+/// How long a sign-in form's token is accepted.
+pub const LOGIN_TOKEN_SECS: u64 = 3600;
 
 /// The session token of a request's cookie, if any.
 pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, COOKIE)
+}
+
+/// The sign-in form's token of a request's cookie, if any.
+pub fn login_cookie_token(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, LOGIN_COOKIE)
+}
+
+fn named_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// `Set-Cookie` for a sign-in form's token.
+pub fn set_login_cookie(state: &AppState, token: &str) -> String {
+    format!(
+        "{LOGIN_COOKIE}={token}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age={LOGIN_TOKEN_SECS}{}",
+        secure(state)
+    )
+}
+
+/// Does a sign-in form's `csrf` field match its cookie (constant time)?
+pub fn login_csrf_ok(headers: &HeaderMap, sent: &str) -> bool {
+    match login_cookie_token(headers) {
+        Some(c) => !sent.is_empty() && bool::from(sent.as_bytes().ct_eq(c.as_bytes())),
+        None => false,
+    }
 }
 
 fn secure(state: &AppState) -> &'static str {

@@ -1,5 +1,6 @@
 //! The dispatcher: leases due deliveries from the outbox and makes one HTTP attempt
-//! each, signing with both schemes when the account has a webhook key.
+//! each, signing with both schemes when the account has a webhook key (and, during
+//! a key roll's overlap, Standard Webhooks with the previous key as well).
 //!
 //! * Leasing is one conditional UPDATE (`locked_until` in the past → in the future),
 //!   with `SKIP LOCKED` on PostgreSQL, so any number of nodes share the outbox and
@@ -244,27 +245,38 @@ async fn attempt(state: &AppState, client: &reqwest::Client, d: &Leased) -> Atte
         };
         return fail(msg, true);
     }
-    let key = match crate::accounts::webhook_key(&state.db, &d.account_id).await {
-        Ok(k) => k.key,
+    let now = now_ms();
+    let keys = match crate::accounts::signing_keys(&state.db, &d.account_id, now).await {
+        Ok(k) => k,
         Err(e) => return fail(format!("reading the webhook key: {e}"), false),
     };
-    let ts = (now_ms() / 1000).to_string();
+    let ts = (now / 1000).to_string();
     let mut rb = client
         .post(&d.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(kie_wire::webhook::HDR_STD_ID, &d.id)
         .header(kie_wire::webhook::HDR_STD_TIMESTAMP, &ts);
-    if let Some(k) = &key {
+    if let Some(k) = &keys.current {
+        // During a key roll's overlap, Standard Webhooks carries one signature per key
+        // (space-separated, the new key's first), so receivers verifying with either
+        // key accept the delivery; the KIE.AI header has room for one: the new key's.
+        let mut std_sig = kie_wire::webhook::standard_signature(k, &d.id, &ts, d.body.as_bytes());
+        if let Some(old) = &keys.previous {
+            std_sig.push(' ');
+            std_sig.push_str(&kie_wire::webhook::standard_signature(
+                old,
+                &d.id,
+                &ts,
+                d.body.as_bytes(),
+            ));
+        }
         rb = rb
             .header(kie_wire::webhook::HDR_KIE_TIMESTAMP, &ts)
             .header(
                 kie_wire::webhook::HDR_KIE_SIGNATURE,
                 kie_wire::webhook::kie_signature(k, &d.task_id, &ts),
             )
-            .header(
-                kie_wire::webhook::HDR_STD_SIGNATURE,
-                kie_wire::webhook::standard_signature(k, &d.id, &ts, d.body.as_bytes()),
-            );
+            .header(kie_wire::webhook::HDR_STD_SIGNATURE, std_sig);
     }
     match rb.body(d.body.clone()).send().await {
         Ok(resp) => {

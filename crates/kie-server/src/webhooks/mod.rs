@@ -74,6 +74,21 @@ pub async fn redeliver(db: &Db, account_id: &str, delivery_id: &str) -> Result<b
     Ok(n == 1)
 }
 
+/// The state of one of the account's deliveries (`None`: no such delivery of it).
+pub async fn delivery_state(
+    db: &Db,
+    account_id: &str,
+    delivery_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    Ok(with_read!(db, |p| {
+        sqlx::query_scalar("SELECT state FROM webhook_deliveries WHERE id = $1 AND account_id = $2")
+            .bind(delivery_id)
+            .bind(account_id)
+            .fetch_optional(p)
+            .await?
+    }))
+}
+
 /// Sends every delivery of the account that failed (retries exhausted) and was
 /// created since `since_ms` again, once each: how many.
 pub async fn replay_failed(db: &Db, account_id: &str, since_ms: i64) -> Result<u64, sqlx::Error> {
@@ -98,7 +113,12 @@ pub async fn replay_failed(db: &Db, account_id: &str, since_ms: i64) -> Result<u
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryInfo {
     pub id: String,
+    /// The task; for a balance event (no task) its event id, as operators' listings
+    /// have always shown it (the account's own listing shows `event` instead).
     pub task_id: String,
+    /// The event id of a balance event (`evt_…`, the delivery id); `None` for a task's
+    /// callback.
+    pub event: Option<String>,
     pub url: String,
     pub state: String,
     pub attempts: i64,
@@ -122,7 +142,7 @@ pub struct AttemptInfo {
 
 type DeliveryRow = (
     String,
-    String,
+    Option<String>,
     String,
     String,
     i64,
@@ -159,7 +179,7 @@ async fn deliveries_where(
 ) -> Result<Vec<DeliveryInfo>, sqlx::Error> {
     let rows: Vec<DeliveryRow> = with_read!(db, |p| {
         sqlx::query_as(
-        "SELECT id, COALESCE(task_id, id), url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
+        "SELECT id, task_id, url, state, attempts, next_attempt_at, last_status, last_error, created_at, finished_at \
          FROM webhook_deliveries WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR account_id = $2) \
          ORDER BY created_at DESC, id LIMIT $3"
     )
@@ -179,9 +199,11 @@ async fn deliveries_where(
         .fetch_all(p)
         .await?);
         let pending = r.3 == "pending";
+        let event = r.1.is_none().then(|| r.0.clone());
         out.push(DeliveryInfo {
+            task_id: r.1.unwrap_or_else(|| r.0.clone()),
+            event,
             id: r.0,
-            task_id: r.1,
             url: r.2,
             state: r.3,
             attempts: r.4,

@@ -83,10 +83,73 @@ pub enum CallbacksCommand {
         limit: u32,
         #[command(flatten)]
         api: ApiArgs,
-        /// Machine-readable output: [{"id","taskId","url","status","attempts","lastStatus","nextAttemptAt"}]
+        /// Machine-readable output: [{"id","taskId","event","url","status","attempts","lastStatus","nextAttemptAt"}] (taskId null and event set for a balance alert event)
         #[arg(long)]
         json: bool,
     },
+    /// Send a finished delivery again: one more attempt now (same webhook-id and body)
+    Redeliver {
+        /// Delivery id (the webhook-id, msg_… or evt_…)
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Machine-readable output: {"id","status"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send every delivery that failed (retries exhausted) since T again, once each
+    Replay {
+        /// Failed deliveries created since (2026-11-29 or an RFC 3339 time)
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        since: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Machine-readable output: {"count"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// The webhook HMAC key: show, roll (needs a management key)
+    #[command(subcommand)]
+    Key(WebhookKeyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum WebhookKeyCommand {
+    /// Print the webhook HMAC key (whsec_…)
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Machine-readable output: {"account","key","previousValidUntil"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the key; the old one keeps signing next to the new one for --grace
+    #[command(
+        after_help = "During the overlap each callback's webhook-signature carries two Standard Webhooks \
+signatures (\"v1,<new> v1,<old>\"), so receivers verifying with either key accept it; \
+X-Webhook-Signature (KIE.AI scheme) is made with the new key."
+    )]
+    Roll {
+        /// How long the old key keeps signing too (0, 1h, 7d; at most 30d)
+        #[arg(long, value_name = "D", default_value = "24h", value_parser = parse_grace)]
+        grace: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Machine-readable output: {"account","key","previousValidUntil"}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A grace period such as `0`, `1h`, `7d` (checked here, sent as written).
+fn parse_grace(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(t.to_string());
+    }
+    humantime::parse_duration(t)
+        .map(|_| t.to_string())
+        .map_err(|e| format!("{e} (examples: 0, 1h, 24h, 7d)"))
 }
 
 pub async fn tasks(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
@@ -180,12 +243,42 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn callbacks(cmd: CallbacksCommand) -> anyhow::Result<ExitCode> {
-    let CallbacksCommand::List {
-        task,
-        limit,
-        api,
-        json,
-    } = cmd;
+    let (task, limit, api, json) = match cmd {
+        CallbacksCommand::List {
+            task,
+            limit,
+            api,
+            json,
+        } => (task, limit, api, json),
+        CallbacksCommand::Redeliver { id, api, json } => {
+            let r = api.client()?.redeliver(&id).await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("{}: queued for one more attempt", r.id);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CallbacksCommand::Replay { since, api, json } => {
+            let r = api.client()?.replay_failed(since).await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("{} failed deliveries queued again", r.count);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CallbacksCommand::Key(WebhookKeyCommand::Show { api, json }) => {
+            let k = api.client()?.webhook_key().await?;
+            print_webhook_key(&k, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        CallbacksCommand::Key(WebhookKeyCommand::Roll { grace, api, json }) => {
+            let k = api.client()?.roll_webhook_key(Some(&grace)).await?;
+            print_webhook_key(&k, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let list = api
         .client()?
         .callbacks(task.as_deref(), Some(limit))
@@ -194,14 +287,19 @@ pub async fn callbacks(cmd: CallbacksCommand) -> anyhow::Result<ExitCode> {
         print_json(&list)?;
     } else {
         println!(
-            "{:<22} {:<22} {:<10} {:>8} {:>6}  URL",
-            "ID", "TASK", "STATUS", "ATTEMPTS", "LAST"
+            "{:<28} {:<28} {:<10} {:>8} {:>6}  URL",
+            "ID", "TASK / EVENT", "STATUS", "ATTEMPTS", "LAST"
         );
         for c in &list {
+            let what = match (&c.task_id, &c.event) {
+                (Some(t), _) => t.clone(),
+                (None, Some(e)) => format!("event {e}"),
+                (None, None) => "-".into(),
+            };
             println!(
-                "{:<22} {:<22} {:<10} {:>8} {:>6}  {}",
+                "{:<28} {:<28} {:<10} {:>8} {:>6}  {}",
                 c.id,
-                c.task_id,
+                what,
                 c.status,
                 c.attempts,
                 c.last_status.map(|s| s.to_string()).unwrap_or_default(),
@@ -210,6 +308,20 @@ pub async fn callbacks(cmd: CallbacksCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_webhook_key(k: &kie_sdk::account::WebhookKey, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(k);
+    }
+    match &k.key {
+        Some(key) => println!("{key}"),
+        None => println!("no webhook key (callbacks are sent unsigned)"),
+    }
+    if let Some(t) = k.previous_valid_until {
+        eprintln!("the previous key also signs callbacks until {}", iso(t));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

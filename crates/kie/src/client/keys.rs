@@ -188,15 +188,23 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 print_json(&keys)?;
             } else {
                 println!(
-                    "{:<22} {:<14} {:<8} {:<20} {:<20} {:<20} {:<6} NAME",
-                    "ID", "PREFIX", "STATUS", "EXPIRES", "CAPS H/D/TOTAL", "USED H/D/TOTAL", "IPS"
+                    "{:<22} {:<14} {:<8} {:<20} {:<20} {:<20} {:<20} {:<6} NAME",
+                    "ID",
+                    "PREFIX",
+                    "STATUS",
+                    "LAST USED",
+                    "EXPIRES",
+                    "CAPS H/D/TOTAL",
+                    "USED H/D/TOTAL",
+                    "IPS"
                 );
                 for k in &keys {
                     println!(
-                        "{:<22} {:<14} {:<8} {:<20} {:<20} {:<20} {:<6} {}{}",
+                        "{:<22} {:<14} {:<8} {:<20} {:<20} {:<20} {:<20} {:<6} {}{}",
                         k.id,
                         k.prefix,
                         k.status,
+                        k.last_used_at.map(iso).unwrap_or_else(|| "never".into()),
                         k.expires_at.map(iso).unwrap_or_else(|| "-".into()),
                         caps_text(&k.caps),
                         format!("{}/{}/{}", k.usage.hourly, k.usage.daily, k.usage.total),

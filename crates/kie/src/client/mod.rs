@@ -59,7 +59,7 @@ pub enum ClientCommand {
     Tasks(account::TasksCommand),
     /// The account's ledger: grants, charges, holds, voids (--csv for a spreadsheet)
     Usage(account::UsageArgs),
-    /// The account's callback deliveries
+    /// The account's callback deliveries: list, redeliver, replay; the webhook key (show, roll)
     #[command(subcommand)]
     Callbacks(account::CallbacksCommand),
     /// The account's API keys: list, create, revoke, roll, update (needs a management key)

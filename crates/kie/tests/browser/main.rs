@@ -215,6 +215,17 @@ async fn account_holder_flow_in_a_browser() {
         nav(&b, page).await;
         b.screenshot(shot).await;
     }
+    // the webhook key: generated, then rolled with the default 24 h overlap
+    nav(&b, "Callbacks").await;
+    b.click(&b.button("Generate key").await).await;
+    b.find("//*[@id='webhook-key']").await;
+    assert_eq!(b.count("//input[@name='grace' and @value='24h']").await, 1);
+    b.click(&b.button("Roll key").await).await;
+    let overlap = b
+        .text(&b.find("//*[@id='previous-key-overlap']").await)
+        .await;
+    assert!(overlap.contains("previous key also signs"), "{overlap}");
+    b.screenshot("callbacks-key-rolled").await;
     drop(b);
 }
 
@@ -259,6 +270,15 @@ async fn operator_grants_credits_in_a_browser() {
         .await;
     b.find("//h1[normalize-space()='Settings']").await;
     b.screenshot("admin-settings").await;
+    b.click(&b.find("//nav//a[normalize-space()='Health']").await)
+        .await;
+    b.find("//h1[normalize-space()='Health']").await;
+    // the rates table, with this session's own requests counted
+    let requests = b
+        .text(&b.find("//tr[@id='rate-requests']/td[@class='count']").await)
+        .await;
+    assert!(requests.parse::<u64>().unwrap() > 0, "{requests}");
+    b.screenshot("admin-health").await;
     sign_out(&b).await;
 
     // the account holder's overview shows the grant

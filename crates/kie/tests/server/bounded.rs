@@ -202,6 +202,8 @@ async fn auth_cache_and_key_limiter_are_bounded_for_100k_keys() {
     .await;
     let cached = within_bound(&s, "auth_cache", 0).await;
     assert!(cached > 0);
+    // the last use of every key was noted (within its bound)
+    assert!(within_bound(&s, "key_last_used", 0).await > 0);
     within_bound(
         &s,
         "key_limiter",

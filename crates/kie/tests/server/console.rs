@@ -74,6 +74,19 @@ impl Visitor {
         self.finish(r).await
     }
 
+    /// Signs in through the form: its page first (the pre-session CSRF cookie and
+    /// field), then the POST with the token.
+    pub async fn login(&mut self, email: &str, password: &str) -> Page {
+        let form = self.get("/console/login").await;
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        self.post(
+            "/console/login",
+            &[("csrf", &csrf), ("email", email), ("password", password)],
+        )
+        .await
+    }
+
     pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let url = if path.starts_with("http") {
             path.to_string()
@@ -210,12 +223,7 @@ async fn invite_sets_a_password_once_and_sign_out_ends_the_session() {
 
     // sign in again with the password
     let mut c = Visitor::new(&s);
-    let p = c
-        .post(
-            "/console/login",
-            &[("email", "ANN@example.com"), ("password", PW)],
-        )
-        .await;
+    let p = c.login("ANN@example.com", PW).await;
     assert_eq!((p.status, p.location()), (303, "/console/overview"));
     assert_eq!(c.get("/console/overview").await.status, 200);
 
@@ -236,40 +244,26 @@ async fn five_failed_sign_ins_lock_the_address_for_everyone() {
     let (_, _) = holder(&s, "bob", "1").await;
     let mut v = Visitor::new(&s);
     for i in 0..4 {
-        let p = v
-            .post(
-                "/console/login",
-                &[("email", "bob@example.com"), ("password", "wrong password")],
-            )
-            .await;
+        let p = v.login("bob@example.com", "wrong password").await;
         assert_eq!(p.status, 401, "attempt {i}");
         assert!(p.body.contains("Wrong email or password"));
     }
-    let p = v
-        .post(
-            "/console/login",
-            &[("email", "bob@example.com"), ("password", "wrong password")],
-        )
-        .await;
+    let p = v.login("bob@example.com", "wrong password").await;
     assert_eq!(p.status, 429);
     // now even the right password is refused, with Retry-After
-    let p = v
-        .post(
-            "/console/login",
-            &[("email", "bob@example.com"), ("password", PW)],
-        )
-        .await;
+    let p = v.login("bob@example.com", PW).await;
     assert_eq!(p.status, 429);
     let wait: u64 = p.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(wait > 14 * 60 && wait <= 15 * 60, "{wait}");
-    assert!(v.cookie.is_none());
+    assert!(
+        !v.cookie
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("kie_session="),
+        "no session"
+    );
     // another address is not affected
-    let p = v
-        .post(
-            "/console/login",
-            &[("email", "nobody@example.com"), ("password", "x")],
-        )
-        .await;
+    let p = v.login("nobody@example.com", "x").await;
     assert_eq!(p.status, 401);
 }
 
@@ -727,6 +721,7 @@ async fn tasks_usage_and_callbacks_as_json_and_from_the_command_line() {
         keys,
         [
             "attempts",
+            "event",
             "id",
             "lastStatus",
             "nextAttemptAt",
@@ -737,6 +732,7 @@ async fn tasks_usage_and_callbacks_as_json_and_from_the_command_line() {
     );
     assert_eq!(c["status"], "failed");
     assert_eq!(c["taskId"], json!(task));
+    assert_eq!(c["event"], Value::Null, "a task's callback is no event");
     let csv = kie(&["usage", "--csv"], &key);
     assert!(
         csv.starts_with("time,entry_id,kind,amount,held_delta,reason\n"),
@@ -862,5 +858,239 @@ async fn the_session_cookie_is_secure_behind_an_https_public_url() {
     assert!(
         set.contains("; Secure") && set.contains("HttpOnly"),
         "{set}"
+    );
+}
+
+/// The sign-in form carries its own (pre-session) CSRF token: a double-submit cookie.
+/// A POST without it, with a wrong one or without the cookie is refused before the
+/// address or password are looked at: no session, no failed attempt counted.
+#[tokio::test]
+async fn the_sign_in_form_needs_its_pre_session_token() {
+    let s = Server::start(Opts::default());
+    let (_, _) = holder(&s, "liz", "1").await;
+    s.sql_script("DELETE FROM console_sessions;");
+    let sessions = |s: &Server| s.sql("SELECT COUNT(*) FROM console_sessions")[0][0].clone();
+    let failures = |s: &Server| s.sql("SELECT COUNT(*) FROM console_login_failures")[0][0].clone();
+
+    let mut v = Visitor::new(&s);
+    let form = v.get("/console/login").await;
+    assert_eq!(form.status, 200);
+    let cookie = form.headers["set-cookie"].to_str().unwrap().to_string();
+    for attr in [
+        "kie_login=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console/login",
+    ] {
+        assert!(cookie.contains(attr), "{attr}: {cookie}");
+    }
+    let token = form.csrf();
+    assert!(
+        cookie.starts_with(&format!("kie_login={token};")),
+        "{cookie}"
+    );
+    // the same browser gets the same token again (two tabs both work)
+    assert_eq!(v.get("/console/login").await.csrf(), token);
+
+    let right = [("email", "liz@example.com"), ("password", PW)];
+    // no token, a wrong token: refused with a fresh form, nothing checked or counted
+    for extra in [None, Some("forged"), Some("")] {
+        let mut f = right.to_vec();
+        if let Some(t) = extra {
+            f.push(("csrf", t));
+        }
+        let p = v.post("/console/login", &f).await;
+        assert_eq!(p.status, 403, "{extra:?}: {}", p.body);
+        assert!(p.body.contains("nothing was checked"), "{}", p.body);
+        assert!(p.body.contains("name=\"csrf\""));
+        assert!(!v
+            .cookie
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("kie_session="));
+        assert_eq!(sessions(&s), "0");
+        // the refusal set a new form cookie: use the page's token from here on
+        let fresh = p.csrf();
+        assert!(
+            v.cookie.as_deref().unwrap().ends_with(&fresh),
+            "{:?}",
+            v.cookie
+        );
+    }
+    // wrong passwords without the token are not even counted (no lockout by a stranger)
+    for _ in 0..6 {
+        let p = v
+            .post(
+                "/console/login",
+                &[("email", "liz@example.com"), ("password", "nope nope")],
+            )
+            .await;
+        assert_eq!(p.status, 403);
+    }
+    assert_eq!(failures(&s), "0");
+    // the field right but no cookie (another site's form with a token it fetched)
+    let mut stranger = Visitor::new(&s);
+    let t = stranger.get("/console/login").await.csrf();
+    let mut cookieless = Visitor::new(&s);
+    let mut f = right.to_vec();
+    f.push(("csrf", &t));
+    let p = cookieless.post("/console/login", &f).await;
+    assert_eq!(p.status, 403);
+    assert_eq!(sessions(&s), "0");
+    // a token that belongs to another browser's cookie
+    let p = v.post("/console/login", &f).await;
+    assert_eq!(p.status, 403);
+    assert_eq!(sessions(&s), "0");
+
+    // with it: signed in
+    let p = v.login("liz@example.com", PW).await;
+    assert_eq!((p.status, p.location()), (303, "/console/overview"));
+    assert_eq!(sessions(&s), "1");
+    assert_eq!(v.get("/console/overview").await.status, 200);
+}
+
+/// The text of the element with id `id` (its first text node).
+fn text_of(body: &str, id: &str) -> String {
+    let at = body
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {body}"));
+    let rest = &body[at..];
+    let rest = &rest[rest.find('>').unwrap() + 1..];
+    rest[..rest.find('<').unwrap()].to_string()
+}
+
+/// The operator's health page: readiness, backlog, and request and error rates over
+/// the last minute from the node's request counters.
+#[tokio::test]
+async fn the_health_page_shows_request_and_error_rates_after_traffic() {
+    let s = Server::start(Opts::default());
+    let (_, key) = s.account_with_key("rates", "1");
+    let url = invite(&s, &["--operator", "--email", "ops@example.com"]);
+    let mut op = Visitor::new(&s);
+    let p = op.post(&url, &[("password", PW), ("confirm", PW)]).await;
+    assert_eq!((p.status, p.location()), (303, "/console/admin/"));
+    let home = op.get("/console/admin/").await;
+    assert!(
+        home.body.contains("href=\"/console/admin/health\""),
+        "a Health link"
+    );
+
+    // traffic: 40 good requests, 25 refused ones (401)
+    for _ in 0..40 {
+        let (_, _, v) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
+        assert_eq!(v["code"], 200);
+    }
+    for _ in 0..25 {
+        let (_, _, v) = get_json(&s.url("/api/v1/chat/credit"), None).await;
+        assert_eq!(v["code"], 401);
+    }
+    let page = op.get("/console/admin/health").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(text_of(&page.body, "health-ready"), "yes");
+    assert!(text_of(&page.body, "health-db").contains("reachable"));
+    let cell = |row: &str, class: &str| -> String {
+        let r = &page.body[page.body.find(&format!("id=\"{row}\"")).unwrap()..];
+        let at = r.find(&format!("class=\"{class}\">")).unwrap();
+        let c = &r[at + class.len() + 9..];
+        c[..c.find('<').unwrap()].to_string()
+    };
+    let window: f64 = text_of(&page.body, "rate-window").parse().unwrap();
+    assert!((0.0..=60.0).contains(&window), "{window}");
+    let requests: u64 = cell("rate-requests", "count").parse().unwrap();
+    let client: u64 = cell("rate-client-errors", "count").parse().unwrap();
+    let server: u64 = cell("rate-server-errors", "count").parse().unwrap();
+    // this node counted at least our requests (and the console's own pages)
+    assert!(requests >= 65, "{requests}: {}", page.body);
+    assert!(client >= 25, "{client}");
+    assert_eq!(server, 0);
+    let per_sec: f64 = cell("rate-requests", "per-sec").parse().unwrap();
+    assert!(per_sec > 0.0, "{per_sec}");
+    let client_per_sec: f64 = cell("rate-client-errors", "per-sec").parse().unwrap();
+    assert!(client_per_sec > 0.0 && client_per_sec <= per_sec);
+    assert_eq!(cell("rate-server-errors", "per-sec"), "0.00");
+    // account holders cannot see it
+    let (mut h, _) = holder(&s, "nosy", "1").await;
+    assert_eq!(h.get("/console/admin/health").await.status, 403);
+}
+
+/// The Callbacks page rolls the webhook key with a grace period: the new key is shown
+/// once, the page tells until when the old one still signs.
+#[tokio::test]
+async fn the_callbacks_page_rolls_the_webhook_key_with_a_grace_period() {
+    let s = Server::start(Opts::default());
+    let (mut b, _acc) = holder(&s, "ray", "1").await;
+    let page = b.get("/console/callbacks").await;
+    // no key yet: no roll button
+    assert!(!page.body.contains("Roll key"));
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("csrf", page.csrf().as_str()), ("action", "generate")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    let old = s.admin(&["webhook-key", "show", "--account", "ray"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = b.get("/console/callbacks").await;
+    assert!(page.body.contains("Roll key") && page.body.contains("Grace period"));
+    assert!(page.body.contains("value=\"24h\""), "24 h by default");
+    let csrf = page.csrf();
+    // without the token, or with a bad grace: nothing changes
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("action", "roll"), ("grace", "1h")],
+        )
+        .await;
+    assert_eq!(p.status, 403);
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("csrf", &csrf), ("action", "roll"), ("grace", "forever")],
+        )
+        .await;
+    assert!(p.body.contains("Grace period:"), "{}", p.body);
+    let shown = |s: &Server| {
+        s.admin(&["webhook-key", "show", "--account", "ray"])["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(shown(&s), old);
+    // rolled: the new key shown once, the overlap stated
+    let p = b
+        .post(
+            "/console/callbacks/key",
+            &[("csrf", &csrf), ("action", "roll"), ("grace", "2h")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    let new = shown(&s);
+    assert_ne!(new, old);
+    assert!(p.body.contains(&new), "the new key is shown");
+    assert!(!p.body.contains(&old), "never the old one");
+    assert!(p.body.contains("id=\"previous-key-overlap\""), "{}", p.body);
+    let rows =
+        s.sql("SELECT CAST(webhook_key_prev_until AS TEXT) FROM accounts WHERE name = 'ray'");
+    let until: i64 = rows[0][0].parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        until > now + 7_100_000 && until <= now + 7_200_000,
+        "{until}"
+    );
+    let page = b.get("/console/callbacks").await;
+    assert!(
+        !page.body.contains(&new),
+        "the plain page never carries the key"
+    );
+    assert!(
+        page.body.contains("previous key also signs"),
+        "{}",
+        page.body
     );
 }

@@ -405,6 +405,7 @@ async fn kie_keys_commands_and_their_json() {
             "createdAt",
             "expiresAt",
             "id",
+            "lastUsedAt",
             "manage",
             "name",
             "prefix",
@@ -610,4 +611,211 @@ async fn console_keys_page_shows_and_edits_caps_allowlist_and_scope() {
     assert_eq!(t["code"], 433, "{t}");
     let page = v.get("/console/keys").await;
     assert!(page.body.contains("total 3 / 3"), "{}", page.body);
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`, as the console shows times.
+fn console_time(ms: i64) -> String {
+    let t =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+            .to_string();
+    format!("{} {} UTC", &t[..10], &t[11..19])
+}
+
+/// The text of the `last-used` cell in key `id`'s row of the console's keys page.
+fn last_used_cell(body: &str, id: &str) -> String {
+    let row = &body[body
+        .find(&format!("data-key=\"{id}\""))
+        .expect("the key's row")..];
+    let at = row.find("class=\"last-used\">").expect("a last-used cell");
+    let cell = &row[at + "class=\"last-used\">".len()..];
+    cell[..cell.find('<').unwrap()].to_string()
+}
+
+/// "Last used": the first use of a key in each minute is noted and written within a
+/// few seconds (no write per request); the JSON listing, `kie keys list` and the
+/// console's keys table show it.
+#[tokio::test]
+async fn last_used_is_recorded_once_a_minute_and_listed_everywhere() {
+    let s = Server::start(opts());
+    let (mut v, acc) = holder(&s, "lu", "10").await;
+    let (id, key) = admin_key(&s, &acc, &[]);
+    let (idle_id, _) = admin_key(&s, &acc, &["--name", "idle"]);
+    let (mgr_id, mgr) = admin_key(&s, &acc, &["--manage"]);
+    let keys_url = s.url("/api/v1/account/keys");
+    let last_used = |list: &Value, id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap()["lastUsedAt"]
+            .clone()
+    };
+    let (_, _, l) = get_json(&keys_url, Some(&mgr)).await;
+    assert_eq!(last_used(&l["data"], &id), Value::Null, "{l}");
+    let page = v.get("/console/keys").await;
+    assert!(page.body.contains("Last used"), "{}", page.body);
+    assert_eq!(last_used_cell(&page.body, &id), "never");
+
+    let before = epoch_ms();
+    let (_, _, c) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
+    assert_eq!(c["code"], 200, "{c}");
+    let first_done = epoch_ms();
+    for _ in 0..30 {
+        let (_, _, c) = get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
+        assert_eq!(c["code"], 200);
+    }
+    // written within a few seconds (polled)
+    let seen = eventually(Duration::from_secs(20), || async {
+        let (_, _, l) = get_json(&keys_url, Some(&mgr)).await;
+        !last_used(&l["data"], &id).is_null()
+    })
+    .await;
+    assert!(seen.is_some(), "lastUsedAt never appeared");
+    let list = get_json(&keys_url, Some(&mgr)).await.2["data"].clone();
+    // the first use of the minute is the one recorded (later uses within the minute
+    // are not written)
+    let t = last_used(&list, &id).as_i64().unwrap();
+    assert!(
+        t >= before && t <= first_done,
+        "{t} not in [{before}, {first_done}]"
+    );
+    assert_eq!(last_used(&list, &idle_id), Value::Null);
+    // the management key's own use (the listing) is recorded too, eventually
+    let mgr_seen = eventually(Duration::from_secs(20), || async {
+        let (_, _, l) = get_json(&keys_url, Some(&mgr)).await;
+        !last_used(&l["data"], &mgr_id).is_null()
+    })
+    .await;
+    assert!(mgr_seen.is_some());
+    // stored once: the column holds the first use
+    let rows = s.sql(&format!(
+        "SELECT CAST(last_used_at AS TEXT) FROM api_keys WHERE id = '{id}'"
+    ));
+    assert_eq!(rows[0][0], t.to_string());
+
+    // kie keys list: --json and the table
+    let j = kie_json(&s, &mgr, &["keys", "list", "--json"]);
+    assert_eq!(last_used(&j, &id), json!(t));
+    assert_eq!(last_used(&j, &idle_id), Value::Null);
+    let (ok, out, _) = kie(&s, &mgr, &["keys", "list"]);
+    assert!(ok);
+    assert!(out.lines().next().unwrap().contains("LAST USED"), "{out}");
+    let iso =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(t as u64))
+            .to_string();
+    let row = out.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(row.contains(&iso), "{row}");
+    let row = out.lines().find(|l| l.starts_with(&idle_id)).unwrap();
+    assert!(row.contains("never"), "{row}");
+    // the console's keys table
+    let page = v.get("/console/keys").await;
+    assert_eq!(last_used_cell(&page.body, &id), console_time(t));
+    assert_eq!(last_used_cell(&page.body, &idle_id), "never");
+}
+
+/// The console's create form sets an expiry; the edit form gives and takes the
+/// management scope (which the API then enforces).
+#[tokio::test]
+async fn console_creates_keys_with_an_expiry_and_changes_their_scope() {
+    let s = Server::start(opts());
+    let (mut v, acc) = holder(&s, "exp", "10").await;
+    let page = v.get("/console/keys").await;
+    assert!(page.body.contains("id=\"key-expires\""), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let before = epoch_ms();
+    let p = v
+        .post(
+            "/console/keys",
+            &[("csrf", &csrf), ("name", "month"), ("expires", "30d")],
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let after = epoch_ms();
+    let rows = s.sql("SELECT id, CAST(expires_at AS TEXT) FROM api_keys WHERE name = 'month'");
+    let exp: i64 = rows[0][1].parse().unwrap();
+    let month = 30 * 86_400_000;
+    assert!(exp >= before + month && exp <= after + month, "{exp}");
+    let month_id = rows[0][0].clone();
+    // the page shows it
+    let page = v.get("/console/keys").await;
+    assert!(page.body.contains(&console_time(exp)), "{}", page.body);
+    // no expiry by default; an unknown choice is refused, nothing created
+    let p = v
+        .post("/console/keys", &[("csrf", &csrf), ("name", "forever")])
+        .await;
+    assert_eq!(p.status, 200);
+    let rows = s.sql("SELECT COUNT(*) FROM api_keys WHERE name = 'forever' AND expires_at IS NULL");
+    assert_eq!(rows[0][0], "1");
+    let p = v
+        .post(
+            "/console/keys",
+            &[("csrf", &csrf), ("name", "odd"), ("expires", "2d")],
+        )
+        .await;
+    assert_eq!(p.status, 422, "{}", p.body);
+    assert!(s
+        .sql("SELECT id FROM api_keys WHERE name = 'odd'")
+        .is_empty());
+
+    // scope: a task key gets management through the edit form, then loses it
+    let (id, key) = admin_key(&s, &acc, &[]);
+    let keys_url = s.url("/api/v1/account/keys");
+    let (_, _, l) = get_json(&keys_url, Some(&key)).await;
+    assert_eq!(l["code"], 401);
+    let update = format!("/console/keys/{id}/update");
+    // without the token nothing changes
+    let p = v
+        .post(&update, &[("set_manage", "1"), ("manage", "on")])
+        .await;
+    assert_eq!(p.status, 403);
+    let scope = |s: &Server| {
+        let r = s.sql(&format!(
+            "SELECT CAST(manage AS TEXT) FROM api_keys WHERE id = '{id}'"
+        ));
+        r[0][0] == "1" || r[0][0] == "true"
+    };
+    assert!(!scope(&s));
+    let p = v
+        .post(
+            &update,
+            &[("csrf", &csrf), ("set_manage", "1"), ("manage", "on")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(scope(&s));
+    let ok = eventually(Duration::from_secs(5), || async {
+        get_json(&keys_url, Some(&key)).await.2["code"] == 200
+    })
+    .await;
+    assert!(ok.is_some(), "the management scope did not apply");
+    let page = v.get("/console/keys").await;
+    assert!(
+        page.body.contains("aria-label=\"Management scope of "),
+        "the scope checkbox is labelled"
+    );
+    // the caps-only form (no set_manage) leaves the scope alone
+    let p = v
+        .post(&update, &[("csrf", &csrf), ("cap_total", "5")])
+        .await;
+    assert_eq!(p.status, 303);
+    assert!(scope(&s));
+    // unticked: taken away
+    let p = v
+        .post(&update, &[("csrf", &csrf), ("set_manage", "1")])
+        .await;
+    assert_eq!(p.status, 303);
+    assert!(!scope(&s));
+    let ok = eventually(Duration::from_secs(5), || async {
+        get_json(&keys_url, Some(&key)).await.2["code"] == 401
+    })
+    .await;
+    assert!(ok.is_some(), "the scope was not taken away");
+    let _ = month_id;
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod alerts;
 mod bounded;
+mod callbacks;
 mod caps;
 mod catalog;
 mod cli_e2e;
