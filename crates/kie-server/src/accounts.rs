@@ -413,7 +413,7 @@ pub async fn record_last_used(db: &Db, uses: &[(Arc<str>, i64)]) -> Result<(), s
             )
             .bind(ids)
             .bind(at)
-            .execute(p)
+            .execute(&p.pool)
             .await?;
         }
         Db::Sqlite(_) => {

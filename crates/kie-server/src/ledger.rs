@@ -799,11 +799,11 @@ pub async fn hold_via(
             // committed (one statement): this node's next read sees it
             pg.balances.wrote();
             row?.map(|(balance, held)| Applied {
-                    entry_id,
-                    balance: Credits(balance),
-                    held: Credits(held),
-                    replayed: false,
-                })
+                entry_id,
+                balance: Credits(balance),
+                held: Credits(held),
+                replayed: false,
+            })
         }
         _ => with_tx!(db, |tx| {
             match hold_in(TxConn::from(&mut *tx), &h).await? {

@@ -53,7 +53,23 @@ enum Command {
     Client(client::ClientCommand),
 }
 
+/// At most two glibc malloc arenas. Rust code allocates through mimalloc, but SQLite
+/// (C) uses glibc's malloc from every thread that runs a query — each sqlx connection
+/// has its own worker thread — and glibc gives each such thread an arena of its own
+/// (up to 8 per core), each keeping its freed pages. Under a sustained mixed load that
+/// was 2.2 MiB more RSS per 10 minutes spread over a dozen arenas; with two, SQLite's
+/// memory is reused (bench/soak.sh, BENCHMARKS.md "Soak").
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's allocator; called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    few_malloc_arenas();
     no_huge_pages();
     let cli = Cli::parse();
     match cli.command {

@@ -19,10 +19,10 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, AccountError};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::json::{parse_json, require_json_content_type};
 use crate::http::{ApiError, ApiOk, ApiResult};
+use crate::state::AppState;
 use crate::webhooks;
 
 /// Default overlap of a webhook key roll.
