@@ -165,6 +165,7 @@ struct FileConfig {
     allowed_private_targets: Option<Vec<String>>,
     task_rate: Option<u32>,
     task_rate_window: Option<String>,
+    balance_cache_ttl: Option<String>,
     task_timeout: Option<String>,
     webhook_timeout: Option<String>,
     demo_workers: Option<u32>,
@@ -279,6 +280,9 @@ pub struct Config {
     pub allowed_private_targets: Vec<std::net::IpAddr>,
     pub task_rate: u32,
     pub task_rate_window: Duration,
+    /// PostgreSQL: how old a node's cached balance may be when a credit read uses it
+    /// (`store::balances`; 0 = no cache). TOML `balance_cache_ttl`, default 100ms.
+    pub balance_cache_ttl: Duration,
     pub task_timeout: Duration,
     /// Per-attempt timeout of a webhook callback (SPEC §6: 15 s).
     pub webhook_timeout: Duration,
@@ -677,6 +681,7 @@ impl Config {
             allowed_private_targets,
             task_rate: f.task_rate.unwrap_or(20),
             task_rate_window: dur("task_rate_window", &f.task_rate_window, "10s")?,
+            balance_cache_ttl: dur("balance_cache_ttl", &f.balance_cache_ttl, "100ms")?,
             task_timeout: dur("task_timeout", &f.task_timeout, "10m")?,
             webhook_timeout: dur("webhook_timeout", &f.webhook_timeout, "15s")?,
             demo_workers: f.demo_workers.unwrap_or(2),

@@ -71,6 +71,7 @@ pub(crate) async fn open_stores(config: &Config) -> Result<(Db, crate::blobs::Bl
         statement_timeout: config.db_statement_timeout,
         pg_acquire_timeout: config.db_acquire_timeout,
         sqlite_group_commit: config.sqlite_group_commit,
+        balance_cache_ttl: config.balance_cache_ttl,
         ..Default::default()
     };
     let db = Db::open(&config.database, &opts).await?;

@@ -1,16 +1,18 @@
 //! PostgreSQL: the per-node cache of available balances behind [`super::Db::available`].
 //!
 //! A credit read on PostgreSQL is otherwise a database round trip per request. The
-//! cache keeps each account's available balance for at most [`FRESH_FOR`] and states
-//! exactly what a reader can see:
+//! cache keeps each account's available balance for at most its freshness bound
+//! (TOML `balance_cache_ttl`, default [`FRESH_FOR`]; 0 turns it off) and states exactly
+//! what a reader can see:
 //!
 //! * **A change made through this node is visible to its next read at once.** Every
 //!   write transaction of this node (`with_tx!`, and the single-statement holds and
 //!   resolutions of `ledger`) calls [`Balances::wrote`] after its commit, which empties
 //!   the cache before the write is acknowledged to anybody.
 //! * **A change acknowledged elsewhere (another node, `kie admin`) is visible within
-//!   [`FRESH_FOR`] (100 ms).** An entry is valid for 100 ms counted from the moment its
-//!   database read *started*, so the value a reader gets was current at most 100 ms ago.
+//!   the bound (100 ms by default).** An entry is valid for that long counted from the
+//!   moment its database read *started*, so the value a reader gets was current at
+//!   most that long ago.
 //! * **A read never puts an older value over a newer one.** The cache has a generation
 //!   counter that [`Balances::wrote`] bumps; a reader notes it before its database read
 //!   and stores the result only if no write of this node committed in between.
@@ -24,13 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How old a cached balance may be when it is read.
+/// How old a cached balance may be when it is read, by default.
 pub const FRESH_FOR: Duration = Duration::from_millis(100);
 /// Bound of the cache.
 pub const MAX_CACHED: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Balances {
+    fresh_for: Duration,
     generation: AtomicU64,
     /// account id → (available, when the read that produced it started)
     map: Mutex<HashMap<String, (i64, Instant)>>,
@@ -43,12 +46,27 @@ pub struct ReadTicket {
     started: Instant,
 }
 
+impl Default for Balances {
+    fn default() -> Self {
+        Balances::new(FRESH_FOR)
+    }
+}
+
 impl Balances {
+    /// A cache whose entries are used for `fresh_for` (zero: nothing is cached).
+    pub fn new(fresh_for: Duration) -> Balances {
+        Balances {
+            fresh_for,
+            generation: AtomicU64::new(0),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The cached available balance of `account`, if fresh.
     pub fn get(&self, account: &str) -> Option<i64> {
         let map = self.map.lock().expect("balance cache");
         let (v, at) = map.get(account)?;
-        (at.elapsed() < FRESH_FOR).then_some(*v)
+        (at.elapsed() < self.fresh_for).then_some(*v)
     }
 
     /// Taken just before a database read whose result may be stored.
@@ -64,7 +82,7 @@ impl Balances {
     pub fn store(&self, t: ReadTicket, account: &str, available: i64) {
         let mut map = self.map.lock().expect("balance cache");
         // Checked under the lock: `wrote` bumps the generation, then clears under it.
-        if self.generation.load(Ordering::Acquire) != t.generation {
+        if self.generation.load(Ordering::Acquire) != t.generation || self.fresh_for.is_zero() {
             return;
         }
         if map.len() >= MAX_CACHED && !map.contains_key(account) {

@@ -136,6 +136,8 @@ pub struct OpenOptions {
     pub connect_timeout: Duration,
     /// SQLite: group commit of concurrent write transactions (see [`group`]).
     pub sqlite_group_commit: bool,
+    /// PostgreSQL: freshness bound of the per-node balance cache (see [`balances`]).
+    pub balance_cache_ttl: Duration,
 }
 
 impl Default for OpenOptions {
@@ -147,6 +149,7 @@ impl Default for OpenOptions {
             pg_acquire_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
             sqlite_group_commit: true,
+            balance_cache_ttl: balances::FRESH_FOR,
         }
     }
 }
@@ -281,7 +284,7 @@ impl Db {
                     .map_err(|e| OpenError::Migrate(e.to_string()))?;
                 Db::Postgres(PgDb {
                     pool,
-                    balances: Default::default(),
+                    balances: std::sync::Arc::new(balances::Balances::new(opts.balance_cache_ttl)),
                 })
             }
         };
