@@ -224,8 +224,17 @@ impl Db {
                     .run(&write)
                     .await
                     .map_err(|e| OpenError::Migrate(e.to_string()))?;
+                // Every read connection is opened at start and kept: each has its own
+                // worker thread and caches, so a pool that grew to its busiest moment
+                // during the first minutes under load showed as a memory step long
+                // after start (bench/soak.sh); opened up front, memory is flat from
+                // the first requests.
+                let read_conns = opts.max_connections.clamp(1, 64);
                 let read = SqlitePoolOptions::new()
-                    .max_connections(opts.max_connections.clamp(1, 64))
+                    .max_connections(read_conns)
+                    .min_connections(read_conns)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     .acquire_timeout(opts.acquire_timeout)
                     .connect_with(base.read_only(true))
                     .await

@@ -286,3 +286,84 @@ async fn operator_grants_credits_in_a_browser() {
     assert_eq!(available(&b).await, "43.5");
     drop(b);
 }
+
+/// Two nodes on one PostgreSQL database (whatever `KIE_TEST_BACKEND` says: sharing a
+/// database is what scale-out means): a session started on one node works on the
+/// other, an operator's grant through one shows on the other, a key created on one is
+/// revoked on the other and refused by both, and signing out on one ends the session
+/// on both. The browser's cookies are per host, not per port, as behind one name.
+#[tokio::test]
+async fn two_nodes_share_sessions_keys_and_balances_in_a_browser() {
+    let tmp = std::sync::Arc::new(TempDir::new());
+    let db = std::sync::Arc::new(TestDb::postgres());
+    let a = Server::start_in(Opts::default(), tmp, db);
+    let n2 = a.second_node();
+    a.admin(&[
+        "account",
+        "create",
+        "--name",
+        "cy",
+        "--email",
+        "cy@example.com",
+        "--credits",
+        "7",
+    ]);
+    let holder = a.admin(&["console", "invite", "--account", "cy"]);
+    let op = a.admin(&[
+        "console",
+        "invite",
+        "--operator",
+        "--email",
+        "ops2@example.com",
+    ]);
+    let b = Browser::start().await;
+
+    // the operator signs up on node A and grants through node B
+    accept_invite(&b, op["url"].as_str().unwrap(), None).await;
+    b.find("//h1[normalize-space()='Accounts']").await;
+    b.goto(&n2.url("/console/admin/")).await;
+    b.type_into(&b.field("Search accounts").await, "cy").await;
+    b.click(&b.button("Search").await).await;
+    b.click(&b.link("cy").await).await;
+    b.type_into(&b.field("Amount").await, "3").await;
+    b.type_into(&b.field("Reason").await, "two nodes").await;
+    b.click(&b.button("Apply").await).await;
+    let note = b
+        .text(&b.find("//p[contains(@class,'notice')]").await)
+        .await;
+    assert!(note.contains("Granted 3 credits"), "{note}");
+    sign_out(&b).await;
+
+    // the holder signs up on A (sees the grant made on B), works on B
+    accept_invite(&b, holder["url"].as_str().unwrap(), None).await;
+    assert_eq!(available(&b).await, "10");
+    b.goto(&n2.url("/console/")).await;
+    assert_eq!(available(&b).await, "10");
+    nav(&b, "API keys").await;
+    b.type_into(&b.field("Key name").await, "node-b").await;
+    b.click(&b.button("Create key").await).await;
+    let key = b.text(&b.find("//code[@id='new-key']").await).await;
+    assert_eq!(credit(&a, &key).await["data"], json!(10));
+    assert_eq!(credit(&n2, &key).await["data"], json!(10));
+
+    // revoked on A: both nodes refuse it
+    b.goto(&a.url("/console/keys")).await;
+    b.click(&b.button("Revoke").await).await;
+    b.click(&b.button("Confirm").await).await;
+    b.find("//td/span[normalize-space()='revoked']").await;
+    for node in [&a, &n2] {
+        b.wait_for(
+            WAIT,
+            "the revoked key to be refused by every node",
+            || async { credit(node, &key).await["code"] == 401 },
+        )
+        .await;
+    }
+
+    // signed out on B: the session is gone on A too
+    b.goto(&n2.url("/console/")).await;
+    sign_out(&b).await;
+    b.goto(&a.url("/console/")).await;
+    b.field("Email").await;
+    drop(b);
+}
