@@ -1160,6 +1160,18 @@ pub async fn resolve_with(
     Ok((done.applied, Credits(done.charged)))
 }
 
+/// Burn rate and projected exhaustion, the arithmetic of `kie monitor`: credits per
+/// hour over a window in which `spent_hundredths` were spent, and the seconds until
+/// `available` runs out at that rate (`None` when nothing was spent).
+pub fn burn(spent_hundredths: i64, window_secs: f64, available: Credits) -> (f64, Option<f64>) {
+    if spent_hundredths <= 0 || window_secs <= 0.0 {
+        return (0.0, None);
+    }
+    let per_hour = spent_hundredths as f64 * 36.0 / window_secs;
+    let left = available.0.max(0) as f64;
+    (per_hour, Some(left * window_secs / spent_hundredths as f64))
+}
+
 /// Posted balance and held credits of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Caller;
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::state::AppState;
-use crate::{ledger, tasks, webhooks};
+use crate::{files, ledger, tasks, webhooks};
 
 const MAX_LIMIT: i64 = 1000;
 
@@ -180,6 +180,171 @@ pub async fn usage(
                 held_delta: l.held_delta,
                 reason: l.reason,
                 created_at: l.created_at,
+            })
+            .collect(),
+    ))
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The console's Overview as data.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    /// Posted balance minus held credits
+    #[schema(value_type = f64)]
+    pub available: Credits,
+    /// Credits held by unfinished tasks
+    #[schema(value_type = f64)]
+    pub held: Credits,
+    /// Credits spent per UTC day, the last 30 days, oldest first (`day`: YYYY-MM-DD)
+    pub spent_per_day: Vec<DaySpent>,
+    /// Credits per hour over the last 24 hours (the arithmetic of `kie monitor`)
+    pub burn_per_hour: f64,
+    /// When the available balance runs out at that rate (epoch ms; null: nothing spent)
+    #[schema(nullable)]
+    pub projected_exhaustion: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaySpent {
+    pub day: String,
+    #[schema(value_type = f64)]
+    pub spent: Credits,
+}
+
+/// `{"code": 200, "msg": "success", "data": {overview}}`
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct OverviewEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<Overview>,
+}
+
+/// Balance, held credits, spending per day over 30 days, burn rate and projected
+/// exhaustion — what the console's Overview shows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/account/overview",
+    tag = "account",
+    responses((status = 200, description = "Envelope; data = the overview. Codes: 200, 401, 455, 500", body = OverviewEnvelope))
+)]
+pub async fn overview(State(state): State<AppState>, caller: Caller) -> ApiResult<Overview> {
+    let acc = &caller.account_id;
+    let bal = ledger::balance(&state.db, acc)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let now = crate::store::now_ms();
+    let today = now.div_euclid(DAY_MS);
+    let first = today - 29;
+    let per_day = ledger::spent_per_day(&state.db, acc, first, today, now).await?;
+    let spent_per_day = (first..=today)
+        .zip(per_day)
+        .map(|(d, spent)| DaySpent {
+            day: humantime::format_rfc3339(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis((d * DAY_MS).max(0) as u64),
+            )
+            .to_string()[..10]
+                .to_string(),
+            spent: Credits(spent),
+        })
+        .collect();
+    let spent_24h = ledger::spent_since(&state.db, acc, now - DAY_MS).await?;
+    let (burn_per_hour, eta) = ledger::burn(spent_24h, 86_400.0, bal.available());
+    Ok(ApiOk(Overview {
+        available: bal.available(),
+        held: bal.held,
+        spent_per_day,
+        burn_per_hour: (burn_per_hour * 100.0).round() / 100.0,
+        projected_exhaustion: eta.map(|secs| now + (secs * 1000.0) as i64),
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilesQuery {
+    /// Only files created before this time (epoch milliseconds): the next page
+    pub before: Option<String>,
+    /// At most this many (1–1000, default 50)
+    pub limit: Option<String>,
+}
+
+/// One of the account's files.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSummary {
+    pub file_id: String,
+    pub file_name: String,
+    /// `upload` or `generated`
+    pub kind: String,
+    pub mime_type: String,
+    pub file_size: i64,
+    /// The file URL (`POST /api/v1/common/download-url` turns it into a link)
+    pub file_url: String,
+    #[schema(nullable)]
+    pub task_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// `{"code": 200, "msg": "success", "data": [file, …]}`
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct FilesEnvelope {
+    pub code: i64,
+    pub msg: String,
+    #[schema(nullable)]
+    pub data: Option<Vec<FileSummary>>,
+}
+
+/// The account's live files (uploaded and generated), newest first — the console's
+/// Files page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/account/files",
+    tag = "account",
+    params(FilesQuery),
+    responses((status = 200, description = "Envelope; data = files, newest first. Codes: 200, 401, 422, 455, 500", body = FilesEnvelope))
+)]
+pub async fn list_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<FilesQuery>,
+) -> ApiResult<Vec<FileSummary>> {
+    let limit = limit_of(q.limit.as_deref(), 50)?;
+    let before =
+        match q.before.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                ApiError::validation("Invalid parameter 'before': epoch milliseconds")
+            })?),
+        };
+    // the cursor of files::of_account is (created_at, id): every id sorts after ""
+    let rows = files::of_account(
+        &state.db,
+        &caller.account_id,
+        before.map(|t| (t, String::new())),
+        limit,
+    )
+    .await?;
+    let now = crate::store::now_ms();
+    Ok(ApiOk(
+        rows.into_iter()
+            .filter(|f| files::is_live(f, now))
+            .map(|f| FileSummary {
+                file_url: crate::store::records::file_url(&state.config.public_url, &f.id, &f.name),
+                file_id: f.id,
+                file_name: f.name,
+                kind: f.kind,
+                mime_type: f.content_type,
+                file_size: f.size,
+                task_id: f.task_id,
+                created_at: f.created_at,
+                expires_at: f.expires_at,
             })
             .collect(),
     ))

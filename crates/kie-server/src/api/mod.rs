@@ -67,6 +67,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::record_info))
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
+        .routes(routes!(account::overview))
+        .routes(routes!(account::list_files))
         .routes(routes!(account::list_callbacks))
         .routes(routes!(callbacks::get_webhook_key))
         .routes(routes!(callbacks::roll_webhook_key))

@@ -264,18 +264,6 @@ pub async fn invite_accept(
     Ok(signed_in_redirect(&state, &session, home))
 }
 
-/// Burn rate and projected exhaustion as `kie monitor` computes them: credits spent
-/// over a window divided by its length (credits per hour), and the available balance
-/// divided by that rate. Here the window is the last 24 hours of the ledger.
-pub fn burn(spent_hundredths: i64, window_secs: f64, available: Credits) -> (f64, Option<f64>) {
-    if spent_hundredths <= 0 || window_secs <= 0.0 {
-        return (0.0, None);
-    }
-    let per_hour = spent_hundredths as f64 * 36.0 / window_secs;
-    let left = available.0.max(0) as f64;
-    (per_hour, Some(left * window_secs / spent_hundredths as f64))
-}
-
 fn duration_words(secs: f64) -> String {
     let s = secs.max(0.0);
     if s < 3600.0 {
@@ -329,7 +317,7 @@ pub async fn overview(State(state): State<AppState>, h: Holder) -> PageResult {
         .collect();
     let window = 86_400.0;
     let spent_24h = ledger::spent_since(&state.db, acc, now - DAY_MS).await?;
-    let (per_hour, eta) = burn(spent_24h, window, bal.available());
+    let (per_hour, eta) = ledger::burn(spent_24h, window, bal.available());
     let latest = tasks::log(&state.db, acc, &Default::default(), None, 10).await?;
     let body = html! {
         section.cards {
@@ -1429,10 +1417,10 @@ mod tests {
     #[test]
     fn burn_rate_is_monitors_arithmetic() {
         // 24 credits spent in 24 h: 1 credit/h; 10 credits left last 10 h
-        let (per_hour, eta) = burn(2400, 86_400.0, Credits(1000));
+        let (per_hour, eta) = ledger::burn(2400, 86_400.0, Credits(1000));
         assert!((per_hour - 1.0).abs() < 1e-9);
         assert!((eta.unwrap() - 36_000.0).abs() < 1e-6);
-        assert_eq!(burn(0, 86_400.0, Credits(1000)), (0.0, None));
+        assert_eq!(ledger::burn(0, 86_400.0, Credits(1000)), (0.0, None));
     }
 
     #[test]

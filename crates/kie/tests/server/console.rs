@@ -1094,3 +1094,70 @@ async fn the_callbacks_page_rolls_the_webhook_key_with_a_grace_period() {
         page.body
     );
 }
+
+/// The Overview and Files pages as JSON (`GET /api/v1/account/overview`,
+/// `/api/v1/account/files`): the same figures for any key of the account, nothing of
+/// another account's.
+#[tokio::test]
+async fn overview_and_files_are_json_endpoints_too() {
+    let s = Server::start(Opts::default());
+    let (_, key) = s.account_with_key("ivy", "20");
+    let (_, other) = s.account_with_key("jay", "5");
+    // a task that succeeds (0.50 charged today) and an upload
+    let (_, _, r) = post_json(
+        &s.url("/api/v1/jobs/createTask"),
+        Some(&key),
+        &json!({"model": "demo/text", "input": {"prompt": "p"}}),
+    )
+    .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let id = r["data"]["taskId"].as_str().unwrap().to_string();
+    let info = s.url(&format!("/api/v1/jobs/recordInfo?taskId={id}"));
+    let done = eventually(Duration::from_secs(30), || async {
+        get_json(&info, Some(&key)).await.2["data"]["state"] == "success"
+    })
+    .await;
+    assert!(done.is_some(), "the demo task did not finish");
+    let (_, _, up) = post_json(
+        &s.url("/api/file-base64-upload"),
+        Some(&key),
+        &json!({"base64Data": "aGVsbG8=", "uploadPath": "docs", "fileName": "h.txt"}),
+    )
+    .await;
+    assert_eq!(up["code"], 200, "{up}");
+
+    let (_, _, o) = get_json(&s.url("/api/v1/account/overview"), Some(&key)).await;
+    assert_eq!(o["code"], 200, "{o}");
+    let d = &o["data"];
+    assert_eq!(d["available"], json!(19.5));
+    assert_eq!(d["held"], json!(0));
+    let days = d["spentPerDay"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    assert_eq!(days[29]["spent"], json!(0.5), "{days:?}");
+    assert!(
+        days[..29].iter().all(|x| x["spent"] == json!(0)),
+        "{days:?}"
+    );
+    // 0.50 over 24 h
+    assert_eq!(d["burnPerHour"], json!(0.02));
+    assert!(d["projectedExhaustion"].as_i64().unwrap() > 0, "{d}");
+
+    let (_, _, f) = get_json(&s.url("/api/v1/account/files"), Some(&key)).await;
+    assert_eq!(f["code"], 200, "{f}");
+    let files = f["data"].as_array().unwrap();
+    let uploaded: Vec<&serde_json::Value> =
+        files.iter().filter(|x| x["kind"] == "upload").collect();
+    assert_eq!(uploaded.len(), 1, "{files:?}");
+    assert_eq!(uploaded[0]["fileName"], "h.txt");
+    assert_eq!(uploaded[0]["fileSize"], 5);
+    assert_eq!(uploaded[0]["fileUrl"], up["data"]["fileUrl"]);
+    // the other account sees none of it, and its own overview
+    let (_, _, f) = get_json(&s.url("/api/v1/account/files"), Some(&other)).await;
+    assert_eq!(f["data"], json!([]));
+    let (_, _, o) = get_json(&s.url("/api/v1/account/overview"), Some(&other)).await;
+    assert_eq!(o["data"]["available"], json!(5));
+    // bad parameters are refused with the field named
+    let (_, _, f) = get_json(&s.url("/api/v1/account/files?before=yesterday"), Some(&key)).await;
+    assert_eq!(f["code"], 422, "{f}");
+    assert!(f["msg"].as_str().unwrap().contains("before"), "{f}");
+}
