@@ -2,14 +2,10 @@
 //! transaction, delivered through the webhook outbox and signed in both schemes.
 
 use crate::harness::*;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use crate::receiver::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn opts() -> Opts {
@@ -22,77 +18,12 @@ fn opts() -> Opts {
         .config("webhook_timeout = \"1s\"\n")
 }
 
-#[derive(Debug, Clone)]
-struct Delivery {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Delivery {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("missing header {name}"))
-            .to_str()
-            .unwrap()
-            .to_string()
-    }
-}
-
-/// A receiver on 127.0.0.1:0 that answers 200 and keeps every request.
-struct Receiver {
-    base: String,
-    got: Arc<Mutex<Vec<Delivery>>>,
-}
-
-async fn receiver() -> Receiver {
-    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let g = got.clone();
-    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-        let g = g.clone();
-        async move {
-            g.lock().unwrap().push(Delivery { headers, body });
-            StatusCode::OK
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    Receiver { base, got }
-}
-
-impl Receiver {
-    fn all(&self) -> Vec<Delivery> {
-        self.got.lock().unwrap().clone()
-    }
-    /// Waits (up to 20 s) until `n` deliveries arrived; returns them all.
-    async fn wait_for(&self, n: usize) -> Vec<Delivery> {
-        let ok = eventually(Duration::from_secs(20), || async {
-            self.got.lock().unwrap().len() >= n
-        })
-        .await;
-        assert!(
-            ok.is_some(),
-            "expected {n} deliveries, got {:?}",
-            self.types()
-        );
-        self.all()
-    }
-    fn types(&self) -> Vec<String> {
-        self.all()
-            .iter()
-            .map(|d| d.json()["type"].as_str().unwrap_or("?").to_string())
-            .collect()
-    }
-}
-
-fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(msg);
-    B64.encode(m.finalize().into_bytes())
+/// The event types received so far, in order.
+fn types(r: &Receiver) -> Vec<String> {
+    r.all()
+        .iter()
+        .map(|d| d.json()["type"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 /// Both schemes: Standard Webhooks over the body; KIE.AI's over `{event id}.{ts}`.
@@ -169,7 +100,7 @@ async fn crossings_send_exactly_one_signed_event_each() {
     let (acc, task_key) = s.account_with_key("alerts", "100");
     let key = manage_key(&s, &acc);
     let wkey = webhook_key(&s, &acc);
-    let rcv = receiver().await;
+    let rcv = receiver(200).await;
     let url = s.url("/api/v1/account/alerts");
 
     // Only a management key.
@@ -243,7 +174,7 @@ async fn crossings_send_exactly_one_signed_event_each() {
     assert_eq!(alert_rows(&s, &acc), 3);
     // a delivery leaves `pending` only after the receiver answered: it has them all
     assert_eq!(
-        rcv.types(),
+        types(&rcv),
         ["balance.warning", "balance.critical", "balance.recovered"]
     );
     // The admin listing shows them (the event id in the task id's place).
@@ -278,7 +209,7 @@ async fn a_task_hold_crossing_the_threshold_alerts() {
     let (acc, task_key) = s.account_with_key("holds", "10");
     let key = manage_key(&s, &acc);
     let wkey = webhook_key(&s, &acc);
-    let rcv = receiver().await;
+    let rcv = receiver(200).await;
     let (_, _, v) = post_json(
         &s.url("/api/v1/account/alerts"),
         Some(&key),
@@ -320,7 +251,7 @@ async fn a_task_hold_crossing_the_threshold_alerts() {
     .await
     .is_some());
     assert_eq!(alert_rows(&s, &acc), 1);
-    assert_eq!(rcv.types(), ["balance.warning"]);
+    assert_eq!(types(&rcv), ["balance.warning"]);
 }
 
 /// Runs `kie ARGS --json` (a client command) with `key`; asserts success.
@@ -344,7 +275,7 @@ fn kie_json(s: &Server, key: &str, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn console_page_cli_and_openapi() {
     let s = Server::start(opts());
-    let rcv = receiver().await;
+    let rcv = receiver(200).await;
     let (mut b, acc) = crate::console::holder(&s, "owl", "100").await;
     let wkey = webhook_key(&s, &acc);
     let page = b.get("/console/alerts").await;
@@ -443,7 +374,7 @@ async fn concurrent_deducts_from_many_processes_cross_once() {
     let n2 = s.second_node();
     let (acc, _) = s.account_with_key("race", "100");
     let key = manage_key(&s, &acc);
-    let rcv = receiver().await;
+    let rcv = receiver(200).await;
     let (_, _, v) = post_json(
         &s.url("/api/v1/account/alerts"),
         Some(&key),
@@ -473,6 +404,6 @@ async fn concurrent_deducts_from_many_processes_cross_once() {
     .is_some());
     // a delivery leaves `pending` only after the receiver answered: it has them all
     assert_eq!(alert_rows(&s, &acc), 1);
-    assert_eq!(rcv.types(), ["balance.warning"]);
+    assert_eq!(types(&rcv), ["balance.warning"]);
     assert_eq!(got[0].json()["data"]["threshold"].as_f64(), Some(50.0));
 }

@@ -3,15 +3,11 @@
 //! redeliver / replay as JSON endpoints and `kie callbacks` commands.
 
 use crate::harness::*;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use crate::receiver::*;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One attempt per delivery (schedule "0s": a failed attempt is final).
@@ -19,81 +15,6 @@ fn opts() -> Opts {
     Opts::default()
         .args(&["--allow-private-targets", "--webhook-retry-schedule", "0s"])
         .config("webhook_timeout = \"2s\"\n")
-}
-
-#[derive(Debug, Clone)]
-struct Delivery {
-    headers: HeaderMap,
-    body: Bytes,
-    answered: u16,
-}
-
-impl Delivery {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("missing header {name}"))
-            .to_str()
-            .unwrap()
-            .to_string()
-    }
-}
-
-/// A receiver on 127.0.0.1:0 that answers `status` (changeable) and keeps every request.
-struct Receiver {
-    base: String,
-    got: Arc<Mutex<Vec<Delivery>>>,
-    status: Arc<AtomicU16>,
-}
-
-async fn receiver(status: u16) -> Receiver {
-    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let status = Arc::new(AtomicU16::new(status));
-    let (g, st) = (got.clone(), status.clone());
-    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-        let (g, st) = (g.clone(), st.clone());
-        async move {
-            let answered = st.load(Ordering::SeqCst);
-            g.lock().unwrap().push(Delivery {
-                headers,
-                body,
-                answered,
-            });
-            StatusCode::from_u16(answered).unwrap()
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    Receiver { base, got, status }
-}
-
-impl Receiver {
-    fn all(&self) -> Vec<Delivery> {
-        self.got.lock().unwrap().clone()
-    }
-    /// Waits (up to 20 s) until `n` requests arrived; returns them all.
-    async fn wait_for(&self, n: usize) -> Vec<Delivery> {
-        let ok = eventually(Duration::from_secs(20), || async {
-            self.got.lock().unwrap().len() >= n
-        })
-        .await;
-        assert!(
-            ok.is_some(),
-            "expected {n} requests, got {}",
-            self.all().len()
-        );
-        self.all()
-    }
-}
-
-fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(msg);
-    B64.encode(m.finalize().into_bytes())
 }
 
 fn unix_now() -> i64 {

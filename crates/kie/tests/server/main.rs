@@ -21,6 +21,7 @@ mod keys;
 mod multinode;
 mod outage;
 mod parity;
+mod receiver;
 mod s3;
 mod secrets;
 mod ssrf;
