@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{client, eventually, Opts, Server, TempDir, KIE};
+use crate::harness::{client, eventually, wait_for_credit, Opts, Server, TempDir, KIE};
 
 struct Out {
     code: i32,
@@ -701,22 +701,26 @@ async fn monitor_once_exit_status_follows_the_real_balance() {
     assert_eq!(json_of(&o)["balance"], json!(100));
 
     s.admin(&["credits", "deduct", "--account", &acc, "--amount", "50"]);
+    wait_for_credit(&s, &key, &json!(50)).await;
     let o = check(&key);
     // exactly at the threshold is not yet below it
     assert_eq!(json_of(&o)["balance"], json!(50));
     assert_eq!((o.code, level_of(&o)), (0, "ok".to_string()));
 
     s.admin(&["credits", "deduct", "--account", &acc, "--amount", "0.01"]);
+    wait_for_credit(&s, &key, &json!(49.99)).await;
     let o = check(&key);
     assert_eq!(json_of(&o)["balance"], json!(49.99));
     assert_eq!((o.code, level_of(&o)), (1, "warn".to_string()));
 
     s.admin(&["credits", "deduct", "--account", &acc, "--amount", "45"]);
+    wait_for_credit(&s, &key, &json!(4.99)).await;
     let o = check(&key);
     assert_eq!(json_of(&o)["balance"], json!(4.99));
     assert_eq!((o.code, level_of(&o)), (2, "critical".to_string()));
 
     s.admin(&["credits", "grant", "--account", &acc, "--amount", "95.01"]);
+    wait_for_credit(&s, &key, &json!(100)).await;
     let o = check(&key);
     assert_eq!((o.code, level_of(&o)), (0, "ok".to_string()));
 

@@ -41,9 +41,11 @@ async fn credit_reports_available_balance_with_two_decimals() {
     assert_eq!(g["balance"], json!(10.98));
     assert_eq!(g["available"], json!(10.98));
     assert!(g["entryId"].as_str().unwrap().starts_with("ent_"));
+    wait_for_credit(&s, &key, &json!(10.98)).await;
     assert_eq!(get_json(&url, Some(&key)).await.2["data"], json!(10.98));
     // zero is a valid balance
     s.admin(&["credits", "deduct", "--account", &acc, "--amount", "10.98"]);
+    wait_for_credit(&s, &key, &json!(0)).await;
     assert_eq!(
         get_json(&url, Some(&key)).await.2,
         json!({"code": 200, "msg": "success", "data": 0})

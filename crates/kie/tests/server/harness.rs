@@ -393,29 +393,13 @@ impl Server {
     pub fn admin_raw(&self, args: &[&str]) -> Output {
         let out = self.admin_cmd(args).output().unwrap();
         keep_output(&out);
-        self.balance_change_settles(args);
         out
-    }
-
-    /// PostgreSQL: a node serves credit reads from its balance cache, and states that a
-    /// change acknowledged elsewhere (here: by `kie admin`, another process) is seen by
-    /// every read that *starts* at least `balance_cache_ttl` (100 ms) after it was
-    /// acknowledged — an entry lives that long from the start of the read that made
-    /// it. So after `kie admin credits …` returns, waiting out that bound is waiting for
-    /// the stated condition itself, not racing anything: the next read is then exact.
-    /// (The bound itself is tested in `multinode::credit_reads_…`.) SQLite reads are
-    /// exact at once.
-    fn balance_change_settles(&self, args: &[&str]) {
-        if self.db.url.is_some() && args.first() == Some(&"credits") {
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Runs `kie admin ARGS --json`, asserts success and parses stdout.
     pub fn admin(&self, args: &[&str]) -> Value {
         let out = self.admin_cmd(args).arg("--json").output().unwrap();
         keep_output(&out);
-        self.balance_change_settles(args);
         assert!(
             out.status.success(),
             "kie admin {args:?} failed: {}",
@@ -519,6 +503,19 @@ pub async fn post_json(
     let v = serde_json::from_slice(&body)
         .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
     (status, headers, v)
+}
+
+/// Waits (up to 5 s) until `GET /api/v1/chat/credit` with `key` answers `data` =
+/// `expected`. On PostgreSQL a node reads balances from its cache, and a change made
+/// by another process (`kie admin`) reaches it within `balance_cache_ttl` (100 ms; the
+/// bound itself is tested in `multinode::credit_reads_…`); SQLite shows it at once.
+pub async fn wait_for_credit(s: &Server, key: &str, expected: &Value) {
+    let url = s.url("/api/v1/chat/credit");
+    let seen = eventually(Duration::from_secs(5), || async {
+        get_json(&url, Some(key)).await.2["data"] == *expected
+    })
+    .await;
+    assert!(seen.is_some(), "the credit never showed {expected}");
 }
 
 /// Polls `check` every 50 ms until it returns true or `limit` passes; returns how long
