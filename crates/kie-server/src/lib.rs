@@ -39,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod net_guard;
 pub mod openapi;
+pub mod operator;
 pub mod ratelimit;
 pub mod settings;
 pub mod startup;

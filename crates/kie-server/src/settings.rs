@@ -66,18 +66,63 @@ pub async fn load(db: &Db) -> Result<Snapshot, sqlx::Error> {
 }
 
 pub async fn set(db: &Db, name: &str, value: &str) -> Result<(), sqlx::Error> {
+    set_many(db, &[(name.to_string(), value)]).await
+}
+
+/// Writes several settings in one transaction: all of them, or none.
+pub async fn set_many(db: &Db, values: &[(String, &str)]) -> Result<(), sqlx::Error> {
+    let now = now_ms();
     with_tx!(db, |tx| {
-        sqlx::query(
-            "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(value)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        for (name, value) in values {
+            sqlx::query(
+                "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(*value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
     });
     Ok(())
+}
+
+/// A change of switches: maintenance and features (by name, `true`: enabled). Unknown
+/// feature names are refused before anything is written.
+pub async fn switch(
+    db: &Db,
+    maintenance: Option<bool>,
+    features: &[(String, bool)],
+) -> Result<(), SwitchError> {
+    let mut values = Vec::new();
+    if let Some(on) = maintenance {
+        values.push((MAINTENANCE.to_string(), if on { "on" } else { "off" }));
+    }
+    for (f, enabled) in features {
+        if !FEATURES.iter().any(|(name, _)| name == f) {
+            return Err(SwitchError::UnknownFeature(f.clone()));
+        }
+        let v = if *enabled { "enabled" } else { "disabled" };
+        values.push((format!("{FEATURE_PREFIX}{f}"), v));
+    }
+    Ok(set_many(db, &values).await?)
+}
+
+fn feature_names() -> String {
+    FEATURES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("no feature '{0}' (known: {known})", known = feature_names())]
+    UnknownFeature(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
 }
 
 pub async fn get(db: &Db, name: &str) -> Result<Option<String>, sqlx::Error> {

@@ -77,6 +77,28 @@ pub fn display_prefix(key: &str) -> &str {
     }
 }
 
+/// Operator tokens (the credential of `/api/v1/admin/…`): `kieop_` + 40 base62
+/// characters (~238 bits). Stored, like keys, only as their [`digest`].
+pub const OPERATOR_PREFIX: &str = "kieop_";
+const OPERATOR_RANDOM_LEN: usize = 40;
+/// How many characters of an operator token identify it (`kieop_` + 8).
+pub const OPERATOR_DISPLAY_LEN: usize = OPERATOR_PREFIX.len() + 8;
+
+/// Generates a fresh operator token.
+pub fn generate_operator_token() -> String {
+    format!("{OPERATOR_PREFIX}{}", random_base62(OPERATOR_RANDOM_LEN))
+}
+
+/// True when `token` has the shape of an operator token (says nothing about whether
+/// it exists).
+pub fn is_operator_token(token: &str) -> bool {
+    token.len() == OPERATOR_PREFIX.len() + OPERATOR_RANDOM_LEN
+        && token.starts_with(OPERATOR_PREFIX)
+        && token[OPERATOR_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Hex SHA-256 of the key: the only form in which a key is stored.
 pub fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -85,6 +107,20 @@ pub fn digest(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_tokens_have_their_own_shape() {
+        let t = generate_operator_token();
+        assert!(is_operator_token(&t), "{t}");
+        assert_ne!(t, generate_operator_token());
+        assert!(!is_well_formed(&t), "an operator token is not an API key");
+        assert!(
+            !is_operator_token(&generate()),
+            "an API key is not an operator token"
+        );
+        assert!(!is_operator_token(&t[..t.len() - 1]));
+        assert!(!is_operator_token(&format!("{}!", &t[..t.len() - 1])));
+    }
 
     #[test]
     fn generated_keys_are_well_formed_and_distinct() {

@@ -1,6 +1,6 @@
 //! Finds credentials in text, for the test suite's log scan (`scripts/test` runs
 //! `cargo run -p kie --example scan-secrets` over every log the suite wrote): API keys
-//! (`kie_` + base62), webhook keys (`whsec_` + base64) and signing-key material or link
+//! (`kie_` + base62) and operator tokens (`kieop_` + base62), webhook keys (`whsec_` + base64) and signing-key material or link
 //! signatures (exactly 43 base64url characters, the unpadded form of 32 bytes).
 //!
 //! Heuristic on purpose: it may flag a random-looking 43-character token that is not a
@@ -44,7 +44,8 @@ impl std::str::FromStr for Secret {
 /// What kind of secret a [`Finding`] looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretKind {
-    /// `kie_` followed by at least 32 base62 characters.
+    /// `kie_` (an API key) or `kieop_` (an operator token) followed by at least 32
+    /// base62 characters.
     ApiKey,
     /// `whsec_` followed by at least 20 base64 characters.
     WebhookKey,
@@ -75,15 +76,18 @@ pub fn scan(text: &str) -> Vec<Finding> {
     let mut i = 0;
     while i < b.len() {
         let rest = &b[i..];
-        if rest.starts_with(b"kie_") {
-            let n = run_len(&rest[4..], |c| c.is_ascii_alphanumeric());
+        if let Some(p) = [&b"kie_"[..], &b"kieop_"[..]]
+            .into_iter()
+            .find(|p| rest.starts_with(p))
+        {
+            let n = run_len(&rest[p.len()..], |c| c.is_ascii_alphanumeric());
             if n >= 32 {
                 out.push(Finding {
                     kind: SecretKind::ApiKey,
                     offset: i,
-                    len: 4 + n,
+                    len: p.len() + n,
                 });
-                i += 4 + n;
+                i += p.len() + n;
                 continue;
             }
         }
@@ -167,6 +171,8 @@ mod tests {
             [SecretKind::ApiKey]
         );
         assert_eq!(kinds(&format!("Bearer {api}\n")), [SecretKind::ApiKey]);
+        let op = crate::apikey::generate_operator_token();
+        assert_eq!(kinds(&format!("token {op}.")), [SecretKind::ApiKey]);
         assert_eq!(kinds(&format!("key=\"{wh}\"")), [SecretKind::WebhookKey]);
         assert_eq!(sk.len(), 43);
         assert_eq!(

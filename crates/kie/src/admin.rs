@@ -66,6 +66,32 @@ enum AdminCommand {
     /// The web console (/console/): invite account holders and operators
     #[command(subcommand)]
     Console(ConsoleCmd),
+    /// Operator tokens (kieop_…): the credential of the operator API, /api/v1/admin/…
+    #[command(name = "operator-token", subcommand)]
+    OperatorToken(OperatorTokenCmd),
+}
+
+#[derive(Subcommand)]
+enum OperatorTokenCmd {
+    /// Mint a token (printed once; only its digest is stored)
+    #[command(
+        after_help = "Use it as `Authorization: Bearer kieop_…` on /api/v1/admin/… \
+(accounts, credits, invites, settings, signing-key rotation, health; see /openapi.json, \
+tag admin). It is an operator's full power over every account: keep it like a root \
+password.\n\nExample:\n  kie admin operator-token create --name ci --json"
+    )]
+    Create {
+        /// A label for the token
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never the tokens themselves)
+    List,
+    /// Revoke a token now (by id or prefix): its next request is refused on every node
+    Revoke {
+        /// Token id or its display prefix (kieop_ + 8 characters)
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -862,6 +888,7 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 text,
             })
         }
+        AdminCommand::OperatorToken(cmd) => operator_token_cmd(db, cmd).await,
         AdminCommand::SigningKey(SigningKeyCmd::Rotate) => {
             let r = kie_server::files::links::rotate(db).await?;
             let text = format!(
@@ -976,6 +1003,52 @@ async fn console_invite(
         json: json!({"url": url, "expiresAt": expires}),
         text,
     })
+}
+
+async fn operator_token_cmd(db: &Db, cmd: OperatorTokenCmd) -> Result<Out, Failure> {
+    use kie_server::operator;
+    let fail = |e: operator::TokenError| Failure(e.to_string());
+    match cmd {
+        OperatorTokenCmd::Create { name } => {
+            let t = operator::create_token(db, name.as_deref())
+                .await
+                .map_err(fail)?;
+            let text = format!(
+                "operator token {} ({}), shown once, store it now:\n{}",
+                t.info.id, t.info.prefix, t.token
+            );
+            let mut v = serde_json::to_value(&t.info).expect("serialisable");
+            v["token"] = json!(t.token);
+            Ok(Out { json: v, text })
+        }
+        OperatorTokenCmd::List => {
+            let list = operator::list_tokens(db).await?;
+            let mut text = format!(
+                "{:<22} {:<16} {:<24} {:<9} {}\n",
+                "ID", "PREFIX", "CREATED", "STATUS", "NAME"
+            );
+            for t in &list {
+                text += &format!(
+                    "{:<22} {:<16} {:<24} {:<9} {}\n",
+                    t.id,
+                    t.prefix,
+                    iso(t.created_at),
+                    if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    t.name.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(out(&list, text))
+        }
+        OperatorTokenCmd::Revoke { id } => {
+            let t = operator::revoke_token(db, &id).await.map_err(fail)?;
+            let text = format!("revoked operator token {} ({})", t.id, t.prefix);
+            Ok(out(&t, text))
+        }
+    }
 }
 
 async fn file_cmd(db: &Db, store: &StoreArgs, cmd: FileCmd) -> Result<Out, Failure> {

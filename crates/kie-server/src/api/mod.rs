@@ -2,6 +2,7 @@
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 pub mod account;
+pub mod admin;
 pub mod alerts;
 pub mod callbacks;
 pub mod credit;
@@ -34,7 +35,8 @@ use crate::state::AppState;
         (name = "account", description = "The account's own tasks, ledger and callbacks (what the console shows)"),
         (name = "models", description = "Model catalog: KIE.AI Market models this server runs, their prices, input schemas and success rates (at most 1 request/s per account; code 429 inside HTTP 200)"),
         (name = "keys", description = "The account's API keys: list, create, revoke, roll, update (a key with the management scope only)"),
-        (name = "alerts", description = "The account's low-balance alerts: thresholds, alert URL, a test event (a key with the management scope only)")
+        (name = "alerts", description = "The account's low-balance alerts: thresholds, alert URL, a test event (a key with the management scope only)"),
+        (name = "admin", description = "The operator API: accounts, credits, invites, switches, signing-key rotation, health (an operator token, Bearer kieop_…, from kie admin operator-token create; answers in maintenance mode too)")
     )
 )]
 pub struct ApiDoc;
@@ -47,6 +49,18 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("kieop_…")
+                    .description(Some(
+                        "An operator token from kie admin operator-token create",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
@@ -87,5 +101,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::update_key))
         .routes(routes!(alerts::get_alerts, alerts::set_alerts))
         .routes(routes!(alerts::test_alert))
+        .routes(routes!(admin::list_accounts, admin::create_account))
+        .routes(routes!(admin::get_account))
+        .routes(routes!(admin::change_credits))
+        .routes(routes!(admin::create_invite))
+        .routes(routes!(admin::get_settings, admin::update_settings))
+        .routes(routes!(admin::rotate_signing_key))
+        .routes(routes!(admin::health))
         .merge(uploads)
 }

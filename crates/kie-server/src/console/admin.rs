@@ -14,7 +14,7 @@ use super::session::{csrf_refusal, Operator, Refusal};
 use super::users;
 use crate::ledger::{self, LedgerError};
 use crate::state::AppState;
-use crate::{accounts, settings, with_read};
+use crate::{accounts, operator, settings};
 
 type PageResult = Result<Response, Refusal>;
 
@@ -28,33 +28,12 @@ pub struct Search {
     q: String,
 }
 
-/// An account row of the operator's list.
-type AccountRow = (String, String, Option<String>, i64, i64);
-
 pub async fn accounts(
     State(state): State<AppState>,
     Operator(s): Operator,
     Query(q): Query<Search>,
 ) -> PageResult {
-    let needle = q.q.trim().to_lowercase();
-    // LIKE metacharacters in the search are matched literally
-    let pattern = format!(
-        "%{}%",
-        needle
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
-    let rows: Vec<AccountRow> = with_read!(&state.db, |p| sqlx::query_as(
-        "SELECT id, name, email, balance, held FROM accounts \
-         WHERE $1 = '' OR LOWER(name) LIKE $2 ESCAPE '\\' OR LOWER(id) LIKE $2 ESCAPE '\\' \
-            OR LOWER(COALESCE(email, '')) LIKE $2 ESCAPE '\\' \
-         ORDER BY name LIMIT 200"
-    )
-    .bind(&needle)
-    .bind(&pattern)
-    .fetch_all(p)
-    .await?);
+    let rows = operator::search_accounts(&state.db, &q.q).await?;
     let body = html! {
         form.filters method="get" action="/console/admin/" role="search" {
             label for="q" { "Search accounts" }
@@ -67,19 +46,19 @@ pub async fn accounts(
                 th scope="col" class="num" { "Available" } th scope="col" class="num" { "Held" }
             } }
             tbody {
-                @for (id, name, email, balance, held) in &rows {
+                @for a in &rows {
                     tr {
-                        td { a href=(format!("/console/admin/accounts/{id}")) { (name) } }
-                        td { code { (id) } }
-                        td { (email.as_deref().unwrap_or("—")) }
-                        td.num { (Credits(balance - held)) }
-                        td.num { (Credits(*held)) }
+                        td { a href=(format!("/console/admin/accounts/{}", a.id)) { (a.name) } }
+                        td { code { (a.id) } }
+                        td { (a.email.as_deref().unwrap_or("—")) }
+                        td.num { (Credits(a.balance - a.held)) }
+                        td.num { (Credits(a.held)) }
                     }
                 }
                 @if rows.is_empty() { tr { td colspan="5" { "No accounts match." } } }
             }
         }
-        @if rows.len() == 200 { p.hint { "The first 200 matches; narrow the search." } }
+        @if rows.len() == operator::SEARCH_LIMIT { p.hint { "The first 200 matches; narrow the search." } }
     };
     Ok(page(&s, "/console/admin/", "Accounts", body))
 }
@@ -333,40 +312,26 @@ pub async fn invite(
 pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
     // read from the database, not the node's snapshot: a switch just flipped shows
     let snap = settings::load(&state.db).await?;
-    let now = crate::store::now_ms();
-    type Figures = (i64, i64, i64, Option<String>);
-    let (pending, failed_24h, open_tasks, active_key): Figures = with_read!(&state.db, |p| {
-        sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'), \
-                    (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed' AND finished_at >= $1), \
-                    (SELECT COUNT(*) FROM tasks WHERE state IN ('waiting','queuing','generating')), \
-                    (SELECT MAX(id) FROM signing_keys WHERE retired_at IS NULL)",
-        )
-        .bind(now - 86_400_000)
-        .fetch_one(p)
-        .await?
-    });
-    let (db_ok, store_ok) = tokio::join!(async { state.db.ping().await.is_ok() }, async {
-        matches!(
-            tokio::time::timeout(std::time::Duration::from_millis(1500), state.blobs.ping()).await,
-            Ok(Ok(()))
-        )
-    });
+    let (backlog, (db_ok, store_ok)) = tokio::join!(
+        operator::backlog(&state.db),
+        operator::reachable(&state.db, &state.blobs)
+    );
+    let backlog = backlog?;
     let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
     let body = html! {
         h2 { "Health" }
         dl.facts {
             dt { "Database" } dd id="health-db" { (state.db.backend()) ", " (yes_no(db_ok)) }
             dt { "Object store" } dd id="health-store" { (state.blobs.describe()) ", " (yes_no(store_ok)) }
-            dt { "Open tasks" } dd { (open_tasks) }
-            dt { "Callback backlog" } dd id="backlog" { (pending) " pending, " (failed_24h) " failed in the last 24 h" }
+            dt { "Open tasks" } dd { (backlog.open_tasks) }
+            dt { "Callback backlog" } dd id="backlog" { (backlog.pending_deliveries) " pending, " (backlog.failed_deliveries_24h) " failed in the last 24 h" }
         }
         p.hint { "Request and error rates: the " a href="/console/admin/health" { "Health" } " page, or " a href="/metrics" { "/metrics" } " (kie_http_requests_total by route and code)." }
         h2 { "Link signing key" }
         form.inline method="post" action="/console/admin/settings" {
             (csrf_field(&s))
             input type="hidden" name="name" value="signing-key";
-            p { "Active key " code id="signing-key" { (active_key.unwrap_or_default()) } ". Rotating retires it; its links stay valid until they expire. " }
+            p { "Active key " code id="signing-key" { (backlog.signing_key.unwrap_or_default()) } ". Rotating retires it; its links stay valid until they expire. " }
             button type="submit" name="value" value="rotate" { "Rotate signing key" }
         }
         h2 { "Maintenance" }
@@ -417,34 +382,11 @@ pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> P
 /// rates over the last minute from the request counters (sampled every 5 s by this
 /// node; each node counts its own requests).
 pub async fn health(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
-    let now = crate::store::now_ms();
-    type Figures = (i64, i64, i64, i64);
-    let (pending, failed_24h, open_tasks, accounts_waiting): Figures = with_read!(&state.db, |p| {
-        sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'), \
-                    (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed' AND finished_at >= $1), \
-                    (SELECT COUNT(*) FROM tasks WHERE state IN ('waiting','queuing','generating')), \
-                    (SELECT COUNT(DISTINCT account_id) FROM webhook_deliveries WHERE state = 'pending')",
-        )
-        .bind(now - 86_400_000)
-        .fetch_one(p)
-        .await?
-    });
-    let (db_ok, store_ok) = tokio::join!(
-        async {
-            matches!(
-                tokio::time::timeout(std::time::Duration::from_millis(1500), state.db.ping()).await,
-                Ok(Ok(()))
-            )
-        },
-        async {
-            matches!(
-                tokio::time::timeout(std::time::Duration::from_millis(1500), state.blobs.ping())
-                    .await,
-                Ok(Ok(()))
-            )
-        }
+    let (backlog, (db_ok, store_ok)) = tokio::join!(
+        operator::backlog(&state.db),
+        operator::reachable(&state.db, &state.blobs)
     );
+    let backlog = backlog?;
     let r = crate::metrics::rates();
     let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
     let ready = db_ok && store_ok;
@@ -454,9 +396,9 @@ pub async fn health(State(state): State<AppState>, Operator(s): Operator) -> Pag
             dt { "Ready" } dd id="health-ready" { (if ready { "yes" } else { "no" }) }
             dt { "Database" } dd id="health-db" { (state.db.backend()) ", " (yes_no(db_ok)) }
             dt { "Object store" } dd id="health-store" { (state.blobs.describe()) ", " (yes_no(store_ok)) }
-            dt { "Open tasks" } dd id="health-open-tasks" { (open_tasks) }
+            dt { "Open tasks" } dd id="health-open-tasks" { (backlog.open_tasks) }
             dt { "Callback backlog" } dd id="health-backlog" {
-                (pending) " pending (" (accounts_waiting) " accounts), " (failed_24h) " failed in the last 24 h"
+                (backlog.pending_deliveries) " pending (" (backlog.accounts_waiting) " accounts), " (backlog.failed_deliveries_24h) " failed in the last 24 h"
             }
         }
         h2 { "Requests on this node" }

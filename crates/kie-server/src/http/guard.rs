@@ -1,5 +1,5 @@
 //! Guards every request passes before its handler: maintenance and disabled features
-//! for `/api/...` ([`api_guard`]), and quick answers while the database is down
+//! for `/api/...` but the operator API ([`api_guard`]), and quick answers while the database is down
 //! ([`db_guard`]). Both read the shared state; `hot` uses [`api_refusal`] for the
 //! routes it serves.
 
@@ -38,7 +38,8 @@ pub async fn api_guard(State(state): State<AppState>, req: Request, next: Next) 
 
 /// The answer of [`api_guard`] for `path`, if it refuses it.
 pub fn api_refusal(state: &AppState, path: &str) -> Option<Response> {
-    if !path.starts_with("/api/") {
+    // the operator API keeps answering in maintenance: it is how maintenance ends
+    if !path.starts_with("/api/") || path.starts_with("/api/v1/admin/") {
         return None;
     }
     let s = state.settings.current();

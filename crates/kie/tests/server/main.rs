@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin_api;
 mod alerts;
 mod bounded;
 mod callbacks;
