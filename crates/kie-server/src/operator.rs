@@ -13,12 +13,14 @@
 //! node (no cache: the operator API is not a hot path). Its last use is written at most
 //! once a minute.
 
-use serde::Serialize;
+use kie_wire::Credits;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use kie_wire::apikey;
 
 use crate::blobs::Blobs;
+use crate::ledger::{self, Applied, LedgerError};
 use crate::store::{new_id, now_ms, Db};
 use crate::{with_read, with_tx};
 
@@ -261,4 +263,71 @@ pub async fn reachable(db: &Db, blobs: &Blobs) -> (bool, bool) {
             )
         }
     )
+}
+
+/// Grant or deduct.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CreditOp {
+    Grant,
+    Deduct,
+}
+
+/// Why an operator's credit change was refused; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum CreditChangeError {
+    /// `field` (camelCase, as in the API) is wrong.
+    #[error("{field}: {msg}")]
+    Invalid { field: &'static str, msg: String },
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Grants or deducts `amount` on `account` (id or name) with a reason and the
+/// operator's idempotency key, in one ledger transaction (the console's form and the
+/// operator API both come here). Returns the account id and what was applied; the
+/// same key again applies nothing and answers the first result.
+pub async fn change_credits(
+    db: &Db,
+    account: &str,
+    op: CreditOp,
+    amount: Credits,
+    reason: &str,
+    idempotency_key: &str,
+) -> Result<(String, Applied), CreditChangeError> {
+    let invalid = |field, msg: &str| CreditChangeError::Invalid {
+        field,
+        msg: msg.to_string(),
+    };
+    if amount.0 <= 0 {
+        return Err(invalid("amount", "must be positive"));
+    }
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(invalid("reason", "1 to 500 characters"));
+    }
+    let key = idempotency_key.trim();
+    if key.is_empty() || key.chars().count() > 200 {
+        return Err(invalid("idempotencyKey", "1 to 200 characters"));
+    }
+    let acc = crate::accounts::find(db, account)
+        .await?
+        .ok_or(CreditChangeError::UnknownAccount)?;
+    let key = ledger::user_key(Some(key));
+    let applied = match op {
+        CreditOp::Grant => ledger::grant(db, &acc.id, amount, Some(reason), &key).await,
+        CreditOp::Deduct => ledger::deduct(db, &acc.id, amount, Some(reason), &key).await,
+    };
+    match applied {
+        Err(LedgerError::IdempotencyConflict) => Err(invalid(
+            "idempotencyKey",
+            "already used for a different change",
+        )),
+        Err(LedgerError::UnknownAccount) => Err(CreditChangeError::UnknownAccount),
+        r => Ok((acc.id, r?)),
+    }
 }

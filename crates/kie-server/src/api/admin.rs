@@ -24,7 +24,7 @@ use crate::console::users::{self, UserError};
 use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult, RequestCtx};
 use crate::ledger::{self, LedgerError};
-use crate::operator::{self, AccountRow, Backlog};
+use crate::operator::{self, AccountRow, Backlog, CreditChangeError, CreditOp};
 use crate::settings::{self, SwitchError};
 use crate::state::AppState;
 
@@ -263,14 +263,6 @@ pub async fn get_account(
     Ok(ApiOk(AdminAccountDetail { account, keys }))
 }
 
-/// Grant or deduct.
-#[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CreditOp {
-    Grant,
-    Deduct,
-}
-
 /// A change of an account's credits.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -331,51 +323,41 @@ pub async fn change_credits(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<CreditsRequest>,
 ) -> ApiResult<CreditsResult> {
-    if req.amount.0 <= 0 {
-        return Err(ApiError::validation(
-            "Invalid field 'amount': must be positive",
-        ));
-    }
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::validation(
-            "Invalid field 'reason': 1 to 500 characters",
-        ));
-    }
-    let key = req.idempotency_key.trim();
-    if key.is_empty() || key.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "Invalid field 'idempotencyKey': 1 to 200 characters",
-        ));
-    }
-    let acc = accounts::find(&state.db, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Account not found"))?;
-    let key = ledger::user_key(Some(key));
-    let r = match req.op {
-        CreditOp::Grant => ledger::grant(&state.db, &acc.id, req.amount, Some(reason), &key).await,
-        CreditOp::Deduct => {
-            ledger::deduct(&state.db, &acc.id, req.amount, Some(reason), &key).await
+    let r = operator::change_credits(
+        &state.db,
+        &id,
+        req.op,
+        req.amount,
+        &req.reason,
+        &req.idempotency_key,
+    )
+    .await;
+    let (account, applied) = match r {
+        Ok(done) => done,
+        Err(CreditChangeError::Invalid { field, msg }) => {
+            return Err(ApiError::validation(format!(
+                "Invalid field '{field}': {msg}"
+            )))
         }
-    };
-    let applied = match r {
-        Ok(a) => a,
-        Err(LedgerError::InsufficientCredits) => return Err(ApiError::insufficient_credits()),
-        Err(LedgerError::IdempotencyConflict) => {
-            return Err(ApiError::validation(
-                "Invalid field 'idempotencyKey': already used for a different change",
-            ))
+        Err(CreditChangeError::UnknownAccount) => {
+            return Err(ApiError::not_found("Account not found"))
         }
-        Err(LedgerError::UnknownAccount) => return Err(ApiError::not_found("Account not found")),
-        Err(LedgerError::Invalid(m)) => return Err(ApiError::validation(m)),
-        Err(LedgerError::Db(e)) => return Err(e.into()),
+        Err(CreditChangeError::Ledger(LedgerError::InsufficientCredits)) => {
+            return Err(ApiError::insufficient_credits())
+        }
+        Err(CreditChangeError::Ledger(LedgerError::Invalid(m))) => {
+            return Err(ApiError::validation(m))
+        }
+        Err(CreditChangeError::Db(e) | CreditChangeError::Ledger(LedgerError::Db(e))) => {
+            return Err(e.into())
+        }
         Err(e) => return Err(ApiError::internal(e)),
     };
     if !applied.replayed {
-        tracing::info!(operator_token = %op.token_id, account = %acc.id, op = ?serde_json::to_value(req.op).ok(), amount = %req.amount, "admin api: credits changed");
+        tracing::info!(operator_token = %op.token_id, %account, op = ?req.op, amount = %req.amount, "admin api: credits changed");
     }
     Ok(ApiOk(CreditsResult {
-        account: acc.id,
+        account,
         available: applied.available(),
         entry_id: applied.entry_id,
         balance: applied.balance,

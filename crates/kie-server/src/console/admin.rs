@@ -13,6 +13,7 @@ use super::layout::{copyable, csrf_field, message_page, notice, opt_time, page, 
 use super::session::{csrf_refusal, Operator, Refusal};
 use super::users;
 use crate::ledger::{self, LedgerError};
+use crate::operator::{CreditChangeError, CreditOp};
 use crate::state::AppState;
 use crate::{accounts, operator, settings};
 
@@ -201,8 +202,8 @@ pub async fn credits(
         invite: None,
     };
     let amount = match f.amount.trim().parse::<Credits>() {
-        Ok(c) if c.0 > 0 => c,
-        _ => {
+        Ok(c) => c,
+        Err(_) => {
             let m = format!(
                 "'{}' is not an amount: a positive number with at most 2 decimals.",
                 f.amount
@@ -210,35 +211,23 @@ pub async fn credits(
             return account_page(&state, &s, &id, fail(m)).await;
         }
     };
-    let reason = f.reason.trim();
-    let key = f.idempotency_key.trim();
-    if reason.is_empty() || key.is_empty() || reason.len() > 500 || key.len() > 200 {
-        let m = "A reason and an idempotency key are required.".to_string();
-        return account_page(&state, &s, &id, fail(m)).await;
-    }
-    let Some(acc) = accounts::find(&state.db, &id).await? else {
-        return Ok(message_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no such account.",
-        ));
-    };
-    let key = ledger::user_key(Some(key));
-    let r = match f.op.as_str() {
-        "grant" => ledger::grant(&state.db, &acc.id, amount, Some(reason), &key).await,
-        "deduct" => ledger::deduct(&state.db, &acc.id, amount, Some(reason), &key).await,
+    let op = match f.op.as_str() {
+        "grant" => CreditOp::Grant,
+        "deduct" => CreditOp::Deduct,
         _ => {
             let m = "Choose grant or deduct.".to_string();
             return account_page(&state, &s, &id, fail(m)).await;
         }
     };
+    let r =
+        operator::change_credits(&state.db, &id, op, amount, &f.reason, &f.idempotency_key).await;
     let flash = match r {
-        Ok(applied) => {
-            tracing::info!(operator = %s.user.id, account = %acc.id, op = %f.op, %amount, "console: credits changed");
+        Ok((account, applied)) => {
+            tracing::info!(operator = %s.user.id, %account, ?op, %amount, "console: credits changed");
             Flash {
                 ok: Some(format!(
                     "{} {} credits: available now {}.",
-                    if f.op == "grant" {
+                    if op == CreditOp::Grant {
                         "Granted"
                     } else {
                         "Deducted"
@@ -250,12 +239,37 @@ pub async fn credits(
                 invite: None,
             }
         }
-        Err(LedgerError::InsufficientCredits) => {
+        Err(CreditChangeError::UnknownAccount) => {
+            return Ok(message_page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such account.",
+            ))
+        }
+        Err(CreditChangeError::Invalid {
+            field: "amount", ..
+        }) => fail(format!(
+            "'{}' is not an amount: a positive number with at most 2 decimals.",
+            f.amount
+        )),
+        Err(CreditChangeError::Invalid {
+            field: "idempotencyKey",
+            msg,
+        }) if msg.starts_with("already") => {
+            fail("Refused: that idempotency key was already used for a different change.".into())
+        }
+        Err(CreditChangeError::Invalid { .. }) => {
+            fail("A reason and an idempotency key are required.".into())
+        }
+        Err(CreditChangeError::Ledger(LedgerError::InsufficientCredits)) => {
             fail("Refused: the amount exceeds the available balance.".into())
+        }
+        Err(CreditChangeError::Db(e) | CreditChangeError::Ledger(LedgerError::Db(e))) => {
+            return Err(e.into())
         }
         Err(e) => fail(format!("Refused: {e}")),
     };
-    account_page(&state, &s, &acc.id, flash).await
+    account_page(&state, &s, &id, flash).await
 }
 
 #[derive(Deserialize)]

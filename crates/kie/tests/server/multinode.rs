@@ -327,6 +327,60 @@ async fn maintenance_and_feature_flags_set_once_apply_to_every_node() {
     all_nodes_answer(&[&a, &b], path, &key, 200, limit).await;
 }
 
+/// The operator API on two nodes: a grant through one is seen by the account on the
+/// other, maintenance set through one node's API ends through the other's (the
+/// operator API answers in maintenance), and a revoked operator token is refused by
+/// both on its next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_api_acts_once_for_every_node() {
+    let (a, b) = two_nodes(Opts::default());
+    let (acc, key) = a.account_with_key("multi-op", "1");
+    let t = a.admin(&["operator-token", "create", "--name", "ops"]);
+    let token = t["token"].as_str().unwrap().to_string();
+    let (_, _, v) = post_json(
+        &a.url(&format!("/api/v1/admin/accounts/{acc}/credits")),
+        Some(&token),
+        &json!({"op": "grant", "amount": 4, "reason": "multi", "idempotencyKey": "m-1"}),
+    )
+    .await;
+    assert_eq!(v["data"]["available"], json!(5), "{v}");
+    wait_for_credit(&b, &key, &json!(5)).await;
+    // the same key through the other node: the first result, nothing granted twice
+    let (_, _, v) = post_json(
+        &b.url(&format!("/api/v1/admin/accounts/{acc}/credits")),
+        Some(&token),
+        &json!({"op": "grant", "amount": 4, "reason": "multi", "idempotencyKey": "m-1"}),
+    )
+    .await;
+    assert_eq!(v["data"]["replayed"], true, "{v}");
+    assert_eq!(v["data"]["available"], json!(5), "{v}");
+
+    let limit = Duration::from_secs(5);
+    let path = "/api/v1/chat/credit";
+    let (_, _, v) = post_json(
+        &a.url("/api/v1/admin/settings"),
+        Some(&token),
+        &json!({"maintenance": true}),
+    )
+    .await;
+    assert_eq!(v["data"]["maintenance"], true, "{v}");
+    all_nodes_answer(&[&a, &b], path, &key, 455, limit).await;
+    let (_, _, v) = post_json(
+        &b.url("/api/v1/admin/settings"),
+        Some(&token),
+        &json!({"maintenance": false}),
+    )
+    .await;
+    assert_eq!(v["data"]["maintenance"], false, "{v}");
+    all_nodes_answer(&[&a, &b], path, &key, 200, limit).await;
+
+    b.admin(&["operator-token", "revoke", t["id"].as_str().unwrap()]);
+    for n in [&a, &b] {
+        let (_, _, v) = get_json(&n.url("/api/v1/admin/health"), Some(&token)).await;
+        assert_eq!(v["code"], 401, "{}: {v}", n.base);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn links_signed_by_one_node_verify_on_the_other_across_a_rotation() {
     // behind a load balancer every node has the same public URL
