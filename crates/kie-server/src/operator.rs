@@ -246,6 +246,43 @@ pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
     })
 }
 
+/// One account's share of the delivery backlog.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountBacklog {
+    pub account: String,
+    pub name: String,
+    /// Deliveries waiting for their next attempt
+    pub pending: i64,
+    /// When the oldest pending delivery was created (epoch ms)
+    #[schema(nullable)]
+    pub oldest_pending_at: Option<i64>,
+    /// Deliveries given up in the last 24 hours
+    pub failed_24h: i64,
+}
+
+/// Most accounts listed in the backlog by account.
+pub const BACKLOG_ACCOUNTS: i64 = 20;
+
+/// The accounts with the most pending deliveries (then the most given up in the last
+/// 24 hours), at most [`BACKLOG_ACCOUNTS`]: whose receivers are down.
+pub async fn backlog_by_account(db: &Db) -> Result<Vec<AccountBacklog>, sqlx::Error> {
+    let sql = format!(
+        "SELECT d.account_id AS account, a.name, \
+                SUM(CASE WHEN d.state = 'pending' THEN 1 ELSE 0 END) AS pending, \
+                MIN(CASE WHEN d.state = 'pending' THEN d.created_at END) AS oldest_pending_at, \
+                SUM(CASE WHEN d.state = 'failed' THEN 1 ELSE 0 END) AS failed_24h \
+         FROM webhook_deliveries d JOIN accounts a ON a.id = d.account_id \
+         WHERE d.state = 'pending' OR (d.state = 'failed' AND d.finished_at >= $1) \
+         GROUP BY d.account_id, a.name \
+         ORDER BY pending DESC, failed_24h DESC, a.name LIMIT {BACKLOG_ACCOUNTS}"
+    );
+    Ok(with_read!(db, |p| sqlx::query_as(&sql)
+        .bind(now_ms() - 86_400_000)
+        .fetch_all(p)
+        .await?))
+}
+
 /// Whether the database and the object store answer now (each within
 /// [`PING_TIMEOUT`]), checked at the same time.
 pub async fn reachable(db: &Db, blobs: &Blobs) -> (bool, bool) {

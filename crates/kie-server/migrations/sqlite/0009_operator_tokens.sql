@@ -11,3 +11,8 @@ CREATE TABLE operator_tokens (
     last_used_at INTEGER,
     revoked_at   INTEGER
 );
+
+-- The operator's delivery backlog (console Health page, GET /api/v1/admin/health)
+-- counts deliveries given up in the last 24 hours: by index, not by scanning every
+-- delivery ever made.
+CREATE INDEX webhook_deliveries_failed ON webhook_deliveries(finished_at) WHERE state = 'failed';

@@ -24,7 +24,7 @@ use crate::console::users::{self, UserError};
 use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult, RequestCtx};
 use crate::ledger::{self, LedgerError};
-use crate::operator::{self, AccountRow, Backlog, CreditChangeError, CreditOp};
+use crate::operator::{self, AccountBacklog, AccountRow, Backlog, CreditChangeError, CreditOp};
 use crate::settings::{self, SwitchError};
 use crate::state::AppState;
 
@@ -651,6 +651,8 @@ pub struct AdminHealth {
     pub database: Dependency,
     pub object_store: Dependency,
     pub backlog: Backlog,
+    /// The accounts with the most pending (then failed) deliveries, at most 20
+    pub backlog_by_account: Vec<AccountBacklog>,
     pub rates: RequestRates,
 }
 
@@ -675,8 +677,9 @@ pub struct HealthEnvelope {
     responses((status = 200, description = "Envelope; data = health. Codes: 200, 401 (no operator token), 500", body = HealthEnvelope))
 )]
 pub async fn health(State(state): State<AppState>, _op: OperatorCaller) -> ApiResult<AdminHealth> {
-    let (backlog, (db_ok, store_ok)) = tokio::join!(
+    let (backlog, by_account, (db_ok, store_ok)) = tokio::join!(
         operator::backlog(&state.db),
+        operator::backlog_by_account(&state.db),
         operator::reachable(&state.db, &state.blobs)
     );
     let r = crate::metrics::rates();
@@ -691,6 +694,7 @@ pub async fn health(State(state): State<AppState>, _op: OperatorCaller) -> ApiRe
             reachable: store_ok,
         },
         backlog: backlog?,
+        backlog_by_account: by_account?,
         rates: RequestRates {
             requests_per_sec: r.requests_per_sec(),
             client_errors_per_sec: r.client_errors_per_sec(),

@@ -396,11 +396,12 @@ pub async fn settings(State(state): State<AppState>, Operator(s): Operator) -> P
 /// rates over the last minute from the request counters (sampled every 5 s by this
 /// node; each node counts its own requests).
 pub async fn health(State(state): State<AppState>, Operator(s): Operator) -> PageResult {
-    let (backlog, (db_ok, store_ok)) = tokio::join!(
+    let (backlog, by_account, (db_ok, store_ok)) = tokio::join!(
         operator::backlog(&state.db),
+        operator::backlog_by_account(&state.db),
         operator::reachable(&state.db, &state.blobs)
     );
-    let backlog = backlog?;
+    let (backlog, by_account) = (backlog?, by_account?);
     let r = crate::metrics::rates();
     let yes_no = |b: bool| if b { "reachable" } else { "NOT reachable" };
     let ready = db_ok && store_ok;
@@ -413,6 +414,24 @@ pub async fn health(State(state): State<AppState>, Operator(s): Operator) -> Pag
             dt { "Open tasks" } dd id="health-open-tasks" { (backlog.open_tasks) }
             dt { "Callback backlog" } dd id="health-backlog" {
                 (backlog.pending_deliveries) " pending (" (backlog.accounts_waiting) " accounts), " (backlog.failed_deliveries_24h) " failed in the last 24 h"
+            }
+        }
+        h2 { "Delivery backlog by account" }
+        table.list #backlog-accounts {
+            thead { tr {
+                th scope="col" { "Account" } th scope="col" class="num" { "Pending" }
+                th scope="col" { "Oldest pending since" } th scope="col" class="num" { "Failed in 24 h" }
+            } }
+            tbody {
+                @for b in &by_account {
+                    tr {
+                        td { a href=(format!("/console/admin/accounts/{}", b.account)) { (b.name) } }
+                        td.num { (b.pending) }
+                        td { (opt_time(b.oldest_pending_at)) }
+                        td.num { (b.failed_24h) }
+                    }
+                }
+                @if by_account.is_empty() { tr { td colspan="4" { "No delivery is waiting or failed." } } }
             }
         }
         h2 { "Requests on this node" }

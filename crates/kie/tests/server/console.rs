@@ -959,6 +959,89 @@ fn text_of(body: &str, id: &str) -> String {
     rest[..rest.find('<').unwrap()].to_string()
 }
 
+/// The delivery backlog by account, on the operator's health page and in
+/// `GET /api/v1/admin/health`: the account whose receiver fails is named with its
+/// pending deliveries; the one whose receiver answers is not listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backlog_names_the_accounts_whose_receivers_fail() {
+    // the first attempt at once, the next in an hour: a failed attempt stays pending
+    let s = Server::start(Opts::default().args(&[
+        "--allow-private-targets",
+        "--webhook-retry-schedule",
+        "0s,1h",
+    ]));
+    let down = crate::receiver::receiver(500).await;
+    let up = crate::receiver::receiver(200).await;
+    let mut accounts = Vec::new();
+    for (name, rcv, events) in [("down-co", &down, 2), ("fine-co", &up, 1)] {
+        let (acc, _) = s.account_with_key(name, "5");
+        let mgr = s.admin(&["key", "create", "--account", &acc, "--manage"])["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, _, v) = post_json(
+            &s.url("/api/v1/account/alerts"),
+            Some(&mgr),
+            &json!({"url": format!("{}/alert", rcv.base)}),
+        )
+        .await;
+        assert_eq!(v["code"], 200, "{v}");
+        for _ in 0..events {
+            let (_, _, v) = post_json(
+                &s.url("/api/v1/account/alerts/test"),
+                Some(&mgr),
+                &json!({}),
+            )
+            .await;
+            assert_eq!(v["code"], 200, "{v}");
+        }
+        accounts.push(acc);
+    }
+    down.wait_for(2).await;
+    up.wait_for(1).await;
+    let token = s.admin(&["operator-token", "create"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the receiver has answered; the server records the attempt right after
+    let url = s.url("/api/v1/admin/health");
+    let health = std::sync::Mutex::new(Value::Null);
+    let settled = eventually(Duration::from_secs(10), || async {
+        let h = get_json(&url, Some(&token)).await.2["data"].clone();
+        let done =
+            h["backlog"]["pendingDeliveries"] == 2 && h["backlogByAccount"][0]["pending"] == 2;
+        *health.lock().unwrap() = h;
+        done
+    })
+    .await;
+    let health = health.into_inner().unwrap();
+    assert!(settled.is_some(), "{health}");
+    assert_eq!(health["backlog"]["accountsWaiting"], 1, "{health}");
+    let rows = health["backlogByAccount"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{health}");
+    assert_eq!(rows[0]["account"], accounts[0].as_str());
+    assert_eq!(rows[0]["name"], "down-co");
+    assert_eq!(rows[0]["failed24h"], 0);
+    assert!(rows[0]["oldestPendingAt"].as_i64().unwrap() > 0, "{health}");
+
+    let url = invite(&s, &["--operator", "--email", "ops@example.com"]);
+    let mut op = Visitor::new(&s);
+    op.post(&url, &[("password", PW), ("confirm", PW)]).await;
+    let page = op.get("/console/admin/health").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let table = &page.body[page.body.find("id=\"backlog-accounts\"").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert!(
+        table.contains(&format!(
+            "href=\"/console/admin/accounts/{}\">down-co<",
+            accounts[0]
+        )),
+        "{table}"
+    );
+    assert!(table.contains("<td class=\"num\">2</td>"), "{table}");
+    assert!(!table.contains("fine-co"), "{table}");
+}
+
 /// The operator's health page: readiness, backlog, and request and error rates over
 /// the last minute from the node's request counters.
 #[tokio::test]
