@@ -4,7 +4,6 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{host_key, Config};
-use crate::http::{self, guard};
+use crate::http;
 use crate::settings;
 use crate::state::{open_stores, AppState, StartError};
 
@@ -76,11 +75,6 @@ fn record_bounded_sizes(state: &AppState) {
     if let Some(l) = &state.catalog_limiter {
         record_bounded("catalog_limiter", l.len(), l.max());
     }
-    record_bounded(
-        "file_records",
-        state.files.records.len(),
-        crate::files::RecordCache::MAX,
-    );
     let (known, unknown) = state.files.keys.lens();
     let key_max = crate::files::links::KEY_CACHE_MAX;
     record_bounded("link_keys", known, key_max);
@@ -97,6 +91,11 @@ fn record_bounded_sizes(state: &AppState) {
             "balance_cache",
             pg.balances.len(),
             crate::store::balances::MAX_CACHED,
+        );
+        record_bounded(
+            "file_records",
+            pg.records.len(),
+            crate::store::records::RecordCache::MAX,
         );
     }
     record_bounded(
@@ -149,32 +148,11 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(http::unknown_endpoint)
-        .route_layer(middleware::from_fn(http::route_label_layer))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::db_guard,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::api_guard,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body))
-        .layer(middleware::from_fn_with_state(
-            state.config.request_body_timeout,
-            crate::conn_guard::body_deadline,
-        ));
-    let router = match &state.ip_limiter {
-        Some(l) => router.layer(middleware::from_fn_with_state(
-            l.clone(),
-            crate::ratelimit::ip_limit,
-        )),
-        None => router,
-    };
+        .route_layer(http::pipeline::RouteLabel)
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body));
+    // the one request path: every route, every backend (see `http::pipeline`)
     router
-        .layer(middleware::from_fn_with_state(
-            state.config.clone(),
-            http::envelope_layer,
-        ))
+        .layer(http::pipeline::Pipeline::new(state.clone()))
         .with_state(state)
 }
 
@@ -343,14 +321,7 @@ impl Server {
         };
         // Accepting, header/body timeouts and the connection limit: see conn_guard.
         let graceful = tokio::spawn(graceful);
-        let served = crate::conn_guard::serve(
-            listener,
-            app,
-            Some(state.clone()),
-            limits,
-            shutdown_tx.subscribe(),
-        )
-        .await;
+        let served = crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
         graceful.abort();
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}

@@ -19,9 +19,7 @@
 //! in-flight requests, and waits for them.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +45,6 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    hot: Option<crate::state::AppState>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -97,7 +94,6 @@ pub async fn serve(
         // which Nagle would hold until the client's (delayed) ACK.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        let hot = hot.clone();
         let builder = builder.clone();
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_read_timeout;
@@ -115,20 +111,10 @@ pub async fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                // The hottest routes skip the router (see `http::hot`).
-                let hot = hot
-                    .as_ref()
-                    .and_then(|s| Some((s.clone(), crate::http::hot::route_of(s, &req)?)));
-                let app = app.clone();
-                async move {
-                    if let Some((state, route)) = hot {
-                        return Ok(crate::http::hot::serve(&state, route, req, peer).await);
-                    }
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    use tower::ServiceExt;
-                    // Boxed: keeps this future (moved by hyper on every request) small.
-                    Box::pin(app.oneshot(req.map(Body::new))).await
-                }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                use tower::ServiceExt;
+                // every request takes the router and its one pipeline (`http::pipeline`)
+                app.clone().oneshot(req.map(Body::new))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
@@ -190,13 +176,14 @@ impl hyper::body::Body for DeadlineBody {
     }
 }
 
-/// Middleware: the request body must arrive within `timeout` (see the module docs).
-pub async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+/// The request with a body that must arrive within `timeout` (see the module docs),
+/// and the flag that says the deadline fired (then the answer is 408); `None`: the
+/// request has no body to wait for.
+pub fn with_body_deadline(req: Request, timeout: Duration) -> (Request, Option<Arc<AtomicBool>>) {
     use hyper::body::Body as _;
     if req.body().is_end_stream() {
-        return next.run(req).await;
+        return (req, None);
     }
-    let upload = req.uri().path().starts_with("/api/file-");
     let fired = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
     let body = Body::new(DeadlineBody {
@@ -204,9 +191,5 @@ pub async fn body_deadline(State(timeout): State<Duration>, req: Request, next: 
         sleep: Box::pin(tokio::time::sleep(timeout)),
         fired: fired.clone(),
     });
-    let resp = next.run(Request::from_parts(parts, body)).await;
-    if !fired.load(Ordering::Relaxed) {
-        return resp;
-    }
-    crate::http::body_timed_out(timeout, upload)
+    (Request::from_parts(parts, body), Some(fired))
 }

@@ -26,10 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use crate::http::ApiError;
 
@@ -150,18 +148,6 @@ impl IpLimiter {
         e.upload = path.starts_with("/api/file-");
         Some(e.into_response())
     }
-}
-
-/// Middleware: the per-IP rate limit (see `conn_guard`'s module docs).
-pub async fn ip_limit(State(l): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(refused) = ip.and_then(|ip| l.check(ip, req.uri().path())) {
-        return refused;
-    }
-    next.run(req).await
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 //! store in a temporary directory; set-up goes through the same library calls
 //! `kie admin` makes (accounts, keys, files, settings).
 //!
-//! Requests reach the router directly, so they take the router's path for every route
-//! (`kie serve` answers a few hot routes before the router on SQLite, see
-//! `http::hot`; the HTTP integration tests cover that path). The per-IP limiter reads
-//! the peer address from `ConnectInfo`, which `conn_guard::serve` inserts: every
-//! request here carries one too.
+//! Requests reach the router directly: the one path every request of `kie serve` takes
+//! too (`http::pipeline`, the layer around every route). The per-IP limiter reads the
+//! peer address from `ConnectInfo`, which `conn_guard::serve` inserts: every request
+//! here carries one too.
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub use crate::store::records::SigningKey;
-use crate::store::records::{decode_secret, file_url, ACTIVE_KEY_SQL};
+use crate::store::records::{decode_secret, file_url};
 use crate::store::{now_ms, Db};
 use crate::{with_read, with_tx};
 
@@ -37,16 +37,9 @@ fn new_key_material() -> (String, String) {
 
 /// The newest active key, creating the first one if the ring is empty.
 ///
-/// SQLite: read directly (cached only until the next commit, so a rotation is seen by
-/// the next link issued).
+/// Read through [`Db::active_signing_key`].
 pub async fn active_key(db: &Db) -> Result<SigningKey, sqlx::Error> {
-    if let Some(Some(k)) = db.fast().and_then(|f| f.active_signing_key()) {
-        return Ok(k);
-    }
-    let row: Option<(String, String)> = with_read!(db, |p| {
-        sqlx::query_as(ACTIVE_KEY_SQL).fetch_optional(p).await?
-    });
-    if let Some(k) = row.and_then(|(id, s)| decode_secret(id, &s)) {
+    if let Some(k) = db.active_signing_key().await? {
         return Ok(k);
     }
     // Empty ring (first start): create a key unless a concurrent node just did.

@@ -17,8 +17,8 @@ use futures::Stream;
 use std::time::Duration;
 
 use crate::blobs::{BlobError, Blobs};
-use crate::store::records::GET_BY_ID_SQL;
 pub use crate::store::records::{file_url, FileRecord};
+use crate::store::records::{to_record, FileRow};
 use crate::store::{now_ms, Db};
 use crate::{with_read, with_tx};
 
@@ -30,64 +30,6 @@ pub struct FilesState {
     pub fetch_policy: crate::net_guard::Policy,
     /// The guarded client for URL uploads (no redirects, guarded DNS, no proxy).
     pub fetch_client: reqwest::Client,
-    /// Recently read file records, for serving bytes (see [`RecordCache`]).
-    pub records: RecordCache,
-}
-
-/// File records read while serving bytes, kept for [`RecordCache::TTL`]. Saves a
-/// database round trip per download of a popular file. Staleness is bounded: a record
-/// deleted meanwhile is seen as deleted at most one TTL later (and its bytes, once
-/// removed, answer 404 at once); expiry is checked against the clock on every use.
-/// Bound: [`RecordCache::MAX`] records; only records that exist enter (a made-up id
-/// never does); a full cache first drops expired entries, then everything.
-#[derive(Default)]
-pub struct RecordCache(
-    std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, FileRecord)>>,
-);
-
-impl RecordCache {
-    pub const TTL: Duration = Duration::from_secs(1);
-    pub const MAX: usize = 10_000;
-
-    /// Records cached now.
-    pub fn len(&self) -> usize {
-        self.0.read().expect("record cache").len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub async fn get(&self, db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
-        // SQLite: the direct read is exact (sees every acknowledged commit); this cache
-        // only serves PostgreSQL.
-        if let Some(r) = db.fast().and_then(|f| f.file(id)) {
-            return Ok(r);
-        }
-        if let Some((at, r)) = self.0.read().expect("record cache").get(id) {
-            if at.elapsed() < Self::TTL {
-                return Ok(Some(r.clone()));
-            }
-        }
-        let rec = get(db, id).await?;
-        let mut m = self.0.write().expect("record cache");
-        match &rec {
-            Some(r) => {
-                if m.len() >= Self::MAX {
-                    m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
-                    if m.len() >= Self::MAX {
-                        m.clear();
-                    }
-                }
-                m.insert(id.to_string(), (std::time::Instant::now(), r.clone()));
-            }
-            None => {
-                m.remove(id);
-            }
-        }
-        Ok(rec)
-    }
 }
 
 impl FilesState {
@@ -103,7 +45,6 @@ impl FilesState {
             keys: links::KeyCache::default(),
             fetch_client: crate::net_guard::client(builder, policy.clone())?,
             fetch_policy: policy,
-            records: RecordCache::default(),
         })
     }
 }
@@ -338,51 +279,10 @@ const FILE_COLUMNS: &str =
     "id, account_id, name, content_type, size, sha256, kind, upload_path, task_id, \
                             storage_key, created_at, expires_at, deleted_at";
 
-type FileRow = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-);
-
-fn to_record(r: FileRow) -> FileRecord {
-    FileRecord {
-        id: r.0,
-        account_id: r.1,
-        name: r.2,
-        content_type: r.3,
-        size: r.4,
-        sha256: r.5,
-        kind: r.6,
-        upload_path: r.7,
-        task_id: r.8,
-        storage_key: r.9,
-        created_at: r.10,
-        expires_at: r.11,
-        deleted_at: r.12,
-    }
-}
-
-/// A file record by id (deleted or not: callers decide what a deleted file means).
+/// A file record by id (deleted or not: callers decide what a deleted file means);
+/// see [`Db::file`].
 pub async fn get(db: &Db, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
-    // SQLite: a direct read (sees every acknowledged commit, by anybody)
-    if let Some(r) = db.fast().and_then(|f| f.file(id)) {
-        return Ok(r);
-    }
-    let row: Option<FileRow> = with_read!(db, |p| sqlx::query_as(GET_BY_ID_SQL)
-        .bind(id)
-        .fetch_optional(p)
-        .await?);
-    Ok(row.map(to_record))
+    db.file(id).await
 }
 
 /// Files of a task, in creation order.

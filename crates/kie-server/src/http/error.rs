@@ -1,8 +1,8 @@
 //! Errors as envelopes. Handlers return [`ApiError`]; the envelope layer (see
-//! `http::envelope_layer`) turns its body code into the HTTP status the configured
+//! `http::pipeline`) turns its body code into the HTTP status the configured
 //! `status_mode` asks for, and replaces internal details with a request id.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -137,7 +137,8 @@ pub fn error_body(code: i64, msg: &str, upload: bool) -> Vec<u8> {
 }
 
 pub fn json_response(body: Vec<u8>) -> Response {
-    let mut r = (StatusCode::OK, body).into_response();
+    // one header, set once (a `Vec<u8>` answer would set octet-stream first)
+    let mut r = Response::new(axum::body::Body::from(body));
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -182,18 +183,13 @@ pub struct ApiOk<T>(pub T);
 
 impl<T: Serialize> IntoResponse for ApiOk<T> {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Ok<'a, T> {
-            code: i64,
-            msg: &'static str,
-            data: &'a T,
-        }
-        match serde_json::to_vec(&Ok {
-            code: codes::SUCCESS,
-            msg: "success",
-            data: &self.0,
-        }) {
-            Ok(body) => {
+        // the constant head written as bytes, only `data` through serde
+        const HEAD: &[u8] = br#"{"code":200,"msg":"success","data":"#;
+        let mut body = Vec::with_capacity(HEAD.len() + 64);
+        body.extend_from_slice(HEAD);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => {
+                body.push(b'}');
                 let mut r = json_response(body);
                 r.extensions_mut().insert(BodyCode {
                     code: codes::SUCCESS,

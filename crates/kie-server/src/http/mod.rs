@@ -3,13 +3,12 @@
 
 pub mod error;
 pub mod guard;
-pub mod hot;
 pub mod json;
+pub mod pipeline;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::MatchedPath;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -106,42 +105,7 @@ pub fn http_status(mode: StatusMode, code: i64, too_large: bool) -> StatusCode {
     }
 }
 
-/// Outermost layer: request id, envelope for answers produced outside our handlers
-/// (405 from the router, 413 from body limits), status mode, logs and metrics.
-pub async fn envelope_layer(
-    State(config): State<Arc<Config>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let ctx = Arc::new(RequestCtx {
-        id: request_id_from(req.headers()),
-        ..Default::default()
-    });
-    req.extensions_mut().insert(ctx.clone());
-    let method = req.method().clone();
-    // a cheap clone (shared bytes); logged without its query string below
-    let uri = req.uri().clone();
-    let resp = next.run(req).await;
-    let route = ctx
-        .route
-        .get()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    finish(
-        &config,
-        &ctx,
-        &method,
-        uri.path(),
-        route,
-        resp,
-        None,
-        started,
-    )
-}
-
-/// The way out of every request (the envelope layer, and `hot` for the routes it
-/// serves): envelopes for answers produced outside the handlers, internal details
+/// The way out of every request (`pipeline`): envelopes for answers produced outside the handlers, internal details
 /// replaced by the request id, the status mode, the `x-request-id` header, metrics and
 /// the request log line.
 #[allow(clippy::too_many_arguments)]
@@ -302,17 +266,6 @@ pub fn request_log_level(
     } else {
         tracing::Level::INFO
     }
-}
-
-/// Inner (route) layer: remembers the matched route for logs and metrics.
-pub async fn route_label_layer(req: Request, next: Next) -> Response {
-    if let (Some(ctx), Some(p)) = (
-        req.extensions().get::<Arc<RequestCtx>>(),
-        req.extensions().get::<MatchedPath>(),
-    ) {
-        let _ = ctx.route.set(p.clone());
-    }
-    next.run(req).await
 }
 
 /// Fallback for unknown paths: the envelope with code 404.

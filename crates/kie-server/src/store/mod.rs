@@ -39,6 +39,8 @@ pub struct SqliteDb {
 pub struct PgDb {
     pub pool: PgPool,
     pub balances: std::sync::Arc<balances::Balances>,
+    /// File records read while serving bytes (see [`records::RecordCache`]).
+    pub records: std::sync::Arc<records::RecordCache>,
 }
 
 pub mod balances;
@@ -294,10 +296,69 @@ impl Db {
                 Db::Postgres(PgDb {
                     pool,
                     balances: std::sync::Arc::new(balances::Balances::new(opts.balance_cache_ttl)),
+                    records: Default::default(),
                 })
             }
         };
         Ok(db)
+    }
+
+    /// A file record by id (deleted or not). SQLite: a direct read that sees every
+    /// acknowledged commit, by anybody (see [`fastread`]); PostgreSQL: a query.
+    pub async fn file(&self, id: &str) -> Result<Option<records::FileRecord>, sqlx::Error> {
+        if let Db::Sqlite(s) = self {
+            if let Some(r) = s.fast.file(id) {
+                return Ok(r);
+            }
+        }
+        let row: Option<records::FileRow> =
+            with_read!(self, |p| sqlx::query_as(records::GET_BY_ID_SQL)
+                .bind(id)
+                .fetch_optional(p)
+                .await?);
+        Ok(row.map(records::to_record))
+    }
+
+    /// A file record for serving its bytes: [`Db::file`], except that PostgreSQL may
+    /// answer from this node's cache, at most [`records::RecordCache::TTL`] old (a record
+    /// deleted meanwhile is seen as deleted at most that much later; expiry is checked
+    /// against the clock on every use, and removed bytes answer 404 at once).
+    pub async fn file_to_serve(
+        &self,
+        id: &str,
+    ) -> Result<Option<records::FileRecord>, sqlx::Error> {
+        let Db::Postgres(pg) = self else {
+            return self.file(id).await;
+        };
+        if let Some(r) = pg.records.fresh(id) {
+            return Ok(Some(r));
+        }
+        let rec = self.file(id).await?;
+        pg.records.note(id, rec.as_ref());
+        Ok(rec)
+    }
+
+    /// The newest active link-signing key, `None` while the ring is empty. SQLite: read
+    /// directly, cached only until the next commit (a rotation is seen by the next link
+    /// issued); PostgreSQL: a query.
+    pub async fn active_signing_key(&self) -> Result<Option<records::SigningKey>, sqlx::Error> {
+        if let Db::Sqlite(s) = self {
+            if let Some(k) = s.fast.active_signing_key() {
+                return Ok(k);
+            }
+        }
+        let row: Option<(String, String)> = with_read!(self, |p| {
+            sqlx::query_as(records::ACTIVE_KEY_SQL)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.and_then(|(id, s)| records::decode_secret(id, &s)))
+    }
+
+    /// Whether the database can be unreachable while this process runs (PostgreSQL,
+    /// watched by `health`); an embedded SQLite database cannot.
+    pub fn can_go_down(&self) -> bool {
+        matches!(self, Db::Postgres(_))
     }
 
     pub fn backend(&self) -> &'static str {

@@ -254,8 +254,7 @@ async fn operator_grants_credits_in_a_browser() {
 
     accept_invite(&b, op["url"].as_str().unwrap(), None).await;
     b.find("//h1[normalize-space()='Accounts']").await;
-    b.type_into(&b.field("Search accounts").await, "bob").await;
-    b.click(&b.button("Search").await).await;
+    search_accounts(&b, "bob").await;
     b.screenshot("admin-accounts").await;
     b.click(&b.link("bob").await).await;
     b.type_into(&b.field("Amount").await, "40.5").await;
@@ -292,6 +291,21 @@ async fn operator_grants_credits_in_a_browser() {
 /// other, an operator's grant through one shows on the other, a key created on one is
 /// revoked on the other and refused by both, and signing out on one ends the session
 /// on both. The browser's cookies are per host, not per port, as behind one name.
+/// Searches the operator's account list and waits for the results page: the list
+/// before the search shows the same links, so finding one proves nothing about which
+/// page it is on (clicking it while the next page loads hits a stale element).
+async fn search_accounts(b: &Browser, q: &str) {
+    b.type_into(&b.field("Search accounts").await, q).await;
+    b.click(&b.button("Search").await).await;
+    let want = format!("q={q}");
+    b.wait_for(
+        Duration::from_secs(10),
+        "the search results page",
+        || async { b.current_url().await.contains(&want) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn two_nodes_share_sessions_keys_and_balances_in_a_browser() {
     let tmp = std::sync::Arc::new(TempDir::new());
@@ -322,8 +336,7 @@ async fn two_nodes_share_sessions_keys_and_balances_in_a_browser() {
     accept_invite(&b, op["url"].as_str().unwrap(), None).await;
     b.find("//h1[normalize-space()='Accounts']").await;
     b.goto(&n2.url("/console/admin/")).await;
-    b.type_into(&b.field("Search accounts").await, "cy").await;
-    b.click(&b.button("Search").await).await;
+    search_accounts(&b, "cy").await;
     b.click(&b.link("cy").await).await;
     b.type_into(&b.field("Amount").await, "3").await;
     b.type_into(&b.field("Reason").await, "two nodes").await;

@@ -282,6 +282,15 @@ impl Browser {
         .await
     }
 
+    /// The address of the page now shown.
+    pub async fn current_url(&self) -> String {
+        self.cmd("GET", "/url", json!({}))
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
     /// Whether a JavaScript dialog (an `alert(…)`) is open.
     pub async fn alert_open(&self) -> bool {
         let v = self.raw("GET", "/alert/text", json!({})).await;

@@ -137,6 +137,8 @@ async fn credits_link_wrong_key_and_unreachable_server() {
         (0, "12.5\n", "")
     );
     s.admin(&["credits", "deduct", "--account", &acc, "--amount", "0.02"]);
+    // PostgreSQL: another process's change reaches the node within its stated bound
+    wait_for_credit(&s, &key, &json!(12.48)).await;
     let o = kie(&s, Some(&key), &["credits", "--json"]);
     assert_eq!(
         (o.code, o.stdout.as_str(), o.stderr.as_str()),
