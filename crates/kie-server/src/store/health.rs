@@ -7,7 +7,7 @@
 //! runs `SELECT 1` every 250 ms on its own connection, and the database is *down* when
 //! that connection breaks and cannot be re-opened, or when it does not answer within
 //! 1 s (a stalled host or a network partition). While down, requests fail at once
-//! and requests already waiting are answered (see `app::db_guard`); the first
+//! and requests already waiting are answered (see `http::guard::db_watch`); the first
 //! successful probe brings the service back.
 //!
 //! SQLite is in-process: it is never down in this sense.
