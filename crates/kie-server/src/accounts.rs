@@ -53,6 +53,17 @@ pub async fn create(
     name: &str,
     credits: Option<Credits>,
 ) -> Result<Account, AccountError> {
+    create_with_email(db, name, None, credits).await
+}
+
+/// [`create`] with the account holder's contact address (already normalised, see
+/// `console::users::normalize_email`), written in the same insert as the account.
+pub async fn create_with_email(
+    db: &Db,
+    name: &str,
+    email: Option<&str>,
+    credits: Option<Credits>,
+) -> Result<Account, AccountError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(AccountError::Invalid(
@@ -61,9 +72,10 @@ pub async fn create(
     }
     let id = new_id("acc");
     let insert = with_tx!(db, |tx| {
-        sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO accounts (id, name, email, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&id)
             .bind(name)
+            .bind(email)
             .bind(now_ms())
             .execute(&mut *tx)
             .await

@@ -520,12 +520,7 @@ async fn execute(db: &Db, cmd: AdminCommand) -> Result<Out, Failure> {
                 Some(e) => Some(users::normalize_email(e).map_err(|e| Failure(e.to_string()))?),
                 None => None,
             };
-            let a = accounts::create(db, &name, c).await?;
-            if let Some(e) = &email {
-                users::set_account_email(db, &a.id, e)
-                    .await
-                    .map_err(|e| Failure(e.to_string()))?;
-            }
+            let a = accounts::create_with_email(db, &name, email.as_deref(), c).await?;
             let text = format!(
                 "created account {} ({}) with {} credits",
                 a.name, a.id, a.balance
@@ -968,32 +963,24 @@ async fn console_invite(
     email: Option<String>,
     public_url: Option<String>,
 ) -> Result<Out, Failure> {
-    let fail = |e: users::UserError| Failure(e.to_string());
-    let (email, account_id) = if operator {
-        (email.unwrap_or_default(), None)
-    } else {
-        let acc = accounts::get(db, account.as_deref().unwrap_or_default()).await?;
-        let email = match email {
-            Some(e) => e,
-            None => users::account_email(db, &acc.id).await?.ok_or_else(|| {
-                Failure(format!(
-                    "account {} has no email address: pass --email",
-                    acc.name
-                ))
-            })?,
-        };
-        (email, Some(acc.id))
+    // an operator has no account (clap requires --email with --operator)
+    let account = if operator { None } else { account };
+    let inv = match users::invite(db, email.as_deref(), account.as_deref()).await {
+        Err(users::UserError::NoEmail) => {
+            return Err(Failure(format!(
+                "account {} has no email address: pass --email",
+                account.unwrap_or_default()
+            )))
+        }
+        r => r.map_err(|e| Failure(e.to_string()))?,
     };
-    let inv = users::invite(db, &email, account_id.as_deref())
-        .await
-        .map_err(fail)?;
     let fallback = match public_url {
         Some(u) => url::Url::parse(&u).map_err(|e| Failure(format!("--public-url {u}: {e}")))?,
         None => url::Url::parse("http://127.0.0.1:8080").expect("static URL"),
     };
     let base = kie_server::admin::public_url(db, &fallback).await;
     let url = kie_server::console::admin::invite_url(&base, &inv.token);
-    let expires = iso(inv.expires_at);
+    let expires = inv.expires_rfc3339();
     let text = format!(
         "invite for {} ({}), valid until {expires}, usable once:\n{url}",
         inv.user.email,

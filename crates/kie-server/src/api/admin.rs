@@ -220,7 +220,7 @@ pub async fn create_account(
     op: OperatorCaller,
     ApiJson(req): ApiJson<CreateAccountRequest>,
 ) -> ApiResult<AdminAccount> {
-    // everything is checked before anything is written
+    // everything is checked before anything is written, and written in one insert
     let email = match req.email.as_deref().map(str::trim) {
         Some(e) if !e.is_empty() => Some(users::normalize_email(e).map_err(user_error)?),
         _ => None,
@@ -230,14 +230,9 @@ pub async fn create_account(
             "Invalid field 'credits': must not be negative",
         ));
     }
-    let a = accounts::create(&state.db, &req.name, req.credits)
+    let a = accounts::create_with_email(&state.db, &req.name, email.as_deref(), req.credits)
         .await
         .map_err(account_error)?;
-    if let Some(e) = &email {
-        users::set_account_email(&state.db, &a.id, e)
-            .await
-            .map_err(user_error)?;
-    }
     tracing::info!(operator_token = %op.token_id, account = %a.id, "admin api: account created");
     Ok(ApiOk(admin_account(&state, &a.id).await?))
 }
@@ -422,52 +417,36 @@ pub async fn create_invite(
         .as_deref()
         .map(str::trim)
         .filter(|e| !e.is_empty());
-    let (email, account) = match (req.operator, req.account.as_deref()) {
+    let account = match (req.operator, req.account.as_deref()) {
         (true, Some(_)) => {
             return Err(ApiError::validation(
                 "Invalid request body: give either 'account' or 'operator': true",
             ))
         }
-        (true, None) => (
-            email
-                .ok_or_else(|| {
-                    ApiError::validation("Invalid field 'email': required for an operator")
-                })?
-                .to_string(),
-            None,
-        ),
         (false, None) => {
             return Err(ApiError::validation(
                 "Invalid request body: 'account' or 'operator': true is required",
             ))
         }
-        (false, Some(a)) => {
-            let acc = accounts::find(&state.db, a)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Account not found"))?;
-            let email = match email {
-                Some(e) => e.to_string(),
-                None => users::account_email(&state.db, &acc.id)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::validation(
-                            "Invalid field 'email': the account has no email address, give one",
-                        )
-                    })?,
-            };
-            (email, Some(acc.id))
-        }
+        (_, account) => account,
     };
-    let inv = users::invite(&state.db, &email, account.as_deref())
-        .await
-        .map_err(user_error)?;
+    let inv = match users::invite(&state.db, email, account).await {
+        Err(UserError::NoEmail) if req.operator => {
+            return Err(ApiError::validation(
+                "Invalid field 'email': required for an operator",
+            ))
+        }
+        Err(UserError::NoEmail) => {
+            return Err(ApiError::validation(
+                "Invalid field 'email': the account has no email address, give one",
+            ))
+        }
+        r => r.map_err(user_error)?,
+    };
     tracing::info!(operator_token = %op.token_id, user = %inv.user.id, "admin api: invite created");
     Ok(ApiOk(InviteCreated {
         url: crate::console::admin::invite_url(&state.config.public_url, &inv.token),
-        expires_at: humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(inv.expires_at as u64),
-        )
-        .to_string(),
+        expires_at: inv.expires_rfc3339(),
         email: inv.user.email,
         role: inv.user.role.as_str().to_string(),
     }))

@@ -297,7 +297,7 @@ pub async fn invite(
     if let Some(r) = csrf_refusal(&s, &f.csrf) {
         return Ok(r);
     }
-    let flash = match users::invite(&state.db, &f.email, Some(&id)).await {
+    let flash = match users::invite(&state.db, Some(&f.email), Some(&id)).await {
         Ok(inv) => {
             tracing::info!(operator = %s.user.id, user = %inv.user.id, "console: invite created");
             let url = invite_url(&state.config.public_url, &inv.token);

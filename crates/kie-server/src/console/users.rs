@@ -39,6 +39,10 @@ pub enum UserError {
     UnknownAccount(String),
     #[error("'{0}' already belongs to another console user")]
     EmailTaken(String),
+    /// No address given, and none to default to (an operator, or an account without
+    /// a contact address).
+    #[error("an email address is needed")]
+    NoEmail,
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -184,6 +188,17 @@ pub struct Invite {
     pub user: User,
 }
 
+impl Invite {
+    /// When the invite expires, as RFC 3339 (what `kie admin console invite --json` and
+    /// the operator API print).
+    pub fn expires_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.expires_at.max(0) as u64),
+        )
+        .to_string()
+    }
+}
+
 impl std::fmt::Debug for Invite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // never the token itself
@@ -197,8 +212,13 @@ impl std::fmt::Debug for Invite {
 /// Invites a person: creates the console user for `email` if needed (an account holder
 /// of `account`, or an operator when `account` is `None`) and a one-time token valid
 /// [`INVITE_TTL`]. Inviting an existing user again lets them set a new password.
-pub async fn invite(db: &Db, email: &str, account: Option<&str>) -> Result<Invite, UserError> {
-    let email = normalize_email(email)?;
+/// Without `email`, an account holder's invite goes to the account's contact address
+/// ([`UserError::NoEmail`] when it has none, and always for an operator).
+pub async fn invite(
+    db: &Db,
+    email: Option<&str>,
+    account: Option<&str>,
+) -> Result<Invite, UserError> {
     let (role, account_id) = match account {
         Some(a) => {
             let acc = crate::accounts::find(db, a)
@@ -207,6 +227,11 @@ pub async fn invite(db: &Db, email: &str, account: Option<&str>) -> Result<Invit
             (Role::Account, Some(acc.id))
         }
         None => (Role::Operator, None),
+    };
+    let email = match (email, &account_id) {
+        (Some(e), _) => normalize_email(e)?,
+        (None, Some(id)) => account_email(db, id).await?.ok_or(UserError::NoEmail)?,
+        (None, None) => return Err(UserError::NoEmail),
     };
     let existing = user_by_email(db, &email).await?;
     let user = match existing {
@@ -489,19 +514,6 @@ pub async fn end_session(db: &Db, token_digest: &str) -> Result<(), sqlx::Error>
     with_tx!(db, |tx| {
         sqlx::query("DELETE FROM console_sessions WHERE token_digest = $1")
             .bind(token_digest)
-            .execute(&mut *tx)
-            .await?;
-    });
-    Ok(())
-}
-
-/// Sets an account's contact address (`kie admin account create --email`).
-pub async fn set_account_email(db: &Db, account_id: &str, email: &str) -> Result<(), UserError> {
-    let email = normalize_email(email)?;
-    with_tx!(db, |tx| {
-        sqlx::query("UPDATE accounts SET email = $1 WHERE id = $2")
-            .bind(&email)
-            .bind(account_id)
             .execute(&mut *tx)
             .await?;
     });
