@@ -93,7 +93,7 @@ pub async fn create_with_email(
             &id,
             c,
             Some("initial credits"),
-            &format!("initial:{id}"),
+            &ledger::initial_grant_key(&id),
         )
         .await?;
     }

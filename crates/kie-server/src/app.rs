@@ -87,15 +87,12 @@ fn record_bounded_sizes(state: &AppState) {
         record_bounded("signing_key_cache", signing, max);
     }
     if let crate::store::Db::Postgres(pg) = &state.db {
+        record_bounded("balance_cache", pg.balances.len(), pg.balances.max());
+        record_bounded("file_records", pg.records.len(), pg.records.max());
         record_bounded(
-            "balance_cache",
-            pg.balances.len(),
-            crate::store::balances::MAX_CACHED,
-        );
-        record_bounded(
-            "file_records",
-            pg.records.len(),
-            crate::store::records::RecordCache::MAX,
+            "signing_key_cache",
+            pg.active_key.len(),
+            pg.active_key.max(),
         );
     }
     record_bounded(

@@ -280,8 +280,9 @@ pub struct Config {
     pub allowed_private_targets: Vec<std::net::IpAddr>,
     pub task_rate: u32,
     pub task_rate_window: Duration,
-    /// PostgreSQL: how old a node's cached balance may be when a credit read uses it
-    /// (`store::balances`; 0 = no cache). TOML `balance_cache_ttl`, default 100ms.
+    /// PostgreSQL: how old a node's cached balance, file record or signing key may be
+    /// when a hot read uses it (`store::nodecache`; 0 = no cache). TOML
+    /// `balance_cache_ttl`, default 100ms.
     pub balance_cache_ttl: Duration,
     pub task_timeout: Duration,
     /// Per-attempt timeout of a webhook callback (SPEC §6: 15 s).

@@ -22,15 +22,14 @@
 //!   back `amount - charged` (all of a void; nothing of a full post) to the buckets the
 //!   hold was placed in, if they are still current. So `used_total` = Σ pending holds'
 //!   amounts + Σ posted holds' charges + Σ deducts made through the key. The conditional
-//!   UPDATE ([`KEY_USE`]) refuses a positive amount that would take any counter above its
-//!   cap, and the caller then rolls the whole transaction back (code 433, nothing
-//!   written). Every hold implementation enforces it: the PostgreSQL hold through a key
-//!   always takes the transaction path (`hold_in`: one statement, `PG_HOLD_KEYED`,
-//!   updates the account, then the key, then writes the entry and the hold only if
-//!   the key's update matched, and the transaction is rolled back when it did not;
-//!   the autocommit CTE is only for holds without a key), the SQLite sqlx path
-//!   (`hold_in`) and the group commit's direct path (`sqlite_hold`, rusqlite) run the
-//!   same [`KEY_USE`] inside the hold's transaction or savepoint. Lock order on
+//!   UPDATE ([`KEY_USE`]; the rule itself is written once, in `key_use_set!` and
+//!   `key_use_fits!`, and the give-back in `key_give_back_set!`) refuses a positive
+//!   amount that would take any counter above its cap, and the caller then rolls the
+//!   whole transaction back (code 433, nothing written). The PostgreSQL hold through a
+//!   key (`pg_hold`: one statement that updates the account, then the key, then writes
+//!   the entry and the hold only if the key's update matched) therefore always runs in
+//!   a transaction, rolled back when the key refused; the SQLite hold (`sqlite_hold`)
+//!   runs [`KEY_USE`] inside the hold's savepoint or transaction. Lock order on
 //!   PostgreSQL is always accounts → api_keys (holds, deducts and resolutions alike).
 //!   Under clock skew between nodes a hold stamped with an older bucket counts in the
 //!   stored (newer) one, and its refund then finds its own bucket gone and is not
@@ -38,7 +37,7 @@
 //!   let usage exceed it.
 //!
 //! * Low-balance alerts (issue 16): every ledger operation, on every path (the sqlx
-//!   `apply_in_tx!`, `hold_in`, the PostgreSQL hold CTE, the SQLite group commit's
+//!   `apply_in_tx!`, the PostgreSQL hold and resolution statements, the SQLite
 //!   rusqlite statements, any node), changes money with an `UPDATE accounts SET balance
 //!   …, held …`. That UPDATE is the common place, so the check lives there, as the
 //!   `accounts_balance_alert` trigger (migration 0007; `BEFORE UPDATE OF balance, held`
@@ -53,6 +52,18 @@
 //!   once per crossing, commits or rolls back with the change, and two nodes can never
 //!   both see the same crossing. Setting thresholds (`alerts::set`) sets `alert_state`
 //!   to the current level without an event.
+//!
+//! * Money once per backend (issue 14 item 3): a hold and a resolution have one
+//!   PostgreSQL implementation (`pg_hold`, `pg_resolve`: one statement each) and one
+//!   SQLite implementation (`sqlite_hold`, `sqlite_resolve`: rusqlite statements on the
+//!   write connection, run by the group committer or, inside a sqlx transaction, on
+//!   its borrowed handle through `store::sqlite_raw::with_raw`); grants, deducts and
+//!   adjustments one implementation for both (`apply_in_tx!`). The paths in
+//!   [`hold_via`] and [`resolve_with`] differ only in how the transaction around that
+//!   one implementation is run. Idempotency keys are built here only
+//!   (`hold_entry_key`, [`user_key`], [`initial_grant_key`],
+//!   [`charge_download_link`]), and the charge clamp is computed in one place, the
+//!   SQL of `resolve_hold_sql!` that both backends run.
 //!
 //! Entry kinds: `grant` (+), `deduct` (−), `adjust` (±) change the posted balance;
 //! `hold` reserves credits (held +X, balance unchanged); `post` charges a hold (balance
@@ -91,7 +102,7 @@ pub enum LedgerError {
 
 impl From<rusqlite::Error> for LedgerError {
     fn from(e: rusqlite::Error) -> Self {
-        LedgerError::Db(crate::store::group::db_error(e))
+        LedgerError::Db(crate::store::sqlite_raw::db_error(e))
     }
 }
 
@@ -332,33 +343,156 @@ pub fn buckets(now_ms: i64) -> (i64, i64) {
     (now_ms.div_euclid(HOUR_MS), now_ms.div_euclid(DAY_MS))
 }
 
+/// The cap rule, written once for every statement that counts usage against a key:
+/// adds `$amt` (hundredths, >= 0) in hour bucket `$hour` and day bucket `$day`. A bucket
+/// older than the stored one counts as the stored one (a node whose clock lags never
+/// resets a newer bucket). `CASE` in place of `MAX`/`GREATEST`: the same text runs on
+/// both backends.
+macro_rules! key_use_set {
+    ($amt:literal, $hour:literal, $day:literal) => {
+        concat!(
+            "used_total = used_total + ",
+            $amt,
+            ", ",
+            "hour_used = (CASE WHEN hour_bucket >= ",
+            $hour,
+            " THEN hour_used ELSE 0 END) + ",
+            $amt,
+            ", ",
+            "hour_bucket = CASE WHEN hour_bucket >= ",
+            $hour,
+            " THEN hour_bucket ELSE ",
+            $hour,
+            " END, ",
+            "day_used = (CASE WHEN day_bucket >= ",
+            $day,
+            " THEN day_used ELSE 0 END) + ",
+            $amt,
+            ", ",
+            "day_bucket = CASE WHEN day_bucket >= ",
+            $day,
+            " THEN day_bucket ELSE ",
+            $day,
+            " END"
+        )
+    };
+}
+
+/// … and the condition under which it applies: a positive amount must keep the total,
+/// the current hour's and the current day's usage within their caps.
+macro_rules! key_use_fits {
+    ($amt:literal, $hour:literal, $day:literal) => {
+        concat!(
+            "(",
+            $amt,
+            " = 0 OR ((cap_total IS NULL OR used_total + ",
+            $amt,
+            " <= cap_total) ",
+            "AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= ",
+            $hour,
+            " THEN hour_used ELSE 0 END) + ",
+            $amt,
+            " <= cap_hourly) ",
+            "AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= ",
+            $day,
+            " THEN day_used ELSE 0 END) + ",
+            $amt,
+            " <= cap_daily)))"
+        )
+    };
+}
+
+/// The give-back rule, written once: `$back` returns to the key's total, and to its
+/// hour and day usage when the hold was placed in the buckets still current (`$hour`,
+/// `$day`); never below zero.
+macro_rules! key_give_back_set {
+    ($back:literal, $hour:literal, $day:literal) => {
+        concat!(
+            "used_total = CASE WHEN used_total >= ",
+            $back,
+            " THEN used_total - ",
+            $back,
+            " ELSE 0 END, ",
+            "hour_used = CASE WHEN hour_bucket <> ",
+            $hour,
+            " THEN hour_used WHEN hour_used >= ",
+            $back,
+            " THEN hour_used - ",
+            $back,
+            " ELSE 0 END, ",
+            "day_used = CASE WHEN day_bucket <> ",
+            $day,
+            " THEN day_used WHEN day_used >= ",
+            $back,
+            " THEN day_used - ",
+            $back,
+            " ELSE 0 END"
+        )
+    };
+}
+
+/// A hold's resolution, written once for both backends: moves a pending hold to `$1`
+/// and charges `$2` clamped to the hold (never less than 0, never more than was
+/// reserved) — the only place the charge clamp is computed. Matches only a pending
+/// hold, so a hold resolves exactly once.
+macro_rules! resolve_hold_sql {
+    () => {
+        "UPDATE holds SET state = $1, \
+         charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
+         resolved_at = $3 WHERE id = $4 AND state = 'pending' \
+         RETURNING account_id, amount, charged, key_id, created_at"
+    };
+}
+
 /// Counts `$1` (hundredths, >= 0) against key `$4` in hour bucket `$2` and day bucket
 /// `$3`; matches no row (nothing changes) when a positive amount would take the total,
-/// the current hour's or the current day's usage above its cap. A bucket older than the
-/// stored one counts as the stored one (a node whose clock lags never resets a newer
-/// bucket). Written for both backends and both SQLite drivers (placeholders in
-/// ascending order of first use; `CASE` in place of `MAX`/`GREATEST`).
-pub const KEY_USE: &str = "UPDATE api_keys SET \
-       used_total = used_total + $1, \
-       hour_used = (CASE WHEN hour_bucket >= $2 THEN hour_used ELSE 0 END) + $1, \
-       hour_bucket = CASE WHEN hour_bucket >= $2 THEN hour_bucket ELSE $2 END, \
-       day_used = (CASE WHEN day_bucket >= $3 THEN day_used ELSE 0 END) + $1, \
-       day_bucket = CASE WHEN day_bucket >= $3 THEN day_bucket ELSE $3 END \
-     WHERE id = $4 AND ($1 = 0 OR ( \
-       (cap_total IS NULL OR used_total + $1 <= cap_total) \
-       AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= $2 THEN hour_used ELSE 0 END) + $1 <= cap_hourly) \
-       AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= $3 THEN day_used ELSE 0 END) + $1 <= cap_daily))) \
-     RETURNING id";
+/// the current hour's or the current day's usage above its cap. Placeholders in
+/// ascending order of first use, so the same text runs on PostgreSQL, sqlx-SQLite and
+/// rusqlite.
+pub const KEY_USE: &str = concat!(
+    "UPDATE api_keys SET ",
+    key_use_set!("$1", "$2", "$3"),
+    " WHERE id = $4 AND ",
+    key_use_fits!("$1", "$2", "$3"),
+    " RETURNING id"
+);
 
-/// Gives `$1` back to key `$4`: to its total, and to its hour and day usage when the
-/// hold was placed in the buckets still current (`$2`, `$3`); never below zero.
-const KEY_GIVE_BACK: &str = "UPDATE api_keys SET \
-       used_total = CASE WHEN used_total >= $1 THEN used_total - $1 ELSE 0 END, \
-       hour_used = CASE WHEN hour_bucket <> $2 THEN hour_used \
-         WHEN hour_used >= $1 THEN hour_used - $1 ELSE 0 END, \
-       day_used = CASE WHEN day_bucket <> $3 THEN day_used \
-         WHEN day_used >= $1 THEN day_used - $1 ELSE 0 END \
-     WHERE id = $4";
+/// SQLite: gives `$1` back to key `$3`, for a hold created at `$2` (epoch ms).
+const SQLITE_KEY_GIVE_BACK: &str = concat!(
+    "UPDATE api_keys SET ",
+    key_give_back_set!("$1", "($2 / 3600000)", "($2 / 86400000)"),
+    " WHERE id = $3"
+);
+
+/// The idempotency key of a hold's entry (`hold:` + id) or of its resolution's
+/// (`post:`/`void:` + id): derived from the fresh hold id, one per kind, so it needs no
+/// lookup (the unique index still guards it). The only place such keys are built.
+fn hold_entry_key(kind: Kind, hold_id: &str) -> String {
+    format!("{}:{hold_id}", kind.as_str())
+}
+
+/// The idempotency key of an account's initial grant (one per account).
+pub fn initial_grant_key(account_id: &str) -> String {
+    format!("initial:{account_id}")
+}
+
+/// Charges a download link's `price` (`pricing.download_url`) to the account, through
+/// `key_id` when given (counted against the key's caps). Every link request is its own
+/// charge: a fresh idempotency key each time. A zero price charges nothing.
+pub async fn charge_download_link(
+    db: &Db,
+    account_id: &str,
+    key_id: Option<&str>,
+    price: Credits,
+) -> Result<Option<Applied>, LedgerError> {
+    if price.0 <= 0 {
+        return Ok(None);
+    }
+    let key = format!("download-url:{}", new_id("op"));
+    deduct_via(db, account_id, key_id, price, Some("download link"), &key)
+        .await
+        .map(Some)
+}
 
 /// A signed correction; refused when it would take the available balance below zero.
 pub async fn adjust(
@@ -411,6 +545,8 @@ pub struct TxCtx<'a> {
 /// an error rolls everything back.
 #[async_trait::async_trait]
 pub trait InSameTx: Sync {
+    /// The writes, in the ledger change's transaction: on PostgreSQL always, on SQLite
+    /// when [`InSameTx::sqlite_direct`] gives no synchronous statements.
     async fn run(&self, conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError>;
 
     /// True when there is nothing to write (lets PostgreSQL run a hold or resolution
@@ -419,17 +555,18 @@ pub trait InSameTx: Sync {
         false
     }
 
-    /// The same writes as [`InSameTx::run`] as synchronous SQLite statements, for the
-    /// group commit's direct path ([`crate::store::group::Group::run`]: the hold and
-    /// these statements run in one go with other writers, in one savepoint). `None`
-    /// (the default): the hold takes the statement-by-statement path.
+    /// For a hold on SQLite: the same writes as synchronous statements, run right
+    /// after the hold's own on the write connection, in the hold's savepoint or
+    /// transaction (with group commit, in one go with other writers). When given they
+    /// replace [`InSameTx::run`] on SQLite. `None` (the default): `run` is used.
     fn sqlite_direct(&self) -> Option<SqliteDirect> {
         None
     }
 }
 
 /// Writes that go with a hold, run on the SQLite write connection inside the hold's
-/// savepoint (see [`InSameTx::sqlite_direct`]). An error undoes the hold too.
+/// savepoint or transaction (see [`InSameTx::sqlite_direct`]). An error undoes the
+/// hold too.
 pub type SqliteDirect =
     Box<dyn FnOnce(&rusqlite::Connection, &TxCtx<'_>) -> Result<(), LedgerError> + Send>;
 
@@ -459,191 +596,10 @@ pub async fn hold(
 }
 
 /// A new hold's rows.
-struct NewHold<'a> {
-    hold_id: &'a str,
-    account_id: &'a str,
-    key_id: Option<&'a str>,
-    amount: i64,
-    reason: Option<&'a str>,
-    now: i64,
-}
-
-/// PostgreSQL: the hold's three writes (account, entry, hold row) as one statement —
-/// one round trip, and in autocommit mode one transaction.
-const PG_HOLD: &str = "WITH a AS ( \
-       UPDATE accounts SET held = held + $1 \
-       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
-       RETURNING balance, held), \
-     e AS ( \
-       INSERT INTO ledger_entries \
-       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a), \
-     h AS ( \
-       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
-       SELECT $4, $2, $1, 'pending', $7, $8 FROM a) \
-     SELECT balance, held FROM a";
-
-/// PostgreSQL, a hold through a key: the same writes plus [`KEY_USE`] as one statement
-/// (one round trip under the account's row lock). `k` joins `a`, so the key row is
-/// locked after the account row. When the cap refuses, `k` is empty, the entry and the
-/// hold row are not written, and the last column is 0: the caller must then roll the
-/// transaction back (the account update did happen). Only run inside a transaction.
-const PG_HOLD_KEYED: &str = "WITH a AS ( \
-       UPDATE accounts SET held = held + $1 \
-       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
-       RETURNING balance, held), \
-     k AS ( \
-       UPDATE api_keys SET \
-         used_total = used_total + $1, \
-         hour_used = (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1, \
-         hour_bucket = CASE WHEN hour_bucket >= $9 THEN hour_bucket ELSE $9 END, \
-         day_used = (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1, \
-         day_bucket = CASE WHEN day_bucket >= $10 THEN day_bucket ELSE $10 END \
-       FROM a WHERE api_keys.id = $8 AND ($1 = 0 OR ( \
-         (cap_total IS NULL OR used_total + $1 <= cap_total) \
-         AND (cap_hourly IS NULL OR (CASE WHEN hour_bucket >= $9 THEN hour_used ELSE 0 END) + $1 <= cap_hourly) \
-         AND (cap_daily IS NULL OR (CASE WHEN day_bucket >= $10 THEN day_used ELSE 0 END) + $1 <= cap_daily))) \
-       RETURNING api_keys.id), \
-     e AS ( \
-       INSERT INTO ledger_entries \
-       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM a, k), \
-     h AS ( \
-       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
-       SELECT $4, $2, $1, 'pending', $7, $8 FROM a, k) \
-     SELECT balance, held, (SELECT COUNT(*) FROM k) FROM a";
-
-macro_rules! pg_hold_query {
-    ($h:expr, $entry_id:expr, $idem:expr) => {
-        pg_hold_query!(PG_HOLD, (i64, i64), $h, $entry_id, $idem)
-    };
-    ($sql:expr, $row:ty, $h:expr, $entry_id:expr, $idem:expr) => {
-        sqlx::query_as::<_, $row>($sql)
-            .bind($h.amount)
-            .bind($h.account_id)
-            .bind($entry_id)
-            .bind($h.hold_id)
-            .bind($h.reason)
-            .bind($idem)
-            .bind($h.now)
-            .bind($h.key_id)
-    };
-}
-
-/// Why a conditional account update matched nothing.
-async fn refusal(db: &Db, account_id: &str) -> LedgerError {
-    let exists: Result<Option<i64>, sqlx::Error> = crate::with_read!(db, |p| {
-        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_optional(p)
-            .await
-    });
-    match exists {
-        Ok(Some(_)) => LedgerError::InsufficientCredits,
-        Ok(None) => LedgerError::UnknownAccount,
-        Err(e) => LedgerError::Db(e),
-    }
-}
-
-/// Writes a hold inside an open transaction. `None`: the account is unknown or its
-/// available balance is too small (nothing was written). The hold's idempotency key
-/// derives from its fresh id, so it cannot have been used: no lookup, the unique index
-/// still guards it.
-/// A hold's statements on SQLite, shared by the sqlx path and the group commit's
-/// direct path: take the amount if the balance allows (no row: refused) …
-const SQLITE_HOLD_UPDATE: &str = "UPDATE accounts SET held = held + ?1 \
-     WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
-     RETURNING balance, held";
-/// … and record the pending hold.
-const SQLITE_HOLD_INSERT: &str =
-    "INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
-     VALUES (?1, ?2, ?3, 'pending', ?4, ?5)";
-
-async fn hold_in(conn: TxConn<'_>, h: &NewHold<'_>) -> Result<Option<Applied>, LedgerError> {
-    let entry_id = new_id("ent");
-    let idem = format!("hold:{}", h.hold_id);
-    let (hour, day) = buckets(h.now);
-    let row = match conn {
-        TxConn::Postgres(c) => {
-            match h.key_id {
-                None => {
-                    pg_hold_query!(h, &entry_id, &idem)
-                        .fetch_optional(&mut *c)
-                        .await?
-                }
-                Some(_) => {
-                    let row = pg_hold_query!(PG_HOLD_KEYED, (i64, i64, i64), h, &entry_id, &idem)
-                        .bind(hour)
-                        .bind(day)
-                        .fetch_optional(&mut *c)
-                        .await?;
-                    match row {
-                        // The cap refused after the account was updated: returning
-                        // drops the caller's transaction, so nothing is kept.
-                        Some((_, _, 0)) => return Err(LedgerError::CapExceeded),
-                        r => r.map(|(balance, held, _)| (balance, held)),
-                    }
-                }
-            }
-        }
-        TxConn::Sqlite(c) => {
-            let row: Option<(i64, i64)> = sqlx::query_as(SQLITE_HOLD_UPDATE)
-                .bind(h.amount)
-                .bind(h.account_id)
-                .fetch_optional(&mut *c)
-                .await?;
-            if row.is_some() {
-                sqlx::query(
-                    "INSERT INTO ledger_entries \
-                     (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-                     VALUES ($1, $2, 'hold', 0, $3, $4, $5, $6, $7)",
-                )
-                .bind(&entry_id)
-                .bind(h.account_id)
-                .bind(h.amount)
-                .bind(h.hold_id)
-                .bind(h.reason)
-                .bind(&idem)
-                .bind(h.now)
-                .execute(&mut *c)
-                .await?;
-                sqlx::query(SQLITE_HOLD_INSERT)
-                    .bind(h.hold_id)
-                    .bind(h.account_id)
-                    .bind(h.amount)
-                    .bind(h.now)
-                    .bind(h.key_id)
-                    .execute(&mut *c)
-                    .await?;
-                if let Some(key_id) = h.key_id {
-                    let used: Option<String> = sqlx::query_scalar(KEY_USE)
-                        .bind(h.amount)
-                        .bind(hour)
-                        .bind(day)
-                        .bind(key_id)
-                        .fetch_optional(&mut *c)
-                        .await?;
-                    if used.is_none() {
-                        // The caller's transaction (or savepoint) is dropped: nothing
-                        // is kept.
-                        return Err(LedgerError::CapExceeded);
-                    }
-                }
-            }
-            row
-        }
-    };
-    Ok(row.map(|(balance, held)| Applied {
-        entry_id,
-        balance: Credits(balance),
-        held: Credits(held),
-        replayed: false,
-    }))
-}
-
-/// A new hold's rows, owned (for [`crate::store::group::Group::run`]).
-struct OwnedHold {
+struct NewHold {
     hold_id: String,
+    entry_id: String,
+    idempotency_key: String,
     account_id: String,
     key_id: Option<String>,
     amount: i64,
@@ -651,41 +607,129 @@ struct OwnedHold {
     now: i64,
 }
 
-/// SQLite, on the group commit's write connection: the hold's three writes, or why
-/// it was refused (then nothing was written).
-fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, LedgerError> {
+impl NewHold {
+    fn applied(&self, balance: i64, held: i64) -> Applied {
+        Applied {
+            entry_id: self.entry_id.clone(),
+            balance: Credits(balance),
+            held: Credits(held),
+            replayed: false,
+        }
+    }
+}
+
+// ---- The hold, once per backend -------------------------------------------------
+
+/// PostgreSQL: the hold's writes (account, the key's usage when through a key, entry,
+/// hold row) as one statement — one round trip, and without a key one autocommit
+/// transaction. `k` joins `a`, so the key row is locked after the account row. When
+/// the key's cap refuses, `ok` is empty, the entry and the hold row are not written
+/// and the last column is false: the caller must then roll the transaction back (the
+/// account update did happen), so a hold through a key only runs in a transaction.
+const PG_HOLD: &str = concat!(
+    "WITH a AS ( \
+       UPDATE accounts SET held = held + $1 \
+       WHERE id = $2 AND held + $1 >= 0 AND balance >= held + $1 \
+       RETURNING balance, held), \
+     k AS (UPDATE api_keys SET ",
+    key_use_set!("$1", "$9", "$10"),
+    " FROM a WHERE api_keys.id = $8 AND ",
+    key_use_fits!("$1", "$9", "$10"),
+    " RETURNING api_keys.id), \
+     ok AS (SELECT 1 FROM a WHERE CAST($8 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM k)), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $3, $2, 'hold', 0, $1, $4, $5, $6, $7 FROM ok), \
+     h AS ( \
+       INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+       SELECT $4, $2, $1, 'pending', $7, $8 FROM ok) \
+     SELECT balance, held, EXISTS (SELECT 1 FROM ok) FROM a"
+);
+
+/// PostgreSQL: runs [`PG_HOLD`] on `c`, or says why it was refused.
+async fn pg_hold(c: &mut sqlx::PgConnection, h: &NewHold) -> Result<Applied, LedgerError> {
+    let (hour, day) = buckets(h.now);
+    let row: Option<(i64, i64, bool)> = sqlx::query_as(PG_HOLD)
+        .bind(h.amount)
+        .bind(&h.account_id)
+        .bind(&h.entry_id)
+        .bind(&h.hold_id)
+        .bind(&h.reason)
+        .bind(&h.idempotency_key)
+        .bind(h.now)
+        .bind(&h.key_id)
+        .bind(hour)
+        .bind(day)
+        .fetch_optional(&mut *c)
+        .await?;
+    match row {
+        Some((balance, held, true)) => Ok(h.applied(balance, held)),
+        // The cap refused after the account was updated: the caller's transaction
+        // is dropped, so nothing is kept.
+        Some((_, _, false)) => Err(LedgerError::CapExceeded),
+        None => {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM accounts WHERE id = $1")
+                    .bind(&h.account_id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+            Err(account_refusal(exists.is_some()))
+        }
+    }
+}
+
+/// SQLite (rusqlite on the write connection, inside the caller's savepoint or
+/// transaction): the hold's writes, then `direct`'s; or why it was refused (then the
+/// caller rolls back whatever was written).
+fn sqlite_hold(
+    c: &rusqlite::Connection,
+    h: &NewHold,
+    direct: Option<SqliteDirect>,
+) -> Result<Applied, LedgerError> {
     use rusqlite::OptionalExtension;
     let row: Option<(i64, i64)> = c
-        .prepare_cached(SQLITE_HOLD_UPDATE)?
+        .prepare_cached(
+            "UPDATE accounts SET held = held + ?1 \
+             WHERE id = ?2 AND held + ?1 >= 0 AND balance >= held + ?1 \
+             RETURNING balance, held",
+        )?
         .query_row(rusqlite::params![h.amount, h.account_id], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
     let Some((balance, held)) = row else {
-        return Err(sqlite_refusal(c, &h.account_id)?);
+        let exists = c
+            .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+            .query_row([&h.account_id], |_| Ok(()))
+            .optional()?;
+        return Err(account_refusal(exists.is_some()));
     };
-    let entry_id = new_id("ent");
     c.prepare_cached(
         "INSERT INTO ledger_entries \
          (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-         VALUES (?1, ?2, 'hold', 0, ?3, ?4, ?5, 'hold:' || ?4, ?6)",
+         VALUES (?1, ?2, 'hold', 0, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(rusqlite::params![
-        entry_id,
+        h.entry_id,
         h.account_id,
         h.amount,
         h.hold_id,
         h.reason,
+        h.idempotency_key,
         h.now
     ])?;
-    c.prepare_cached(SQLITE_HOLD_INSERT)?
-        .execute(rusqlite::params![
-            h.hold_id,
-            h.account_id,
-            h.amount,
-            h.now,
-            h.key_id
-        ])?;
+    c.prepare_cached(
+        "INSERT INTO holds (id, account_id, amount, state, created_at, key_id) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+    )?
+    .execute(rusqlite::params![
+        h.hold_id,
+        h.account_id,
+        h.amount,
+        h.now,
+        h.key_id
+    ])?;
     if let Some(key_id) = &h.key_id {
         let (hour, day) = buckets(h.now);
         let used = c
@@ -693,29 +737,29 @@ fn sqlite_hold(c: &rusqlite::Connection, h: &OwnedHold) -> Result<Applied, Ledge
             .query_row(rusqlite::params![h.amount, hour, day, key_id], |_| Ok(()))
             .optional()?;
         if used.is_none() {
-            // An error rolls the hold's savepoint back: nothing is kept.
             return Err(LedgerError::CapExceeded);
         }
     }
-    Ok(Applied {
-        entry_id,
-        balance: Credits(balance),
-        held: Credits(held),
-        replayed: false,
-    })
+    let applied = h.applied(balance, held);
+    if let Some(also) = direct {
+        let ctx = TxCtx {
+            hold_id: &h.hold_id,
+            account_id: &h.account_id,
+            charged: Credits::ZERO,
+            applied: &applied,
+        };
+        also(c, &ctx)?;
+    }
+    Ok(applied)
 }
 
-/// Why a conditional account update matched nothing (SQLite, inside the batch).
-fn sqlite_refusal(c: &rusqlite::Connection, account_id: &str) -> rusqlite::Result<LedgerError> {
-    use rusqlite::OptionalExtension;
-    let exists = c
-        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
-        .query_row([account_id], |_| Ok(()))
-        .optional()?;
-    Ok(match exists {
-        Some(()) => LedgerError::InsufficientCredits,
-        None => LedgerError::UnknownAccount,
-    })
+/// Why a conditional account update matched nothing.
+fn account_refusal(exists: bool) -> LedgerError {
+    if exists {
+        LedgerError::InsufficientCredits
+    } else {
+        LedgerError::UnknownAccount
+    }
 }
 
 /// [`hold`], plus `also` in the same transaction.
@@ -730,9 +774,10 @@ pub async fn hold_with(
 }
 
 /// [`hold_with`] through an API key (`key_id`): the amount counts against the key's
-/// caps in the same transaction ([`LedgerError::CapExceeded`]: nothing written). On
-/// PostgreSQL a hold through a key always takes the transaction path; on SQLite both
-/// paths enforce the caps (see the module documentation).
+/// caps in the same transaction ([`LedgerError::CapExceeded`]: nothing written).
+///
+/// Each backend has one implementation ([`pg_hold`], [`sqlite_hold`]); what differs
+/// between the paths below is only how the transaction around it is run.
 pub async fn hold_via(
     db: &Db,
     account_id: &str,
@@ -748,83 +793,57 @@ pub async fn hold_via(
     }
     let hold_id = new_id("hold");
     let h = NewHold {
-        hold_id: &hold_id,
-        account_id,
-        key_id,
+        idempotency_key: hold_entry_key(Kind::Hold, &hold_id),
+        hold_id: hold_id.clone(),
+        entry_id: new_id("ent"),
+        account_id: account_id.to_owned(),
+        key_id: key_id.map(str::to_owned),
         amount: amount.0,
-        reason,
+        reason: reason.map(str::to_owned),
         now: now_ms(),
     };
+    // SQLite: `also`'s writes as statements, when it has them.
     let direct = match db {
-        Db::Sqlite(SqliteDb { group: Some(_), .. }) if !also.is_alone() => also.sqlite_direct(),
+        Db::Sqlite(_) if !also.is_alone() => also.sqlite_direct(),
         _ => None,
     };
+    // `also`'s writes go through its asynchronous `run`.
+    let via_run = !also.is_alone() && direct.is_none();
     let applied = match db {
-        // Nothing else to write, or its writes as SQLite statements: the group
-        // committer runs them in one go.
-        Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() || direct.is_some() => {
-            let h = OwnedHold {
-                hold_id: hold_id.clone(),
-                account_id: account_id.to_owned(),
-                key_id: key_id.map(str::to_owned),
-                amount: amount.0,
-                reason: reason.map(str::to_owned),
-                now: h.now,
-            };
-            let applied = g
-                .run(move |c| {
-                    let applied = sqlite_hold(c, &h)?;
-                    if let Some(also) = direct {
-                        let ctx = TxCtx {
-                            hold_id: &h.hold_id,
-                            account_id: &h.account_id,
-                            charged: Credits::ZERO,
-                            applied: &applied,
-                        };
-                        also(c, &ctx)?;
-                    }
-                    Ok::<_, LedgerError>(applied)
-                })
-                .await?;
-            return Ok(Hold { hold_id, applied });
+        // Everything as SQLite statements: the group committer runs them in one go.
+        Db::Sqlite(SqliteDb { group: Some(g), .. }) if !via_run => {
+            g.run(move |c| sqlite_hold(c, &h, direct)).await?
         }
         // Nothing else to write and no key's caps to check: the one statement is the
         // transaction.
         Db::Postgres(pg) if also.is_alone() && key_id.is_none() => {
-            let entry_id = new_id("ent");
-            let idem = format!("hold:{hold_id}");
-            let row = pg_hold_query!(h, &entry_id, &idem)
-                .fetch_optional(&pg.pool)
-                .await;
+            let mut c = pg.pool.acquire().await?;
+            let applied = pg_hold(&mut c, &h).await;
             // committed (one statement): this node's next read sees it
-            pg.balances.wrote();
-            row?.map(|(balance, held)| Applied {
-                entry_id,
-                balance: Credits(balance),
-                held: Credits(held),
-                replayed: false,
-            })
+            pg.wrote();
+            applied?
         }
         _ => with_tx!(db, |tx| {
-            match hold_in(TxConn::from(&mut *tx), &h).await? {
-                Some(applied) => {
-                    let ctx = TxCtx {
-                        hold_id: &hold_id,
-                        account_id,
-                        charged: Credits::ZERO,
-                        applied: &applied,
-                    };
-                    also.run(TxConn::from(&mut *tx), &ctx).await?;
-                    Some(applied)
+            let applied = match TxConn::from(&mut *tx) {
+                TxConn::Sqlite(c) => {
+                    crate::store::sqlite_raw::with_raw(c, |rc| sqlite_hold(rc, &h, direct))
+                        .await??
                 }
-                None => None,
+                TxConn::Postgres(c) => pg_hold(c, &h).await?,
+            };
+            if via_run {
+                let ctx = TxCtx {
+                    hold_id: &hold_id,
+                    account_id,
+                    charged: Credits::ZERO,
+                    applied: &applied,
+                };
+                also.run(TxConn::from(&mut *tx), &ctx).await?;
             }
+            applied
         }),
     };
-    match applied {
-        Some(applied) => Ok(Hold { hold_id, applied }),
-        None => Err(refusal(db, account_id).await),
-    }
+    Ok(Hold { hold_id, applied })
 }
 
 /// How a hold ends.
@@ -846,42 +865,16 @@ pub async fn resolve(
     resolve_with(db, hold_id, how, reason, &Alone).await
 }
 
-/// PostgreSQL: a resolution's writes (hold state, account, entry, and the give-back
-/// to the key the hold was placed through) as one statement. Matches only a pending
-/// hold, so it resolves exactly once. `k` joins `a`, so the key row is locked after
-/// the account row (the order of every hold and deduct too).
-const PG_RESOLVE: &str = "WITH h AS ( \
-       UPDATE holds SET state = $1, \
-         charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
-         resolved_at = $3 \
-       WHERE id = $4 AND state = 'pending' \
-       RETURNING account_id, amount, charged, key_id, created_at), \
-     a AS ( \
-       UPDATE accounts SET balance = accounts.balance - h.charged, held = accounts.held - h.amount \
-       FROM h WHERE accounts.id = h.account_id \
-       RETURNING accounts.balance, accounts.held), \
-     k AS ( \
-       UPDATE api_keys SET \
-         used_total = GREATEST(api_keys.used_total - (h.amount - h.charged), 0), \
-         hour_used = CASE WHEN api_keys.hour_bucket <> h.created_at / 3600000 THEN api_keys.hour_used \
-           ELSE GREATEST(api_keys.hour_used - (h.amount - h.charged), 0) END, \
-         day_used = CASE WHEN api_keys.day_bucket <> h.created_at / 86400000 THEN api_keys.day_used \
-           ELSE GREATEST(api_keys.day_used - (h.amount - h.charged), 0) END \
-       FROM h, a WHERE api_keys.id = h.key_id AND h.amount > h.charged), \
-     e AS ( \
-       INSERT INTO ledger_entries \
-       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-       SELECT $5, h.account_id, $6, -h.charged, -h.amount, $4, $7, $8, $3 FROM h) \
-     SELECT a.balance, a.held, h.account_id, h.charged FROM a, h";
-
 /// A resolution to write.
-struct Resolve<'a> {
-    hold_id: &'a str,
+struct Resolve {
+    hold_id: String,
+    entry_id: String,
+    idempotency_key: String,
     state: &'static str,
     kind: Kind,
-    /// Requested charge (clamped to the hold in SQL); 0 for a void.
+    /// Requested charge (clamped to the hold by [`resolve_hold_sql`]); 0 for a void.
     charge: i64,
-    reason: Option<&'a str>,
+    reason: Option<String>,
     now: i64,
 }
 
@@ -892,147 +885,92 @@ struct Resolved {
     charged: i64,
 }
 
-macro_rules! pg_resolve_query {
-    ($r:expr, $entry_id:expr, $idem:expr) => {
-        sqlx::query_as::<_, (i64, i64, String, i64)>(PG_RESOLVE)
-            .bind($r.state)
-            .bind($r.charge)
-            .bind($r.now)
-            .bind($r.hold_id)
-            .bind($entry_id)
-            .bind($r.kind.as_str())
-            .bind($r.reason)
-            .bind($idem)
-    };
-}
-
-fn resolved(entry_id: String, row: (i64, i64, String, i64)) -> Resolved {
-    let (balance, held, account_id, charged) = row;
-    Resolved {
-        applied: Applied {
-            entry_id,
-            balance: Credits(balance),
-            held: Credits(held),
-            replayed: false,
-        },
-        account_id,
-        charged,
+impl Resolve {
+    fn resolved(&self, balance: i64, held: i64, account_id: String, charged: i64) -> Resolved {
+        Resolved {
+            applied: Applied {
+                entry_id: self.entry_id.clone(),
+                balance: Credits(balance),
+                held: Credits(held),
+                replayed: false,
+            },
+            account_id,
+            charged,
+        }
     }
 }
 
 /// Why a pending-only update of a hold matched nothing.
-fn hold_refusal(exists: Option<i64>) -> LedgerError {
-    match exists {
-        Some(_) => LedgerError::HoldResolved,
-        None => LedgerError::UnknownHold,
+fn hold_refusal(exists: bool) -> LedgerError {
+    if exists {
+        LedgerError::HoldResolved
+    } else {
+        LedgerError::UnknownHold
     }
 }
 
-/// Resolves a pending hold inside an open transaction. The entry's idempotency key
-/// (`post:`/`void:` + hold id) can only be written by the one call that moves the hold
-/// out of `pending`, so it needs no lookup; the unique index still guards it.
-async fn resolve_in(conn: TxConn<'_>, r: &Resolve<'_>) -> Result<Resolved, LedgerError> {
-    let entry_id = new_id("ent");
-    let idem = format!("{}:{}", r.kind.as_str(), r.hold_id);
-    let exists_sql = "SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1";
-    match conn {
-        TxConn::Postgres(c) => {
-            let row = pg_resolve_query!(r, &entry_id, &idem)
-                .fetch_optional(&mut *c)
-                .await?;
-            match row {
-                Some(row) => Ok(resolved(entry_id, row)),
-                None => Err(hold_refusal(
-                    sqlx::query_scalar(exists_sql)
-                        .bind(r.hold_id)
-                        .fetch_optional(&mut *c)
-                        .await?,
-                )),
-            }
+// ---- The resolution, once per backend --------------------------------------------
+
+/// PostgreSQL: a resolution's writes (hold state, account, the give-back to the key
+/// the hold was placed through, entry) as one statement. `k` joins `a`, so the key row
+/// is locked after the account row (the order of every hold and deduct too).
+const PG_RESOLVE: &str = concat!(
+    "WITH h AS (",
+    resolve_hold_sql!(),
+    "), \
+     a AS ( \
+       UPDATE accounts SET balance = accounts.balance - h.charged, held = accounts.held - h.amount \
+       FROM h WHERE accounts.id = h.account_id \
+       RETURNING accounts.balance, accounts.held), \
+     k AS (UPDATE api_keys SET ",
+    key_give_back_set!(
+        "(h.amount - h.charged)",
+        "(h.created_at / 3600000)",
+        "(h.created_at / 86400000)"
+    ),
+    " FROM h, a WHERE api_keys.id = h.key_id AND h.amount > h.charged), \
+     e AS ( \
+       INSERT INTO ledger_entries \
+       (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
+       SELECT $5, h.account_id, $6, -h.charged, -h.amount, $4, $7, $8, $3 FROM h) \
+     SELECT a.balance, a.held, h.account_id, h.charged FROM a, h"
+);
+
+/// PostgreSQL: runs [`PG_RESOLVE`] on `c`, or says why nothing was resolved.
+async fn pg_resolve(c: &mut sqlx::PgConnection, r: &Resolve) -> Result<Resolved, LedgerError> {
+    let row: Option<(i64, i64, String, i64)> = sqlx::query_as(PG_RESOLVE)
+        .bind(r.state)
+        .bind(r.charge)
+        .bind(r.now)
+        .bind(&r.hold_id)
+        .bind(&r.entry_id)
+        .bind(r.kind.as_str())
+        .bind(&r.reason)
+        .bind(&r.idempotency_key)
+        .fetch_optional(&mut *c)
+        .await?;
+    match row {
+        Some((balance, held, account_id, charged)) => {
+            Ok(r.resolved(balance, held, account_id, charged))
         }
-        TxConn::Sqlite(c) => {
-            let hold: Option<(String, i64, i64, Option<String>, i64)> = sqlx::query_as(
-                "UPDATE holds SET state = $1, \
-                 charged = CASE WHEN $2 < 0 THEN 0 WHEN $2 > amount THEN amount ELSE $2 END, \
-                 resolved_at = $3 WHERE id = $4 AND state = 'pending' \
-                 RETURNING account_id, amount, charged, key_id, created_at",
-            )
-            .bind(r.state)
-            .bind(r.charge)
-            .bind(r.now)
-            .bind(r.hold_id)
-            .fetch_optional(&mut *c)
-            .await?;
-            let Some((account_id, amount, charged, key_id, created_at)) = hold else {
-                return Err(hold_refusal(
-                    sqlx::query_scalar(exists_sql)
-                        .bind(r.hold_id)
-                        .fetch_optional(&mut *c)
-                        .await?,
-                ));
-            };
-            let (balance, held): (i64, i64) = sqlx::query_as(
-                "UPDATE accounts SET balance = balance - $1, held = held - $2 WHERE id = $3 \
-                 RETURNING balance, held",
-            )
-            .bind(charged)
-            .bind(amount)
-            .bind(&account_id)
-            .fetch_one(&mut *c)
-            .await?;
-            if let Some(key_id) = key_id.filter(|_| amount > charged) {
-                let (hour, day) = buckets(created_at);
-                sqlx::query(KEY_GIVE_BACK)
-                    .bind(amount - charged)
-                    .bind(hour)
-                    .bind(day)
-                    .bind(key_id)
-                    .execute(&mut *c)
+        None => {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1")
+                    .bind(&r.hold_id)
+                    .fetch_optional(&mut *c)
                     .await?;
-            }
-            sqlx::query(
-                "INSERT INTO ledger_entries \
-                 (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&entry_id)
-            .bind(&account_id)
-            .bind(r.kind.as_str())
-            .bind(-charged)
-            .bind(-amount)
-            .bind(r.hold_id)
-            .bind(r.reason)
-            .bind(&idem)
-            .bind(r.now)
-            .execute(&mut *c)
-            .await?;
-            Ok(resolved(entry_id, (balance, held, account_id, charged)))
+            Err(hold_refusal(exists.is_some()))
         }
     }
 }
 
-/// A resolution to write, owned (for [`crate::store::group::Group::run`]).
-struct OwnedResolve {
-    hold_id: String,
-    state: &'static str,
-    kind: Kind,
-    charge: i64,
-    reason: Option<String>,
-    now: i64,
-}
-
-/// SQLite, on the group commit's write connection: a resolution's three writes (the
-/// same statements as [`resolve_in`]), or why it was refused (nothing written).
-fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved, LedgerError> {
+/// SQLite (rusqlite on the write connection, inside the caller's savepoint or
+/// transaction): a resolution's writes, or why nothing was resolved.
+fn sqlite_resolve(c: &rusqlite::Connection, r: &Resolve) -> Result<Resolved, LedgerError> {
     use rusqlite::OptionalExtension;
     type HoldRow = (String, i64, i64, Option<String>, i64);
     let hold: Option<HoldRow> = c
-        .prepare_cached(
-            "UPDATE holds SET state = ?1, \
-             charged = CASE WHEN ?2 < 0 THEN 0 WHEN ?2 > amount THEN amount ELSE ?2 END, \
-             resolved_at = ?3 WHERE id = ?4 AND state = 'pending' \
-             RETURNING account_id, amount, charged, key_id, created_at",
-        )?
+        .prepare_cached(resolve_hold_sql!())?
         .query_row(
             rusqlite::params![r.state, r.charge, r.now, r.hold_id],
             |row| {
@@ -1049,9 +987,9 @@ fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved
     let Some((account_id, amount, charged, key_id, created_at)) = hold else {
         let exists = c
             .prepare_cached("SELECT 1 FROM holds WHERE id = ?1")?
-            .query_row([&r.hold_id], |_| Ok(1))
+            .query_row([&r.hold_id], |_| Ok(()))
             .optional()?;
-        return Err(hold_refusal(exists));
+        return Err(hold_refusal(exists.is_some()));
     };
     let (balance, held): (i64, i64) = c
         .prepare_cached(
@@ -1062,31 +1000,26 @@ fn sqlite_resolve(c: &rusqlite::Connection, r: &OwnedResolve) -> Result<Resolved
             Ok((row.get(0)?, row.get(1)?))
         })?;
     if let Some(key_id) = key_id.filter(|_| amount > charged) {
-        let (hour, day) = buckets(created_at);
-        c.prepare_cached(KEY_GIVE_BACK)?.execute(rusqlite::params![
-            amount - charged,
-            hour,
-            day,
-            key_id
-        ])?;
+        c.prepare_cached(SQLITE_KEY_GIVE_BACK)?
+            .execute(rusqlite::params![amount - charged, created_at, key_id])?;
     }
-    let entry_id = new_id("ent");
     c.prepare_cached(
         "INSERT INTO ledger_entries \
          (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?3 || ':' || ?6, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(rusqlite::params![
-        entry_id,
+        r.entry_id,
         account_id,
         r.kind.as_str(),
         -charged,
         -amount,
         r.hold_id,
         r.reason,
+        r.idempotency_key,
         r.now
     ])?;
-    Ok(resolved(entry_id, (balance, held, account_id, charged)))
+    Ok(r.resolved(balance, held, account_id, charged))
 }
 
 /// [`resolve`], plus `also` in the same transaction (run only when this call is the
@@ -1103,50 +1036,35 @@ pub async fn resolve_with(
         Resolution::Void => ("voided", Kind::Void, 0),
     };
     let r = Resolve {
-        hold_id,
+        hold_id: hold_id.to_owned(),
+        entry_id: new_id("ent"),
+        idempotency_key: hold_entry_key(kind, hold_id),
         state,
         kind,
         charge,
-        reason,
+        reason: reason.map(str::to_owned),
         now: now_ms(),
     };
     let done = match db {
         // Nothing else to write: the group committer runs the statements in one go.
         Db::Sqlite(SqliteDb { group: Some(g), .. }) if also.is_alone() => {
-            let r = OwnedResolve {
-                hold_id: hold_id.to_owned(),
-                state,
-                kind,
-                charge,
-                reason: reason.map(str::to_owned),
-                now: r.now,
-            };
             g.run(move |c| sqlite_resolve(c, &r)).await?
         }
         // Nothing else to write: the one statement is the transaction.
         Db::Postgres(pg) if also.is_alone() => {
-            let p = &pg.pool;
-            let entry_id = new_id("ent");
-            let idem = format!("{}:{hold_id}", kind.as_str());
-            let row = pg_resolve_query!(r, &entry_id, &idem)
-                .fetch_optional(p)
-                .await;
+            let mut c = pg.pool.acquire().await?;
+            let done = pg_resolve(&mut c, &r).await;
             // committed (one statement): this node's next read sees it
-            pg.balances.wrote();
-            match row? {
-                Some(row) => resolved(entry_id, row),
-                None => {
-                    return Err(hold_refusal(
-                        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM holds WHERE id = $1")
-                            .bind(hold_id)
-                            .fetch_optional(p)
-                            .await?,
-                    ))
-                }
-            }
+            pg.wrote();
+            done?
         }
         _ => with_tx!(db, |tx| {
-            let done = resolve_in(TxConn::from(&mut *tx), &r).await?;
+            let done = match TxConn::from(&mut *tx) {
+                TxConn::Sqlite(c) => {
+                    crate::store::sqlite_raw::with_raw(c, |rc| sqlite_resolve(rc, &r)).await??
+                }
+                TxConn::Postgres(c) => pg_resolve(c, &r).await?,
+            };
             let ctx = TxCtx {
                 hold_id,
                 account_id: &done.account_id,
@@ -1511,8 +1429,9 @@ mod tests {
     }
 
     /// 32 concurrent holds through a key whose cap allows 7 of them: exactly 7 are
-    /// taken and nothing of the others is written, on the group commit's direct path
-    /// (rusqlite) and on the sqlx path alike; a void gives its amount back.
+    /// taken and nothing of the others is written, whether the hold runs in the group
+    /// commit's batch or in a transaction of its own (its extra writes as SQLite
+    /// statements or through `run`); a void gives its amount back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_holds_through_a_key_respect_its_caps() {
         for group_commit in [true, false] {
@@ -1537,7 +1456,7 @@ mod tests {
                     .await
                     .unwrap()
                     .id;
-                // A non-trivial InSameTx takes the direct path with group commit.
+                // Extra writes as SQLite statements: in the group commit's batch.
                 struct Nothing;
                 #[async_trait::async_trait]
                 impl InSameTx for Nothing {
@@ -1548,7 +1467,7 @@ mod tests {
                         Some(Box::new(|_, _| Ok(())))
                     }
                 }
-                // Without SQLite statements: the statement-by-statement (sqlx) path.
+                // Extra writes through `run`: a transaction (savepoint) of its own.
                 struct NoDirect;
                 #[async_trait::async_trait]
                 impl InSameTx for NoDirect {

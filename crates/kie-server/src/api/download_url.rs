@@ -13,7 +13,7 @@ use crate::http::json::ApiJson;
 use crate::http::{ApiError, ApiOk, ApiResult};
 use crate::ledger::{self, LedgerError};
 use crate::state::AppState;
-use crate::store::{new_id, now_ms};
+use crate::store::now_ms;
 
 /// The request body. `url` is read as any JSON value so that a missing, empty or
 /// non-string value each get their own message.
@@ -56,7 +56,7 @@ pub async fn resolve_file_url(
         // an earlier link: a presigned URL of our bucket
         if let Some(key) = state.blobs.key_of_store_url(&u).await {
             let id = key.split_once('/').map(|(_, id)| id).unwrap_or_default();
-            return match files::get(&state.db, id).await? {
+            return match state.db.file_recent(id).await? {
                 Some(f)
                     if f.account_id == account_id
                         && f.storage_key == key
@@ -75,7 +75,7 @@ pub async fn resolve_file_url(
     }
     let (id, name) = locate(&state.config.public_url, &u).ok_or(ApiError::not_found(NOT_FOUND))?;
     // One answer for "no such file", "not yours", "expired" and "deleted".
-    let rec = files::get(&state.db, &id).await?;
+    let rec = state.db.file_recent(&id).await?;
     match rec {
         Some(f) if f.account_id == account_id && f.name == name && files::is_live(&f, now_ms()) => {
             Ok(f)
@@ -165,27 +165,13 @@ pub async fn charge_link(
     key_id: Option<&str>,
 ) -> Result<(), ApiError> {
     let price = state.config.price_download_url;
-    if price.0 > 0 {
-        // a fresh idempotency key: every link request is its own charge
-        let key = format!("download-url:{}", new_id("op"));
-        match ledger::deduct_via(
-            &state.db,
-            account_id,
-            key_id,
-            price,
-            Some("download link"),
-            &key,
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(LedgerError::InsufficientCredits) => return Err(ApiError::insufficient_credits()),
-            Err(LedgerError::CapExceeded) => return Err(ApiError::key_cap_exceeded()),
-            Err(LedgerError::UnknownAccount) => return Err(ApiError::unauthorized()),
-            Err(e) => return Err(ApiError::internal(e)),
-        }
+    match ledger::charge_download_link(&state.db, account_id, key_id, price).await {
+        Ok(_) => Ok(()),
+        Err(LedgerError::InsufficientCredits) => Err(ApiError::insufficient_credits()),
+        Err(LedgerError::CapExceeded) => Err(ApiError::key_cap_exceeded()),
+        Err(LedgerError::UnknownAccount) => Err(ApiError::unauthorized()),
+        Err(e) => Err(ApiError::internal(e)),
     }
-    Ok(())
 }
 
 #[cfg(test)]

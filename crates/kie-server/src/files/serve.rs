@@ -80,9 +80,10 @@ pub fn parse_id_and_name(raw: &str) -> Option<(&str, String)> {
 }
 
 /// A file's record: on SQLite a direct read, cached only until the next commit (a
-/// deleted or swept file answers 404 at once); otherwise the record cache (1 s).
+/// deleted or swept file answers 404 at once); on PostgreSQL this node's cache (see
+/// `Db::file_recent`).
 async fn record(state: &AppState, id: &str) -> Result<Option<FileRecord>, sqlx::Error> {
-    state.db.file_to_serve(id).await
+    state.db.file_recent(id).await
 }
 
 /// GET/HEAD `/links/{id}/{name}?e=…&k=…&s=…`: a signed temporary link.

@@ -20,6 +20,7 @@
 //! rewrites the *WAL-index header* at the start of the `-shm` file (its change counter,
 //! last frame and salts), which readers map into memory and compare to decide whether
 //! their page cache is still valid (`walIndexTryHdr` in SQLite's wal.c). [`WalWatch`]
+//! (in [`super::sqlite_raw`], with every `unsafe` block of the crate)
 //! reads that header (never writes it); a cached balance is returned only when the
 //! header is exactly the one read *before* the balance was fetched, i.e. when no
 //! transaction committed since. A change acknowledged by this server, another `kie
@@ -40,14 +41,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use super::sqlite_raw::{Header, WalWatch};
+
 /// Idle connections kept; more may be open briefly under a burst.
 const MAX_IDLE: usize = 16;
 /// Bound of each cache (balances, file records — made-up file ids included, as
 /// "no such row" —, the signing key): an insert into a full cache empties it first.
 pub const MAX_CACHED: usize = 10_000;
-
-/// The WAL-index header (both copies must agree), compared as words.
-type Header = [u64; 6];
 
 pub struct FastReader {
     path: PathBuf,
@@ -64,111 +64,6 @@ pub struct FastReader {
 
 /// Values by key, each with the WAL-index header read before it was fetched.
 type Cache<V> = Mutex<HashMap<String, (V, Header)>>;
-
-/// The WAL-index header of the database's `-shm` file, as mapped by SQLite for the
-/// anchor connection (see the module documentation: no descriptor of our own).
-pub struct WalWatch {
-    /// Start of the first wal-index region in SQLite's mapping; only read.
-    ptr: *const u8,
-    /// The connection whose mapping `ptr` points into: SQLite keeps the mapping (and
-    /// the `-shm` file, with this process's locks on it) while a connection of this
-    /// process is attached; it is only kept open, never used after `open`.
-    _anchor: Connection,
-}
-
-// SAFETY: the memory is only read, with volatile loads; the pointer is never handed
-// out. The anchor connection is only kept open (and closed on drop), never used after
-// `open`.
-unsafe impl Send for WalWatch {}
-unsafe impl Sync for WalWatch {}
-
-impl WalWatch {
-    /// Size of a wal-index region (WALINDEX_PGSZ): what SQLite's WAL maps per call.
-    const REGION: i32 = 32 * 1024;
-    /// `iVersion` of the WAL-index header (WALINDEX_MAX_VERSION).
-    const VERSION: u32 = 3_007_000;
-
-    /// Region 0 of the wal-index of `anchor`'s database as SQLite mapped it (the VFS's
-    /// `xShmMap` without extending), or `None`.
-    fn shm_region0(anchor: &Connection) -> Option<*const u8> {
-        use rusqlite::ffi;
-        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-        // SAFETY: `anchor` is open and used by this thread only; FILE_POINTER writes
-        // the main database's `sqlite3_file` (owned by the connection, valid while it
-        // is open) into `file`.
-        let rc = unsafe {
-            ffi::sqlite3_file_control(
-                anchor.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_FILE_POINTER,
-                (&raw mut file).cast(),
-            )
-        };
-        if rc != ffi::SQLITE_OK || file.is_null() {
-            return None;
-        }
-        // SAFETY: `file` is the connection's open database file; its methods table
-        // is static in the VFS. xShmMap (I/O methods version 2+) with bExtend = 0
-        // only returns the region when the file already has it, mapped by SQLite
-        // with SQLite's own descriptor, under its shm mutex (safe with other threads'
-        // connections); the mapping stays until this process's last connection to
-        // the database detaches, and `anchor` stays attached.
-        unsafe {
-            let methods = (*file).pMethods;
-            if methods.is_null() || (*methods).iVersion < 2 {
-                return None;
-            }
-            let map = (*methods).xShmMap?;
-            let mut region: *mut std::ffi::c_void = std::ptr::null_mut();
-            let rc = map(file, 0, Self::REGION, 0, &mut region);
-            // READONLY: mapped, but read-only to this process (fine for reading)
-            ((rc == ffi::SQLITE_OK || rc == ffi::SQLITE_READONLY) && !region.is_null())
-                .then_some(region as *const u8)
-        }
-    }
-
-    /// Watches the wal-index header of a WAL database, or `None` (not WAL, not
-    /// initialised yet, no shared-memory wal-index …: the reader then reads every time).
-    pub fn open(anchor: Connection) -> Option<WalWatch> {
-        // A read transaction makes sure the -shm file exists and is initialised.
-        let mode: String = anchor
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .ok()?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return None;
-        }
-        anchor
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()?;
-        let ptr = Self::shm_region0(&anchor)?;
-        let w = WalWatch {
-            ptr,
-            _anchor: anchor,
-        };
-        w.header().map(|_| w)
-    }
-
-    /// The current header, when its two copies agree and it is initialised.
-    pub fn header(&self) -> Option<Header> {
-        use std::sync::atomic::{fence, Ordering};
-        // SAFETY: both 48-byte copies lie inside the 32 KiB region; volatile
-        // loads because another process writes them (SQLite's writer stores copy 2,
-        // then copy 1, with barriers; a reader compares them, as done here).
-        let (a, b) = unsafe {
-            let words = self.ptr as *const u64;
-            let a: Header = std::array::from_fn(|i| std::ptr::read_volatile(words.add(i)));
-            fence(Ordering::SeqCst);
-            let b: Header = std::array::from_fn(|i| std::ptr::read_volatile(words.add(6 + i)));
-            (a, b)
-        };
-        let version = (a[0] & 0xffff_ffff) as u32;
-        let is_init = (a[1] >> 32) as u8; // byte 12 (little-endian words)
-        let native = cfg!(target_endian = "little");
-        (native && a == b && version == Self::VERSION && is_init == 1).then_some(a)
-    }
-}
 
 impl std::fmt::Debug for FastReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

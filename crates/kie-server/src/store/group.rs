@@ -330,28 +330,8 @@ async fn run_jobs(pool: &SqlitePool, jobs: &Jobs, st: &mut State) -> bool {
             let State { conn, batch, .. } = &mut *st;
             let conn = conn.as_mut().expect("open batch");
             let batch = batch.as_mut().expect("open batch");
-            match conn.lock_handle().await {
-                Ok(mut handle) => {
-                    // SAFETY: the handle is locked: sqlx's worker makes no call on this
-                    // connection until `handle` drops, and `c` (with every statement it
-                    // prepared) is dropped before that. rusqlite links the same
-                    // libsqlite3-sys as sqlx, so the handle is of the same SQLite
-                    // library. A borrowed handle is never closed by rusqlite, and
-                    // without its `hooks` feature dropping it touches nothing else.
-                    let c = unsafe {
-                        rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr())
-                    };
-                    let broken = match c {
-                        Ok(c) => {
-                            let broken = run_locked(&c, &mut run, batch);
-                            drop(c);
-                            broken
-                        }
-                        Err(e) => Some(Arc::from(e.to_string())),
-                    };
-                    drop(handle);
-                    broken
-                }
+            match super::sqlite_raw::with_raw(conn, |c| run_locked(c, &mut run, batch)).await {
+                Ok(broken) => broken,
                 Err(e) => Some(Arc::from(e.to_string())),
             }
         };
@@ -537,70 +517,9 @@ impl Drop for Op {
     }
 }
 
-/// A rusqlite error, reported the way sqlx reports SQLite's errors (same code string,
-/// same [`sqlx::error::ErrorKind`]), so that e.g. [`super::is_unique_violation`] sees it.
-#[derive(Debug)]
-pub struct SqliteError {
-    message: String,
-    /// SQLite's extended result code, when the error came from SQLite.
-    code: Option<i32>,
-}
-
-impl std::fmt::Display for SqliteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SqliteError {}
-
-impl sqlx::error::DatabaseError for SqliteError {
-    fn message(&self) -> &str {
-        &self.message
-    }
-
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.code.map(|c| c.to_string().into())
-    }
-
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        use rusqlite::ffi;
-        use sqlx::error::ErrorKind;
-        match self.code {
-            Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
-                ErrorKind::UniqueViolation
-            }
-            Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => ErrorKind::ForeignKeyViolation,
-            Some(ffi::SQLITE_CONSTRAINT_NOTNULL) => ErrorKind::NotNullViolation,
-            Some(ffi::SQLITE_CONSTRAINT_CHECK) => ErrorKind::CheckViolation,
-            _ => ErrorKind::Other,
-        }
-    }
-}
-
-/// A rusqlite error as a [`sqlx::Error`].
-pub fn db_error(e: rusqlite::Error) -> sqlx::Error {
-    let code = e.sqlite_error().map(|f| f.extended_code);
-    sqlx::Error::Database(Box::new(SqliteError {
-        message: e.to_string(),
-        code,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite_raw::db_error;
     use super::*;
     use crate::config::DatabaseUrl;
     use crate::store::{Db, OpenOptions};

@@ -34,19 +34,66 @@ pub struct SqliteDb {
     pub fast: std::sync::Arc<fastread::FastReader>,
 }
 
-/// A PostgreSQL store: the pool and this node's balance cache (see [`balances`]).
+/// A PostgreSQL store: the pool and this node's caches of what the hot paths read
+/// (see [`nodecache`]: one rule for all three).
 #[derive(Clone, Debug)]
 pub struct PgDb {
     pub pool: PgPool,
-    pub balances: std::sync::Arc<balances::Balances>,
-    /// File records read while serving bytes (see [`records::RecordCache`]).
-    pub records: std::sync::Arc<records::RecordCache>,
+    /// This node's committed writes; every cache below is checked against it.
+    pub writes: std::sync::Arc<nodecache::Writes>,
+    /// Available balances by account id.
+    pub balances: std::sync::Arc<nodecache::NodeCache<i64>>,
+    /// File records by id.
+    pub records: std::sync::Arc<nodecache::NodeCache<records::FileRecord>>,
+    /// The active link-signing key (one entry; an empty ring is not cached).
+    pub active_key: std::sync::Arc<nodecache::NodeCache<records::SigningKey>>,
 }
 
-pub mod balances;
+impl PgDb {
+    fn new(pool: PgPool, fresh_for: Duration) -> PgDb {
+        use std::sync::Arc;
+        let writes = Arc::new(nodecache::Writes::default());
+        let max = nodecache::MAX_CACHED;
+        PgDb {
+            pool,
+            balances: Arc::new(nodecache::NodeCache::new(writes.clone(), fresh_for, max)),
+            records: Arc::new(nodecache::NodeCache::new(writes.clone(), fresh_for, max)),
+            active_key: Arc::new(nodecache::NodeCache::new(writes.clone(), fresh_for, 1)),
+            writes,
+        }
+    }
+
+    /// A write transaction of this node committed (see [`nodecache::Writes::wrote`]).
+    pub fn wrote(&self) {
+        self.writes.wrote();
+    }
+
+    /// `key` from `cache` when valid, else `read` (stored when it found something).
+    async fn cached<V: Clone, F>(
+        cache: &nodecache::NodeCache<V>,
+        key: &str,
+        read: F,
+    ) -> Result<Option<V>, sqlx::Error>
+    where
+        F: std::future::Future<Output = Result<Option<V>, sqlx::Error>>,
+    {
+        if let Some(v) = cache.get(key) {
+            return Ok(Some(v));
+        }
+        let ticket = cache.ticket();
+        let v = read.await?;
+        if let Some(v) = &v {
+            cache.store(ticket, key, v.clone());
+        }
+        Ok(v)
+    }
+}
+
 pub mod fastread;
 pub mod group;
+pub mod nodecache;
 pub mod records;
+pub mod sqlite_raw;
 
 /// A connected metadata store.
 #[derive(Clone, Debug)]
@@ -105,7 +152,7 @@ macro_rules! with_tx {
                 let r = $body;
                 let committed = $tx.commit().await;
                 // before the write is acknowledged: this node's next read sees it
-                pg.balances.wrote();
+                pg.wrote();
                 committed?;
                 r
             }
@@ -138,7 +185,7 @@ pub struct OpenOptions {
     pub connect_timeout: Duration,
     /// SQLite: group commit of concurrent write transactions (see [`group`]).
     pub sqlite_group_commit: bool,
-    /// PostgreSQL: freshness bound of the per-node balance cache (see [`balances`]).
+    /// PostgreSQL: freshness bound of the per-node caches (see [`nodecache`]).
     pub balance_cache_ttl: Duration,
 }
 
@@ -151,7 +198,7 @@ impl Default for OpenOptions {
             pg_acquire_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
             sqlite_group_commit: true,
-            balance_cache_ttl: balances::FRESH_FOR,
+            balance_cache_ttl: nodecache::FRESH_FOR,
         }
     }
 }
@@ -293,11 +340,7 @@ impl Db {
                     .run(&pool)
                     .await
                     .map_err(|e| OpenError::Migrate(e.to_string()))?;
-                Db::Postgres(PgDb {
-                    pool,
-                    balances: std::sync::Arc::new(balances::Balances::new(opts.balance_cache_ttl)),
-                    records: Default::default(),
-                })
+                Db::Postgres(PgDb::new(pool, opts.balance_cache_ttl))
             }
         };
         Ok(db)
@@ -319,40 +362,39 @@ impl Db {
         Ok(row.map(records::to_record))
     }
 
-    /// A file record for serving its bytes: [`Db::file`], except that PostgreSQL may
-    /// answer from this node's cache, at most [`records::RecordCache::TTL`] old (a record
-    /// deleted meanwhile is seen as deleted at most that much later; expiry is checked
-    /// against the clock on every use, and removed bytes answer 404 at once).
-    pub async fn file_to_serve(
-        &self,
-        id: &str,
-    ) -> Result<Option<records::FileRecord>, sqlx::Error> {
-        let Db::Postgres(pg) = self else {
-            return self.file(id).await;
-        };
-        if let Some(r) = pg.records.fresh(id) {
-            return Ok(Some(r));
+    /// A file record for the hot paths (serving bytes, issuing download links).
+    /// SQLite: [`Db::file`], exact. PostgreSQL: this node's cache ([`nodecache`]): a
+    /// change made through this node is seen at once, one acknowledged elsewhere (a
+    /// deletion by another node or `kie admin`) within the bound (100 ms). Expiry is
+    /// for the caller to check against the clock on every use.
+    pub async fn file_recent(&self, id: &str) -> Result<Option<records::FileRecord>, sqlx::Error> {
+        match self {
+            Db::Sqlite(_) => self.file(id).await,
+            Db::Postgres(pg) => PgDb::cached(&pg.records, id, self.file(id)).await,
         }
-        let rec = self.file(id).await?;
-        pg.records.note(id, rec.as_ref());
-        Ok(rec)
     }
 
     /// The newest active link-signing key, `None` while the ring is empty. SQLite: read
     /// directly, cached only until the next commit (a rotation is seen by the next link
-    /// issued); PostgreSQL: a query.
+    /// issued); PostgreSQL: this node's cache ([`nodecache`]): a rotation through this
+    /// node is used by its next link at once, one made elsewhere within the bound
+    /// (links signed meanwhile with the previous key verify while it stays in the ring).
     pub async fn active_signing_key(&self) -> Result<Option<records::SigningKey>, sqlx::Error> {
-        if let Db::Sqlite(s) = self {
-            if let Some(k) = s.fast.active_signing_key() {
-                return Ok(k);
-            }
+        let read = async {
+            let row: Option<(String, String)> = with_read!(self, |p| {
+                sqlx::query_as(records::ACTIVE_KEY_SQL)
+                    .fetch_optional(p)
+                    .await?
+            });
+            Ok(row.and_then(|(id, s)| records::decode_secret(id, &s)))
+        };
+        match self {
+            Db::Sqlite(s) => match s.fast.active_signing_key() {
+                Some(k) => Ok(k),
+                None => read.await,
+            },
+            Db::Postgres(pg) => PgDb::cached(&pg.active_key, "", read).await,
         }
-        let row: Option<(String, String)> = with_read!(self, |p| {
-            sqlx::query_as(records::ACTIVE_KEY_SQL)
-                .fetch_optional(p)
-                .await?
-        });
-        Ok(row.and_then(|(id, s)| records::decode_secret(id, &s)))
     }
 
     /// Whether the database can be unreachable while this process runs (PostgreSQL,
@@ -370,7 +412,7 @@ impl Db {
 
     /// An account's available balance (posted minus held), `None` for no such account.
     /// SQLite: a direct read that sees every acknowledged commit, by anybody.
-    /// PostgreSQL: this node's cache (see [`balances`]): a change made through this node
+    /// PostgreSQL: this node's cache (see [`nodecache`]): a change made through this node
     /// is seen at once, one acknowledged elsewhere within 100 ms.
     pub async fn available(&self, account_id: &str) -> Result<Option<i64>, sqlx::Error> {
         const SQL: &str = "SELECT balance - held FROM accounts WHERE id = $1";
@@ -385,18 +427,10 @@ impl Db {
                     .await
             }
             Db::Postgres(pg) => {
-                if let Some(v) = pg.balances.get(account_id) {
-                    return Ok(Some(v));
-                }
-                let ticket = pg.balances.ticket();
-                let v: Option<i64> = sqlx::query_scalar(SQL)
+                let read = sqlx::query_scalar(SQL)
                     .bind(account_id)
-                    .fetch_optional(&pg.pool)
-                    .await?;
-                if let Some(v) = v {
-                    pg.balances.store(ticket, account_id, v);
-                }
-                Ok(v)
+                    .fetch_optional(&pg.pool);
+                PgDb::cached(&pg.balances, account_id, read).await
             }
         }
     }

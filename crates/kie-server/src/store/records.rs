@@ -1,5 +1,5 @@
-//! The rows the store reads on the hot paths, and their queries: file records (and
-//! PostgreSQL's per-node cache of them) and link signing keys. No I/O here: `files` and `files::links` (above) and the SQLite
+//! The rows the store reads on the hot paths, and their queries: file records and link
+//! signing keys. No I/O here: `files` and `files::links` (above) and the SQLite
 //! fast reader (`store::fastread`, beside) share these definitions, so neither has to
 //! import the other.
 
@@ -65,67 +65,6 @@ pub(crate) fn to_record(r: FileRow) -> FileRecord {
         created_at: r.10,
         expires_at: r.11,
         deleted_at: r.12,
-    }
-}
-
-/// PostgreSQL: file records read while serving bytes, kept per node for
-/// [`RecordCache::TTL`] (SQLite reads them directly, see `fastread`). Saves a
-/// database round trip per download of a popular file. Staleness is bounded: a record
-/// deleted meanwhile is seen as deleted at most one TTL later (and its bytes, once
-/// removed, answer 404 at once); expiry is checked against the clock on every use.
-/// Bound: [`RecordCache::MAX`] records; only records that exist enter (a made-up id
-/// never does); a full cache first drops expired entries, then everything.
-#[derive(Default)]
-pub struct RecordCache(
-    std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, FileRecord)>>,
-);
-
-impl RecordCache {
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
-    pub const MAX: usize = 10_000;
-
-    /// Records cached now.
-    pub fn len(&self) -> usize {
-        self.0.read().expect("record cache").len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The record of `id` if read within [`RecordCache::TTL`].
-    pub fn fresh(&self, id: &str) -> Option<FileRecord> {
-        let m = self.0.read().expect("record cache");
-        let (at, r) = m.get(id)?;
-        (at.elapsed() < Self::TTL).then(|| r.clone())
-    }
-
-    /// Remembers what a read of `id` found (a record that does not exist is forgotten).
-    pub fn note(&self, id: &str, rec: Option<&FileRecord>) {
-        let mut m = self.0.write().expect("record cache");
-        match rec {
-            Some(r) => {
-                if m.len() >= Self::MAX {
-                    m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
-                    if m.len() >= Self::MAX {
-                        m.clear();
-                    }
-                }
-                m.insert(id.to_string(), (std::time::Instant::now(), r.clone()));
-            }
-            None => {
-                m.remove(id);
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for RecordCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordCache")
-            .field("len", &self.len())
-            .finish()
     }
 }
 

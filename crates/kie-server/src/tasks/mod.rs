@@ -145,6 +145,16 @@ pub struct NewTask<'a> {
     pub rate: Option<(u32, Duration)>,
 }
 
+/// Tasks of account `$1` created after `$2`: the rate rule's count (both backends;
+/// placeholders in ascending order of first use, so rusqlite runs the same text).
+const TASKS_IN_WINDOW: &str =
+    "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE account_id = $1 AND created_at > $2";
+
+/// A new task (both backends, like [`TASKS_IN_WINDOW`]).
+const INSERT_TASK: &str = "INSERT INTO tasks (id, account_id, model, state, param, callback_url, \
+     hold_id, price, created_at, updated_at, deadline_at) \
+     VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $8, $9)";
+
 struct InsertTask<'a> {
     id: &'a str,
     new: &'a NewTask<'a>,
@@ -153,31 +163,23 @@ struct InsertTask<'a> {
 
 #[async_trait::async_trait]
 impl InSameTx for InsertTask<'_> {
-    async fn run(&self, mut conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
+    /// PostgreSQL; on SQLite the same rule and insert run as [`Self::sqlite_direct`].
+    async fn run(&self, conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
+        let TxConn::Postgres(c) = conn else {
+            return Err(LedgerError::Invalid(
+                "on SQLite a task is inserted by its direct statements".into(),
+            ));
+        };
         let n = self.new;
-        on_conn!(&mut conn, |c| {
-            if let Some((limit, window)) = n.rate.filter(|(l, _)| *l > 0) {
-                let since = self.now - window.as_millis() as i64;
-                let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
-                    "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE account_id = $1 AND created_at > $2",
-                )
+        if let Some((limit, window)) = n.rate.filter(|(l, _)| *l > 0) {
+            let (count, oldest): (i64, Option<i64>) = sqlx::query_as(TASKS_IN_WINDOW)
                 .bind(n.account_id)
-                .bind(since)
+                .bind(self.now - window.as_millis() as i64)
                 .fetch_one(&mut *c)
                 .await?;
-                if count >= i64::from(limit) {
-                    // A slot frees when the oldest task of the window leaves it.
-                    let free_at = oldest.unwrap_or(self.now) + window.as_millis() as i64;
-                    let wait_ms = (free_at - self.now).max(1) as u64;
-                    return Err(LedgerError::Refused(Box::new(RateLimited {
-                        retry_after: wait_ms.div_ceil(1000),
-                    })));
-                }
-            }
-            sqlx::query(
-                "INSERT INTO tasks (id, account_id, model, state, param, callback_url, hold_id, price, \
-                 created_at, updated_at, deadline_at) VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $8, $9)",
-            )
+            rate_rule(count, oldest, limit, window, self.now)?;
+        }
+        sqlx::query(INSERT_TASK)
             .bind(self.id)
             .bind(n.account_id)
             .bind(&n.model.name)
@@ -189,7 +191,6 @@ impl InSameTx for InsertTask<'_> {
             .bind(self.now + n.timeout.as_millis() as i64)
             .execute(&mut *c)
             .await?;
-        });
         Ok(())
     }
 
@@ -208,27 +209,13 @@ impl InSameTx for InsertTask<'_> {
             if let Some((limit, window)) = rate {
                 let since = now - window.as_millis() as i64;
                 let (count, oldest): (i64, Option<i64>) = c
-                    .prepare_cached(
-                        "SELECT COUNT(*), MIN(created_at) FROM tasks \
-                         WHERE account_id = ?1 AND created_at > ?2",
-                    )?
+                    .prepare_cached(TASKS_IN_WINDOW)?
                     .query_row(rusqlite::params![account_id, since], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?;
-                if count >= i64::from(limit) {
-                    let free_at = oldest.unwrap_or(now) + window.as_millis() as i64;
-                    let wait_ms = (free_at - now).max(1) as u64;
-                    return Err(LedgerError::Refused(Box::new(RateLimited {
-                        retry_after: wait_ms.div_ceil(1000),
-                    })));
-                }
+                rate_rule(count, oldest, limit, window, now)?;
             }
-            c.prepare_cached(
-                "INSERT INTO tasks (id, account_id, model, state, param, callback_url, hold_id, \
-                 price, created_at, updated_at, deadline_at) \
-                 VALUES (?1, ?2, ?3, 'waiting', ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
-            )?
-            .execute(rusqlite::params![
+            c.prepare_cached(INSERT_TASK)?.execute(rusqlite::params![
                 id,
                 account_id,
                 model,
@@ -242,6 +229,26 @@ impl InSameTx for InsertTask<'_> {
             Ok(())
         }))
     }
+}
+
+/// The per-account task rate rule, once for both backends: `count` tasks created in the
+/// window (the oldest at `oldest`) leave room for one more, or the caller is told when
+/// a slot frees (when the oldest task of the window leaves it).
+fn rate_rule(
+    count: i64,
+    oldest: Option<i64>,
+    limit: u32,
+    window: Duration,
+    now: i64,
+) -> Result<(), LedgerError> {
+    if count < i64::from(limit) {
+        return Ok(());
+    }
+    let free_at = oldest.unwrap_or(now) + window.as_millis() as i64;
+    let wait_ms = (free_at - now).max(1) as u64;
+    Err(LedgerError::Refused(Box::new(RateLimited {
+        retry_after: wait_ms.div_ceil(1000),
+    })))
 }
 
 /// Creates a task in state `waiting` with its price held. Returns the task id.
@@ -462,13 +469,11 @@ struct FinishTask<'a> {
 #[async_trait::async_trait]
 impl InSameTx for FinishTask<'_> {
     async fn run(&self, mut conn: TxConn<'_>, ctx: &TxCtx<'_>) -> Result<(), LedgerError> {
-        let t = self.done;
-        // What the ledger charged is what the task records.
-        if ctx.charged.0 != t.consume_credits {
-            return Err(LedgerError::Invalid(
-                "charged amount disagrees with the task".into(),
-            ));
-        }
+        // What the ledger charged (the cost clamped to the hold) is what the task
+        // records.
+        let mut t = self.done.clone();
+        t.consume_credits = ctx.charged.0;
+        let t = &t;
         let sql = format!(
             "UPDATE tasks SET state = $1, result_json = $2, fail_code = $3, fail_msg = $4, \
              consume_credits = $5, completed_at = $6, updated_at = $6 \
@@ -527,20 +532,18 @@ async fn finish(
     let mut done = task.clone();
     done.completed_at = Some(now);
     done.updated_at = now;
-    // The charge the ledger will make: the reported cost clamped to the hold.
+    // The charge is the reported cost (the price when none), clamped to the hold by
+    // the ledger; the task records what it charged.
     let how = match outcome {
         Outcome::Success { result_json, cost } => {
-            let charged = cost.unwrap_or(Credits(task.price)).0.clamp(0, task.price);
             done.state = STATE_SUCCESS.into();
             done.result_json = result_json;
-            done.consume_credits = charged;
-            Resolution::Post(Credits(charged))
+            Resolution::Post(cost.unwrap_or(Credits(task.price)))
         }
         Outcome::Fail { code, msg } => {
             done.state = STATE_FAIL.into();
             done.fail_code = code;
             done.fail_msg = msg;
-            done.consume_credits = 0;
             Resolution::Void
         }
     };
@@ -551,7 +554,7 @@ async fn finish(
         from,
     };
     match ledger::resolve_with(db, &task.hold_id, how, Some(&reason), &step).await {
-        Ok(_) => {}
+        Ok((_, charged)) => done.consume_credits = charged.0,
         Err(LedgerError::HoldResolved) => return Err(FinishError::AlreadyFinished),
         Err(LedgerError::Refused(_)) => {
             // The state moved under us: finished by someone else, or never claimed.
