@@ -145,6 +145,9 @@ async fn link(c: &reqwest::Client, o: &Opts, file_url: &str) -> Result<String, u
     }
 }
 
+/// How long a worker uses the large file's link before asking for a new one.
+const LINK_REISSUE: Duration = Duration::from_secs(60);
+
 fn record(counts: &Counts, code: u16) {
     counts.requests.fetch_add(1, Ordering::Relaxed);
     match code {
@@ -288,11 +291,9 @@ async fn main() {
             std::process::exit(1)
         });
     drop(large);
-    let large_link = Arc::new(
-        link(&c, &o, &large_url)
-            .await
-            .expect("link to the large file"),
-    );
+    link(&c, &o, &large_url)
+        .await
+        .expect("link to the large file");
     println!(
         "soak: {} for {} min, {} workers, {} tasks/s, {} uploads/s, scraper {}",
         o.base,
@@ -306,16 +307,19 @@ async fn main() {
     let mut jobs = tokio::task::JoinSet::new();
     // reads, links, downloads
     for w in 0..o.concurrency {
-        let (c, o, counts, small_url, large_link) = (
+        let (c, o, counts, small_url, large_url) = (
             c.clone(),
             o.clone(),
             counts.clone(),
             small_url.clone(),
-            large_link.clone(),
+            large_url.clone(),
         );
         jobs.spawn(async move {
             let mut i: u64 = w as u64;
             let mut small_link = String::new();
+            // the large file's link, issued again once a minute: a link expires
+            // (link_ttl, 20 min by default) and a soak may last longer
+            let mut large_link: Option<(String, Instant)> = None;
             while Instant::now() < until {
                 i += 1;
                 let code = match i % 20 {
@@ -337,7 +341,16 @@ async fn main() {
                     },
                     15..=18 if !small_link.is_empty() => download(&c, &small_link).await,
                     // one large download in 20 requests of one worker in 8
-                    19 if w % 8 == 0 => download(&c, &large_link).await,
+                    19 if w % 8 == 0 => match &large_link {
+                        Some((l, at)) if at.elapsed() < LINK_REISSUE => download(&c, l).await,
+                        _ => match link(&c, &o, &large_url).await {
+                            Ok(l) => {
+                                large_link = Some((l, Instant::now()));
+                                200
+                            }
+                            Err(code) => code,
+                        },
+                    },
                     _ => continue,
                 };
                 record(&counts, code);
