@@ -523,13 +523,18 @@ async fn rotated_signing_keys_keep_old_links_valid() {
     let f = add_file(&s, &acc, "x.txt", b"rotating", &[]);
     let old = link(&s, &key, f["url"].as_str().unwrap()).await;
     let r = s.admin(&["signing-key", "rotate"]);
-    // `kie admin` is another process: a SQLite server signs its next link with the new
-    // key at once, a PostgreSQL node once its cache bound has passed (100 ms, the
-    // stated guarantee, tested in multinode::links_see_…): this wait is that bound.
-    if backend_is_postgres() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let new_kid = r["id"].as_str().unwrap().to_string();
+    // `kie admin` is another process: a SQLite server signs its next link with the new
+    // key at once (asserted below), a PostgreSQL node once its cache bound has passed
+    // (100 ms, tested in multinode::links_see_…): wait until it does.
+    if backend_is_postgres() {
+        let url = f["url"].as_str().unwrap();
+        let signs_new = eventually(Duration::from_secs(5), || async {
+            link(&s, &key, url).await.contains(&format!("k={new_kid}&"))
+        })
+        .await;
+        assert!(signs_new.is_some(), "links never signed with {new_kid}");
+    }
     assert_eq!(r["retired"].as_array().unwrap().len(), 1);
     let old_kid = r["retired"][0].as_str().unwrap();
     assert!(old.contains(&format!("k={old_kid}&")), "{old}");
