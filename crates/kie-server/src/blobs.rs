@@ -9,9 +9,9 @@
 //! `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, …, read by
 //! `AmazonS3Builder::from_env`); `--s3-endpoint` overrides the endpoint for
 //! S3-compatible stores. Every key lives under the prefix. Download links are SigV4
-//! presigned GET URLs made here (not by `object_store`'s signer) so that they can carry
-//! `response-content-type`/`response-content-disposition`, which the store then sends
-//! as the response headers.
+//! presigned GET URLs made by `object_store`'s signer, carrying
+//! `response-content-type`/`response-content-disposition` under the signature; the
+//! store then sends them as the response headers.
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -19,8 +19,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
-use object_store::signer::Signer;
-use object_store::{ClientConfigKey, ObjectStore, PutPayload, WriteMultipart};
+use object_store::signer::{SignedUrlOptions, Signer};
+use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,9 +74,9 @@ pub struct Blobs {
     pub kind: BlobKind,
     /// The store, rooted at the prefix: keys are relative to it.
     pub store: Arc<dyn ObjectStore>,
-    /// Makes presigned GET URLs (S3); `None` for the local store, whose links this
-    /// server signs and serves itself.
-    pub presigner: Option<Arc<S3Presigner>>,
+    /// Makes presigned URLs (S3), rooted at the prefix like `store`; `None` for the
+    /// local store, whose links this server signs and serves itself.
+    pub signer: Option<Arc<dyn Signer>>,
 }
 
 /// Response headers a presigned URL asks the store to send.
@@ -84,13 +84,6 @@ pub struct Blobs {
 pub struct ResponseOverrides<'a> {
     pub content_type: Option<&'a str>,
     pub content_disposition: Option<&'a str>,
-}
-
-/// Makes SigV4 presigned URLs for objects of one bucket.
-pub struct S3Presigner {
-    s3: Arc<AmazonS3>,
-    region: String,
-    prefix: String,
 }
 
 /// What a completed write produced.
@@ -118,7 +111,7 @@ impl Blobs {
             return Ok(Blobs {
                 kind: BlobKind::Local(dir),
                 store: Arc::new(store),
-                presigner: None,
+                signer: None,
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -187,9 +180,6 @@ impl Blobs {
                 }
             }
         }
-        let region = b
-            .get_config_value(&AmazonS3ConfigKey::Region)
-            .unwrap_or_else(|| "us-east-1".into());
         let endpoint_shown = match endpoint.as_deref().map(url::Url::parse) {
             Some(Ok(mut u)) => {
                 // never show credentials someone put in the URL
@@ -197,14 +187,21 @@ impl Blobs {
                 let _ = u.set_password(None);
                 u.as_str().trim_end_matches('/').to_string()
             }
-            _ => format!("AWS S3 ({region})"),
+            _ => {
+                let region = b
+                    .get_config_value(&AmazonS3ConfigKey::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
+                format!("AWS S3 ({region})")
+            }
         };
-        let s3 = Arc::new(b.build()?);
-        let whole: Arc<dyn ObjectStore> = s3.clone();
-        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-            whole
+        tls_crypto();
+        let s3: AmazonS3 = b.build()?;
+        let (store, signer): (Arc<dyn ObjectStore>, Arc<dyn Signer>) = if prefix.is_empty() {
+            let s3 = Arc::new(s3);
+            (s3.clone(), s3)
         } else {
-            Arc::new(PrefixStore::new(whole, prefix_path))
+            let p = Arc::new(PrefixStore::new(s3, prefix_path));
+            (p.clone(), p)
         };
         Ok(Blobs {
             kind: BlobKind::S3 {
@@ -213,11 +210,7 @@ impl Blobs {
                 endpoint: endpoint_shown,
             },
             store,
-            presigner: Some(Arc::new(S3Presigner {
-                s3,
-                region,
-                prefix: prefix.to_string(),
-            })),
+            signer: Some(signer),
         })
     }
 
@@ -388,16 +381,29 @@ impl Blobs {
         ttl: Duration,
         overrides: &ResponseOverrides<'_>,
     ) -> Result<Option<url::Url>, BlobError> {
-        match &self.presigner {
-            Some(p) => Ok(Some(p.presign(method, key, ttl, overrides).await?)),
-            None => Ok(None),
-        }
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let query = [
+            ("response-content-type", overrides.content_type),
+            (
+                "response-content-disposition",
+                overrides.content_disposition,
+            ),
+        ];
+        let opts = SignedUrlOptions::new()
+            .with_query(query.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        Ok(Some(
+            signer
+                .signed_url_opts(method, &ObjPath::from(key), ttl, &opts)
+                .await?,
+        ))
     }
 
     /// The storage key (`{id[..2]}/{id}`) of the object a URL of this store names — a
     /// presigned link of ours, whatever its query — if it is one (S3 only).
     pub async fn key_of_store_url(&self, u: &url::Url) -> Option<String> {
-        let p = self.presigner.as_ref()?;
+        let signer = self.signer.as_ref()?;
         let mut segs = u.path_segments()?.rev();
         let (id, two) = (segs.next()?, segs.next()?);
         let ours = id.len() == 32
@@ -408,10 +414,10 @@ impl Blobs {
             return None;
         }
         let key = format!("{two}/{id}");
-        let mut want =
-            p.s3.signed_url(
+        let mut want = signer
+            .signed_url(
                 http::Method::GET,
-                &p.full_path(&key),
+                &ObjPath::from(key.as_str()),
                 Duration::from_secs(60),
             )
             .await
@@ -493,181 +499,16 @@ fn is_loopback(u: &url::Url) -> bool {
     }
 }
 
-impl S3Presigner {
-    fn full_path(&self, key: &str) -> ObjPath {
-        if self.prefix.is_empty() {
-            ObjPath::from(key)
-        } else {
-            ObjPath::from(format!("{}/{key}", self.prefix))
-        }
-    }
-
-    async fn presign(
-        &self,
-        method: http::Method,
-        key: &str,
-        ttl: Duration,
-        overrides: &ResponseOverrides<'_>,
-    ) -> Result<url::Url, BlobError> {
-        let full = self.full_path(key);
-        // object_store knows the object's URL (endpoint, addressing, encoding); the
-        // query it signs cannot carry response overrides, so it is signed again here.
-        let mut url = self.s3.signed_url(method.clone(), &full, ttl).await?;
-        url.set_query(None);
-        let cred = self.s3.credentials().get_credential().await?;
-        let mut extra: Vec<(&str, &str)> = Vec::new();
-        if let Some(t) = overrides.content_type {
-            extra.push(("response-content-type", t));
-        }
-        if let Some(d) = overrides.content_disposition {
-            extra.push(("response-content-disposition", d));
-        }
-        Ok(presign_v4(
-            &SigV4Credential {
-                key_id: &cred.key_id,
-                secret: &cred.secret_key,
-                token: cred.token.as_deref(),
-            },
-            &self.region,
-            &method,
-            url,
-            ttl,
-            &extra,
-            time::OffsetDateTime::now_utc(),
-        ))
-    }
-}
-
-/// What a SigV4 query signature needs from the credentials.
-pub struct SigV4Credential<'a> {
-    pub key_id: &'a str,
-    pub secret: &'a str,
-    pub token: Option<&'a str>,
-}
-
-/// RFC 3986 unreserved characters stay; everything else is percent-encoded (AWS's
-/// `UriEncode`).
-const SIGV4_QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Presigns `url` (no query yet) for `method` with AWS Signature Version 4 query
-/// parameters (service `s3`, signed header `host`, unsigned payload), adding `extra`
-/// query parameters under the signature. The URL's query is exactly the canonical
-/// query, so no proxy re-encoding can break it.
-pub fn presign_v4(
-    cred: &SigV4Credential<'_>,
-    region: &str,
-    method: &http::Method,
-    mut url: url::Url,
-    ttl: Duration,
-    extra: &[(&str, &str)],
-    now: time::OffsetDateTime,
-) -> url::Url {
-    use hmac::{Hmac, Mac};
-    use percent_encoding::utf8_percent_encode;
-    use sha2::{Digest, Sha256};
-    type HmacSha256 = Hmac<Sha256>;
-    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-        let mut m = HmacSha256::new_from_slice(key).expect("any key length");
-        m.update(data.as_bytes());
-        m.finalize().into_bytes().to_vec()
-    }
-
-    let now = now.to_offset(time::UtcOffset::UTC);
-    let day = format!(
-        "{:04}{:02}{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    );
-    let stamp = format!(
-        "{day}T{:02}{:02}{:02}Z",
-        now.hour(),
-        now.minute(),
-        now.second()
-    );
-    let scope = format!("{day}/{region}/s3/aws4_request");
-    let credential = format!("{}/{scope}", cred.key_id);
-    let expires = ttl.as_secs().to_string();
-    let mut params: Vec<(&str, &str)> = vec![
-        ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
-        ("X-Amz-Credential", &credential),
-        ("X-Amz-Date", &stamp),
-        ("X-Amz-Expires", &expires),
-        ("X-Amz-SignedHeaders", "host"),
-    ];
-    if let Some(t) = cred.token {
-        params.push(("X-Amz-Security-Token", t));
-    }
-    params.extend_from_slice(extra);
-    let mut enc: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| {
-            (
-                utf8_percent_encode(k, SIGV4_QUERY).to_string(),
-                utf8_percent_encode(v, SIGV4_QUERY).to_string(),
-            )
-        })
-        .collect();
-    enc.sort();
-    let query = enc
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let host = url[url::Position::BeforeHost..url::Position::AfterPort].to_string();
-    let canonical = format!(
-        "{}\n{}\n{query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD",
-        method.as_str(),
-        url.path()
-    );
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let k = hmac(format!("AWS4{}", cred.secret).as_bytes(), &day);
-    let k = hmac(&k, region);
-    let k = hmac(&k, "s3");
-    let k = hmac(&k, "aws4_request");
-    let signature = hex::encode(hmac(&k, &to_sign));
-    url.set_query(Some(&format!("{query}&X-Amz-Signature={signature}")));
-    url
+/// The crypto rustls uses for object_store's HTTPS client (reqwest 0.13 built without
+/// a provider of its own): ring, as for every other TLS client of this process. Installed
+/// once, before the first S3 store is built; a provider installed earlier stays.
+fn tls_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// AWS's documented example of a presigned GET ("Authenticating Requests: Using
-    /// Query Parameters", Signature Version 4).
-    #[test]
-    fn presign_matches_the_aws_example() {
-        let url = url::Url::parse("https://examplebucket.s3.amazonaws.com/test.txt").unwrap();
-        let now = time::macros::datetime!(2013-05-24 00:00:00 UTC);
-        let u = presign_v4(
-            &SigV4Credential {
-                key_id: "AKIAIOSFODNN7EXAMPLE",
-                secret: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                token: None,
-            },
-            "us-east-1",
-            &http::Method::GET,
-            url,
-            Duration::from_secs(86400),
-            &[],
-            now,
-        );
-        assert_eq!(
-            u.as_str(),
-            "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
-             &X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
-             &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
-             &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
-        );
-    }
 
     #[test]
     fn virtual_hosted_endpoints_carry_the_bucket() {

@@ -4,7 +4,9 @@
 //! fails — never skips — when it cannot be installed):
 //! - moto's standalone server (PyPI `moto[server]`): every test but one, each with its
 //!   own moto on a free port;
-//! - s3rver (npm): the link-expiry test.
+//! - s3rver (npm): the link-expiry test;
+//! - s3s-fs (crates.io, `binary` feature): the one here that verifies SigV4 — of every
+//!   request object_store sends and of the presigned links — and their expiry.
 //!
 //! moto 5.2.5 checks that a presigned URL carries credentials but verifies neither the
 //! signature nor `X-Amz-Expires` (a URL with a bogus signature and a 2020 date answers
@@ -202,6 +204,59 @@ impl Drop for S3rver {
     }
 }
 
+/// A running s3s-fs (crates.io), which verifies the SigV4 signature of every request,
+/// presigned URLs included, against the one key pair it is given.
+struct S3sFs {
+    child: Child,
+    endpoint: String,
+    _dir: crate::harness::TempDir,
+}
+
+impl S3sFs {
+    /// Starts it with `ACCESS_KEY`/`SECRET_KEY` and one empty bucket (a directory).
+    fn start(bucket: &str) -> S3sFs {
+        let bin = tool("s3s-fs");
+        let dir = crate::harness::TempDir::new();
+        std::fs::create_dir(dir.path().join(bucket)).unwrap();
+        let mut child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(dir.path())
+            .env("RUST_LOG", "s3s_fs=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.split("server is running at ").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let endpoint = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("s3s-fs did not start within 60 s");
+        S3sFs {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn rand_name() -> String {
     use rand::Rng;
     let mut r = rand::thread_rng();
@@ -259,6 +314,15 @@ fn hexs(b: &[u8]) -> String {
 /// The SigV4 signature of a presigned request: `params` are the decoded query
 /// parameters without `X-Amz-Signature`.
 fn signature(method: &str, u: &reqwest::Url, params: &[(String, String)]) -> String {
+    signature_with(method, u, params, SECRET_KEY)
+}
+
+fn signature_with(
+    method: &str,
+    u: &reqwest::Url,
+    params: &[(String, String)],
+    secret: &str,
+) -> String {
     let get = |k: &str| {
         params
             .iter()
@@ -289,7 +353,7 @@ fn signature(method: &str, u: &reqwest::Url, params: &[(String, String)]) -> Str
         hexs(&Sha256::digest(canonical.as_bytes()))
     );
     let parts: Vec<&str> = scope.split('/').collect();
-    let mut k = hmac(format!("AWS4{SECRET_KEY}").as_bytes(), parts[0]);
+    let mut k = hmac(format!("AWS4{secret}").as_bytes(), parts[0]);
     for p in &parts[1..] {
         k = hmac(&k, p);
     }
@@ -304,6 +368,11 @@ fn amz_now() -> String {
 
 /// Presigns `url` (which may carry query parameters) with the test credentials.
 fn presign(method: &str, url: &str, ttl: u64) -> String {
+    presign_with(method, url, ttl, SECRET_KEY)
+}
+
+/// Presigns `url` with the test access key and `secret`.
+fn presign_with(method: &str, url: &str, ttl: u64, secret: &str) -> String {
     let u = reqwest::Url::parse(url).unwrap();
     let stamp = amz_now();
     let mut params: Vec<(String, String)> = u.query_pairs().into_owned().collect();
@@ -319,7 +388,7 @@ fn presign(method: &str, url: &str, ttl: u64) -> String {
     ] {
         params.push((k.to_string(), v));
     }
-    let sig = signature(method, &u, &params);
+    let sig = signature_with(method, &u, &params, secret);
     let mut out = u.clone();
     out.set_query(None);
     {
@@ -983,6 +1052,86 @@ async fn s3_link_expires_after_link_ttl() {
     let l2 = link(&s, &key, &l).await;
     assert_ne!(l2, l);
     assert_eq!(fetch(&l2).await.0, 200);
+}
+
+/// Against a store that checks signatures itself: object_store's requests (the upload's
+/// PUT, the start-up listing) and the links it presigns — with the response headers
+/// under the signature — are accepted; a link whose signed parameters were changed, or
+/// signed with another secret, is refused; an expired one too.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_signatures_verified_by_the_store() {
+    let bucket = format!("kie-{}", rand_name());
+    let store = S3sFs::start(&bucket);
+    let mut opts = Opts::default().args(&["--link-ttl", "3s"]);
+    opts.env.extend(
+        [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", REGION.to_string()),
+            ("KIE_STORAGE", format!("s3://{bucket}/{PREFIX}")),
+            ("KIE_S3_ENDPOINT", store.endpoint.clone()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let s = Server::start(opts);
+    let (acc, key) = s.account_with_key("ana", "5");
+    let path = s.tmp().path().join("Bericht März.txt");
+    std::fs::write(&path, b"signed bytes\n").unwrap();
+    let f = s.admin(&["file", "add", "--account", &acc, path.to_str().unwrap()]);
+    let url = f["url"].as_str().unwrap().to_string();
+
+    let l = link(&s, &key, &url).await;
+    let issued = Instant::now();
+    assert!(
+        l.starts_with(&format!("{}/{bucket}/{PREFIX}/", store.endpoint)),
+        "{l}"
+    );
+    assert!(l.contains("X-Amz-Expires=3&"), "{l}");
+    assert!(l.contains("response-content-disposition="), "{l}");
+    let (status, _, body) = fetch(&l).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"signed bytes\n");
+
+    // the signature covers the response headers asked for and the lifetime
+    let u = reqwest::Url::parse(&l).unwrap();
+    let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+    for (name, value) in [
+        ("response-content-disposition", "inline"),
+        ("response-content-type", "text/html"),
+        ("X-Amz-Expires", "604800"),
+    ] {
+        let mut t = u.clone();
+        t.query_pairs_mut().clear().extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if k == name { value } else { v.as_str() })),
+        );
+        let (status, _, body) = fetch(t.as_str()).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{name} changed: {body}");
+        assert!(
+            body.contains("SignatureDoesNotMatch"),
+            "{name} changed: {body}"
+        );
+    }
+    // the same link signed with another secret is refused too
+    let other = presign_with("GET", l.split('?').next().unwrap(), 60, "not-the-secret");
+    let (status, _, body) = fetch(&other).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    // and the original, once X-Amz-Expires has passed
+    let last = std::sync::Mutex::new(String::new());
+    let expired = eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = fetch(&l).await;
+        *last.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
+        status == 403
+    })
+    .await;
+    let after = issued.elapsed();
+    let last = last.into_inner().unwrap();
+    assert!(expired.is_some(), "still served after 20 s: {last}");
+    assert!(last.contains("Request has expired"), "{last}");
+    // X-Amz-Date has whole seconds: the link lives between 2 and 3 s, plus polling
+    assert!(after >= Duration::from_secs(2), "expired after {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
