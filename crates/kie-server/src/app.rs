@@ -122,7 +122,7 @@ async fn metrics_endpoint(State(state): State<AppState>) -> impl IntoResponse {
 /// and the layers every answer passes through.
 pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
-    let (api, openapi) = crate::api::routes().split_for_parts();
+    let (api, openapi) = crate::api::routes(&state.settings).split_for_parts();
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
     let router = Router::new()
         .merge(api)

@@ -273,6 +273,77 @@ async fn maintenance_switched_in_the_database_answers_455() {
     );
 }
 
+/// Each route's feature switch, declared in the route table: while a feature is off
+/// its routes answer 505 before auth (no key needed to learn it), uploads in their own
+/// envelope; other routes are untouched; switched on again, the route answers as
+/// before.
+#[tokio::test]
+async fn disabled_features_answer_505_on_their_routes_only() {
+    let app = App::new(None).await;
+    let (_, key) = app.account_with_key("alice", "3").await;
+    tokio::spawn(
+        app.state
+            .settings
+            .clone()
+            .refresh_loop(app.state.db.clone(), app.state.shutdown.clone()),
+    );
+    for f in ["credits", "download-url", "jobs", "file-upload"] {
+        settings::set_feature(&app.state.db, f, false)
+            .await
+            .unwrap();
+    }
+    // written one after another: once the last is seen, all are
+    let upload = || async {
+        let body = json!({"base64Data": "eA=="});
+        body_json(app.post_json("/api/file-base64-upload", None, &body).await).await
+    };
+    assert!(
+        poll(upload, |v| v["code"] == 505).await.is_some(),
+        "the switch never took effect"
+    );
+    let credit = || async { body_json(app.get("/api/v1/chat/credit", None).await).await };
+    let off = |f: &str| json!({"code": 505, "msg": format!("Feature disabled: {f}"), "data": null});
+    assert_eq!(credit().await, off("credits"));
+    let r = app
+        .post_json("/api/v1/common/download-url", None, &json!({"url": "x"}))
+        .await;
+    assert_eq!(body_json(r).await, off("download-url"));
+    let r = app
+        .post_json(
+            "/api/v1/jobs/createTask",
+            None,
+            &json!({"model": "demo/text"}),
+        )
+        .await;
+    assert_eq!(body_json(r).await, off("jobs"));
+    let r = app.get("/api/v1/jobs/recordInfo?taskId=t", None).await;
+    assert_eq!(body_json(r).await, off("jobs"));
+    let r = app
+        .post_json(
+            "/api/file-base64-upload",
+            None,
+            &json!({"base64Data": "eA=="}),
+        )
+        .await;
+    assert_eq!(
+        body_json(r).await,
+        json!({"success": false, "code": 505, "msg": "Feature disabled: file-upload", "data": null})
+    );
+    // a route without a switch answers as ever (here: auth first)
+    let r = app.get("/api/v1/account/usage", None).await;
+    assert_eq!(body_json(r).await["code"], 401);
+
+    settings::set_feature(&app.state.db, "credits", true)
+        .await
+        .unwrap();
+    let with_key = || async { body_json(app.get("/api/v1/chat/credit", Some(&key)).await).await };
+    assert!(poll(with_key, |v| v["code"] == 200).await.is_some());
+    assert_eq!(
+        with_key().await,
+        json!({"code": 200, "msg": "success", "data": 3})
+    );
+}
+
 /// Calls `f` every 20 ms until `done` holds for its answer (at most 10 s).
 async fn poll<F, Fut>(mut f: F, done: impl Fn(&Value) -> bool) -> Option<Duration>
 where

@@ -17,6 +17,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::http::guard::FeatureSwitch;
+use crate::settings::LiveSettings;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -65,20 +67,34 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every public API route with its documentation.
-pub fn routes() -> OpenApiRouter<AppState> {
+/// Every public API route with its documentation, and what differs per route: its
+/// feature switch (`FeatureSwitch`, which the operator can turn off: 505), its envelope
+/// (the File Upload API's, with `"success"`), its body limit. Everything else every
+/// route shares, in `http::pipeline`.
+pub fn routes(settings: &LiveSettings) -> OpenApiRouter<AppState> {
+    let feature = |name| FeatureSwitch::new(settings, name);
+    let credits = OpenApiRouter::new()
+        .routes(routes!(credit::get_credit))
+        .route_layer(feature("credits"));
+    let download_url = OpenApiRouter::new()
+        .routes(routes!(download_url::download_url))
+        .route_layer(feature("download-url"));
+    let jobs = OpenApiRouter::new()
+        .routes(routes!(jobs::create_task))
+        .routes(routes!(jobs::record_info))
+        .route_layer(feature("jobs"));
     // The upload routes bound their bodies themselves (`max_upload` while streaming
     // into the store), instead of the 1 MiB JSON limit the router applies elsewhere.
     let uploads = OpenApiRouter::new()
         .routes(routes!(upload::file_stream_upload))
         .routes(routes!(upload::file_base64_upload))
         .routes(routes!(upload::file_url_upload))
+        .route_layer(feature("file-upload").upload())
         .layer(axum::extract::DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(credit::get_credit))
-        .routes(routes!(download_url::download_url))
-        .routes(routes!(jobs::create_task))
-        .routes(routes!(jobs::record_info))
+        .merge(credits)
+        .merge(download_url)
+        .merge(jobs)
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
         .routes(routes!(account::overview))

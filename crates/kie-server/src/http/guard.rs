@@ -1,6 +1,7 @@
 //! Guards every request passes before its handler, in `http::pipeline`: maintenance
-//! and disabled features for `/api/...` but the operator API ([`api_refusal`]), and
-//! quick answers while the database is down ([`db_watch`]).
+//! for `/api/...` but the operator API ([`api_refusal`]), and quick answers while the
+//! database is down ([`db_watch`]); and the one a route declares in the route table,
+//! its feature switch ([`FeatureSwitch`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -10,43 +11,98 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::ApiError;
+use crate::settings::LiveSettings;
 use crate::state::AppState;
 use crate::store::health::DbHealth;
 
-/// Which feature switch guards a path (see `settings::FEATURES`).
-fn feature_of(path: &str) -> Option<&'static str> {
-    if path == "/api/v1/chat/credit" {
-        Some("credits")
-    } else if path == "/api/v1/common/download-url" {
-        Some("download-url")
-    } else if path.starts_with("/api/file-") {
-        Some("file-upload")
-    } else if path.starts_with("/api/v1/jobs/") {
-        Some("jobs")
-    } else {
-        None
-    }
-}
-
-/// Maintenance (455) and disabled features (505) for `/api/...` but the operator API,
-/// before auth: the refusal for `path`, if any.
+/// Maintenance (455) for `/api/...` but the operator API, before auth: the refusal
+/// for `path`, if any.
 pub fn api_refusal(state: &AppState, path: &str) -> Option<Response> {
     // the operator API keeps answering in maintenance: it is how maintenance ends
     if !path.starts_with("/api/") || path.starts_with("/api/v1/admin/") {
         return None;
     }
-    let s = state.settings.current();
-    let err = if s.maintenance {
-        Some(ApiError::maintenance())
-    } else {
-        feature_of(path)
-            .filter(|f| s.is_disabled(f))
-            .map(ApiError::feature_disabled)
-    };
-    err.map(|mut e| {
-        e.upload = path.starts_with("/api/file-");
-        e.into_response()
-    })
+    if !state.settings.current().maintenance {
+        return None;
+    }
+    let mut e = ApiError::maintenance();
+    e.upload = path.starts_with("/api/file-");
+    Some(e.into_response())
+}
+
+/// A route's feature switch (`settings::FEATURES`), declared next to the route in the
+/// route table (`api::routes`) as a route layer: while the operator has the feature
+/// disabled the route answers 505 before its extractors (so before auth and body).
+/// Its future is the handler's own, or a ready answer.
+#[derive(Clone)]
+pub struct FeatureSwitch {
+    settings: LiveSettings,
+    feature: &'static str,
+    upload: bool,
+}
+
+impl FeatureSwitch {
+    /// Guards the routes it is layered on with `feature`.
+    pub fn new(settings: &LiveSettings, feature: &'static str) -> Self {
+        debug_assert!(
+            crate::settings::FEATURES.iter().any(|(f, _)| *f == feature),
+            "unknown feature {feature}"
+        );
+        FeatureSwitch {
+            settings: settings.clone(),
+            feature,
+            upload: false,
+        }
+    }
+
+    /// The refusal in the File Upload API's envelope (with `"success": false`).
+    pub fn upload(mut self) -> Self {
+        self.upload = true;
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for FeatureSwitch {
+    type Service = FeatureSwitchService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FeatureSwitchService {
+            inner,
+            switch: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FeatureSwitchService<S> {
+    inner: S,
+    switch: FeatureSwitch,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for FeatureSwitchService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let s = &self.switch;
+        if s.settings.current().is_disabled(s.feature) {
+            let mut e = ApiError::feature_disabled(s.feature);
+            e.upload = s.upload;
+            return futures::future::Either::Left(std::future::ready(Ok(e.into_response())));
+        }
+        futures::future::Either::Right(self.inner.call(req))
+    }
 }
 
 /// How a request is watched for a database outage (see [`db_watch`]).

@@ -8,17 +8,18 @@
 //!    request's context (`RequestCtx`: id, route label, caller);
 //! 2. the per-IP rate limit (`ratelimit::IpLimiter::check`, against the TCP peer);
 //! 3. the request body's deadline (`request_body_timeout`; answered 408 when it fires);
-//! 4. maintenance and disabled features for `/api/...` (`guard::api_refusal`);
+//! 4. maintenance for `/api/...` (`guard::api_refusal`);
 //! 5. database health (`guard::db_watch`): quick answers while PostgreSQL is known to
 //!    be down, and answers for requests already waiting when it goes down;
 //! 6. the router: route matching, the body limit, [`RouteLabel`] (the matched route
-//!    becomes the metrics and log label), the handler with its extractors;
+//!    becomes the metrics and log label), the route's feature switch
+//!    (`guard::FeatureSwitch`), the handler with its extractors;
 //! 7. the way out (`http::finish`): the envelope for answers produced outside the
 //!    handlers, internal details replaced by the request id, the status mode, metrics
 //!    and the request log line.
 //!
-//! What differs per route is declared once, next to it: its feature switch
-//! (`guard::feature_of`), its envelope kind (the handler's `ApiError::for_upload`), its
+//! What differs per route is declared once, next to it in the route table
+//! (`api::routes`): its feature switch (`guard::FeatureSwitch`), its envelope kind (the handler's `ApiError::for_upload`), its
 //! metrics and log label (the route's own path pattern).
 //!
 //! Cost: one boxed future per request for the whole pipeline (the six `from_fn`
