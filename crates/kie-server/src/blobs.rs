@@ -51,7 +51,17 @@ pub enum BlobKind {
 }
 
 /// How S3 requests name the bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum S3Addressing {
     /// `https://endpoint/bucket/key` (works with every S3-compatible store)

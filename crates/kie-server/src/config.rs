@@ -1,8 +1,9 @@
-//! Service configuration: flags, then `KIE_*` environment variables (clap reads both),
-//! then an optional TOML file, then built-in defaults.
+//! Service configuration: one serde struct, [`Settings`], layered by figment — flags,
+//! then `KIE_*` environment variables (clap reads both into [`ServeArgs`]), then an
+//! optional TOML file — and then built-in defaults and the checks of [`Config`].
 
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use url::Url;
 use kie_wire::Credits;
 
 /// How HTTP statuses relate to the body `code` (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusMode {
     /// HTTP 200 for every enveloped answer except rate limiting (429), as KIE.AI does.
@@ -22,7 +23,7 @@ pub enum StatusMode {
     Mirror,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -31,7 +32,8 @@ pub enum LogFormat {
 }
 
 /// Where the service keeps its metadata and bytes. Shared by `kie serve` and `kie admin`.
-#[derive(Debug, Clone, Args, Default)]
+/// Serialized, it is the flags layer of [`Settings`] (unset flags are left out).
+#[derive(Debug, Clone, Args, Default, Serialize)]
 pub struct StoreArgs {
     /// Data directory for the embedded default (SQLite database and local files)
     #[arg(long, env = "KIE_DATA_DIR", value_name = "DIR", global = true)]
@@ -50,6 +52,7 @@ pub struct StoreArgs {
     pub storage: Option<String>,
     /// Optional TOML configuration file (flags and KIE_* variables take precedence)
     #[arg(long, env = "KIE_CONFIG", value_name = "FILE", global = true)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// S3 storage: endpoint of an S3-compatible store (overrides AWS_ENDPOINT_URL)
     #[arg(long, env = "KIE_S3_ENDPOINT", value_name = "URL", global = true)]
@@ -60,9 +63,11 @@ pub struct StoreArgs {
 }
 
 /// `kie serve` flags. Every flag can also be set as `KIE_<NAME>` or in the TOML file.
-#[derive(Debug, Clone, Args, Default)]
+/// Serialized, it is the flags layer of [`Settings`] (unset flags are left out).
+#[derive(Debug, Clone, Args, Default, Serialize)]
 pub struct ServeArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub store: StoreArgs,
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, env = "KIE_BIND", value_name = "ADDR:PORT")]
@@ -78,6 +83,7 @@ pub struct ServeArgs {
     pub status_mode: Option<StatusMode>,
     /// Allow webhook callbacks and URL uploads to loopback/private addresses
     #[arg(long, env = "KIE_ALLOW_PRIVATE_TARGETS")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_private_targets: bool,
     /// Webhook retry delays, e.g. 0s,5s,5m,30m,2h,5h,10h,24h
     #[arg(long, env = "KIE_WEBHOOK_RETRY_SCHEDULE", value_name = "LIST")]
@@ -95,9 +101,11 @@ pub struct ServeArgs {
         value_name = "TOKEN",
         hide_env_values = true
     )]
+    #[serde(serialize_with = "expose_secret")]
     pub worker_token: Option<kie_wire::secrets::Secret>,
     /// Create (once) a demo account with credits and print its API key and a curl line
     #[arg(long, env = "KIE_DEMO")]
+    #[serde(skip)]
     pub demo: bool,
     /// Log format [default: text]
     #[arg(long, env = "KIE_LOG_FORMAT", value_enum)]
@@ -135,11 +143,12 @@ pub struct ServeArgs {
     pub demo_fail_rate: Option<f64>,
 }
 
-/// The TOML file: the same settings as the flags, plus the ones only a file can express
-/// (the model catalog, retention, prices).
+/// Every setting, as the layers give it: the flags (and their `KIE_*` variables) and the
+/// TOML file, which also holds the settings only a file can express (the model catalog,
+/// retention, prices). `None`: no layer set it, the default applies ([`Config`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+struct Settings {
     bind: Option<String>,
     public_url: Option<String>,
     data_dir: Option<PathBuf>,
@@ -411,68 +420,110 @@ fn parse_fail_rate(what: &str, r: f64) -> Result<f64, ConfigError> {
     Ok(r)
 }
 
-fn read_file_config(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
-    let Some(path) = path else {
-        return Ok(FileConfig::default());
+/// The flags' value, for the flags layer only (never logged: `Secret` has no
+/// `Serialize` of its own).
+fn expose_secret<S: serde::Serializer>(
+    v: &Option<kie_wire::secrets::Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(v.expose()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The layers merged: `flags` (what clap read from the command line and the `KIE_*`
+/// variables; unset ones are left out) over the TOML file at `path`, if any.
+fn layered(path: Option<&Path>, flags: &impl Serialize) -> Result<Settings, ConfigError> {
+    use figment::providers::Serialized;
+    use figment::value::Value;
+    use figment::Figment;
+    let mut fig = Figment::new();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+        // parsed here for toml's one-line message; figment layers the value
+        let file: toml::Table = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|r| format!("line {}: ", text[..r.start].matches('\n').count() + 1))
+                .unwrap_or_default();
+            let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+            bad(format!(
+                "invalid config file {}: {line}{msg}",
+                path.display()
+            ))
+        })?;
+        fig = fig.merge(Serialized::defaults(file));
+        fig.extract::<Settings>().map_err(|e| {
+            bad(format!(
+                "invalid config file {}: {}",
+                path.display(),
+                one_line(&e)
+            ))
+        })?;
+    }
+    let flags = match Value::serialize(flags) {
+        Ok(Value::Dict(_, d)) => d
+            .into_iter()
+            .filter(|(_, v)| !matches!(v, Value::Empty(..)))
+            .collect::<figment::value::Dict>(),
+        _ => unreachable!("the flags serialize as a map"),
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        bad(format!("invalid config file {}: {msg}", path.display()))
-    })
+    fig.merge(Serialized::defaults(flags))
+        .extract()
+        .map_err(|e| bad(format!("invalid setting: {}", one_line(&e))))
+}
+
+/// A figment error as one line: `key: what is wrong`.
+fn one_line(e: &figment::Error) -> String {
+    let what = match &e.kind {
+        figment::error::Kind::UnknownField(name, _) => format!("unknown setting `{name}`"),
+        kind => kind.to_string(),
+    };
+    match e.path.is_empty() {
+        true => what,
+        false => format!("{}: {what}", e.path.join(".")),
+    }
 }
 
 impl StoreArgs {
     /// Resolves data dir, database and storage (shared with `kie admin`).
     pub fn resolve(&self) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
-        let file = read_file_config(self.config.as_deref())?;
-        resolve_store(self, &file)
+        resolve_store(&layered(self.config.as_deref(), self)?)
     }
 
     /// The storage named by `--storage`, `KIE_STORAGE` or the config file, if any
     /// (`None`: the default, `file://<data-dir>/files`, applies).
     pub fn explicit_storage(&self) -> Result<Option<String>, ConfigError> {
-        let file = read_file_config(self.config.as_deref())?;
-        Ok(self.storage.clone().or(file.storage))
+        Ok(layered(self.config.as_deref(), self)?.storage)
     }
 
     /// The S3 settings (`--s3-endpoint`, `--s3-addressing`, or the config file).
     pub fn s3_options(&self) -> Result<crate::blobs::S3Options, ConfigError> {
-        let file = read_file_config(self.config.as_deref())?;
-        Ok(resolve_s3(self, &file))
+        Ok(resolve_s3(&layered(self.config.as_deref(), self)?))
     }
 }
 
-fn resolve_s3(a: &StoreArgs, f: &FileConfig) -> crate::blobs::S3Options {
+fn resolve_s3(f: &Settings) -> crate::blobs::S3Options {
     crate::blobs::S3Options {
-        endpoint: a
-            .s3_endpoint
-            .clone()
-            .or_else(|| f.s3_endpoint.clone())
-            .filter(|e| !e.trim().is_empty()),
-        addressing: a.s3_addressing.or(f.s3_addressing).unwrap_or_default(),
+        endpoint: f.s3_endpoint.clone().filter(|e| !e.trim().is_empty()),
+        addressing: f.s3_addressing.unwrap_or_default(),
     }
 }
 
-fn resolve_store(
-    a: &StoreArgs,
-    f: &FileConfig,
-) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
-    let data_dir = a
+fn resolve_store(f: &Settings) -> Result<(PathBuf, DatabaseUrl, String), ConfigError> {
+    let data_dir = f
         .data_dir
         .clone()
-        .or_else(|| f.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./kie-data"));
-    let db = a.database_url.clone().or_else(|| f.database_url.clone());
-    let database = match db {
+    let database = match &f.database_url {
         None => DatabaseUrl::Sqlite(data_dir.join("kie.db")),
-        Some(u) => parse_database_url(&u)?,
+        Some(u) => parse_database_url(u)?,
     };
-    let storage = a
+    let storage = f
         .storage
         .clone()
-        .or_else(|| f.storage.clone())
         .unwrap_or_else(|| format!("file://{}", data_dir.join("files").display()));
     if !(storage.starts_with("file://") || storage.starts_with("s3://")) {
         return Err(bad(format!(
@@ -505,41 +556,31 @@ pub fn parse_database_url(u: &str) -> Result<DatabaseUrl, ConfigError> {
 
 impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
-        let f = read_file_config(a.store.config.as_deref())?;
-        let (data_dir, database, storage) = resolve_store(&a.store, &f)?;
+        let f = layered(a.store.config.as_deref(), a)?;
+        let (data_dir, database, storage) = resolve_store(&f)?;
 
-        let bind = a
-            .bind
-            .clone()
-            .or(f.bind.clone())
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind = f.bind.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
         let bind_addr: SocketAddr = bind.parse().map_err(|_| {
             bad(format!(
                 "invalid --bind '{bind}': expected ADDR:PORT, e.g. 127.0.0.1:8080"
             ))
         })?;
-        let public_url_s = a
+        let public_url_s = f
             .public_url
             .clone()
-            .or(f.public_url.clone())
             .unwrap_or_else(|| format!("http://{bind_addr}"));
         let public_url = parse_public_url(&public_url_s)?;
 
-        let link_ttl_s = a
-            .link_ttl
-            .clone()
-            .or(f.link_ttl.clone())
-            .unwrap_or_else(|| "20m".into());
+        let link_ttl_s = f.link_ttl.clone().unwrap_or_else(|| "20m".into());
         let link_ttl = parse_duration("--link-ttl", &link_ttl_s)?;
         if link_ttl.is_zero() || link_ttl > MAX_LINK_TTL {
             return Err(bad(format!(
                 "invalid --link-ttl '{link_ttl_s}': must be between 1s and 7d"
             )));
         }
-        let schedule_s = a
+        let schedule_s = f
             .webhook_retry_schedule
             .clone()
-            .or(f.webhook_retry_schedule.clone())
             .unwrap_or_else(|| DEFAULT_RETRY_SCHEDULE.into());
         let webhook_retry_schedule = schedule_s
             .split(',')
@@ -561,9 +602,8 @@ impl Config {
 
         let default_model_price = parse_credits(
             "--default-model-price",
-            a.default_model_price
+            f.default_model_price
                 .as_deref()
-                .or(f.default_model_price.as_deref())
                 .unwrap_or(DEFAULT_MODEL_PRICE),
         )?;
         // The catalog, then the TOML `models` table overriding or extending it.
@@ -625,17 +665,8 @@ impl Config {
             m.delay = delay.or(m.delay);
             m.fail_rate = fail_rate.or(m.fail_rate);
         }
-        let demo_delay = parse_duration(
-            "--demo-delay",
-            a.demo_delay
-                .as_deref()
-                .or(f.demo_delay.as_deref())
-                .unwrap_or("0s"),
-        )?;
-        let demo_fail_rate = parse_fail_rate(
-            "--demo-fail-rate",
-            a.demo_fail_rate.or(f.demo_fail_rate).unwrap_or(0.0),
-        )?;
+        let demo_delay = parse_duration("--demo-delay", f.demo_delay.as_deref().unwrap_or("0s"))?;
+        let demo_fail_rate = parse_fail_rate("--demo-fail-rate", f.demo_fail_rate.unwrap_or(0.0))?;
         let price_download_url = match f.pricing.as_ref().and_then(|p| p.download_url.as_deref()) {
             None => Credits::ZERO,
             Some(p) => parse_credits("pricing.download_url", p)?,
@@ -661,18 +692,17 @@ impl Config {
             data_dir,
             database,
             storage,
-            s3: resolve_s3(&a.store, &f),
+            s3: resolve_s3(&f),
             link_ttl,
-            status_mode: a.status_mode.or(f.status_mode).unwrap_or_default(),
-            allow_private_targets: a.allow_private_targets
-                || f.allow_private_targets.unwrap_or(false),
+            status_mode: f.status_mode.unwrap_or_default(),
+            allow_private_targets: f.allow_private_targets.unwrap_or(false),
             webhook_retry_schedule,
-            key_rate_limit: a.key_rate_limit.or(f.key_rate_limit).unwrap_or(50_000),
-            max_body: a.max_body.or(f.max_body).unwrap_or(1024 * 1024),
-            max_upload: a.max_upload.or(f.max_upload).unwrap_or(100 * 1024 * 1024),
-            worker_token: a.worker_token.clone().or(f.worker_token.clone()),
+            key_rate_limit: f.key_rate_limit.unwrap_or(50_000),
+            max_body: f.max_body.unwrap_or(1024 * 1024),
+            max_upload: f.max_upload.unwrap_or(100 * 1024 * 1024),
+            worker_token: f.worker_token.clone(),
             demo: a.demo,
-            log_format: a.log_format.or(f.log_format).unwrap_or_default(),
+            log_format: f.log_format.unwrap_or_default(),
             file_hosts,
             public_result_urls: f.public_result_urls.unwrap_or(true),
             retention_generated: dur("retention_generated", &f.retention_generated, "14d")?,
@@ -690,10 +720,7 @@ impl Config {
             db_max_connections: f.db_max_connections.unwrap_or(16),
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
             db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "3s")?,
-            sqlite_group_commit: a
-                .sqlite_group_commit
-                .or(f.sqlite_group_commit)
-                .unwrap_or(true),
+            sqlite_group_commit: f.sqlite_group_commit.unwrap_or(true),
             price_download_url,
             models,
             default_model_price,
@@ -704,9 +731,7 @@ impl Config {
                 "--header-read-timeout",
                 dur(
                     "--header-read-timeout",
-                    &a.header_read_timeout
-                        .clone()
-                        .or(f.header_read_timeout.clone()),
+                    &f.header_read_timeout.clone(),
                     "10s",
                 )?,
             )?,
@@ -714,17 +739,15 @@ impl Config {
                 "--request-body-timeout",
                 dur(
                     "--request-body-timeout",
-                    &a.request_body_timeout
-                        .clone()
-                        .or(f.request_body_timeout.clone()),
+                    &f.request_body_timeout.clone(),
                     "5m",
                 )?,
             )?,
-            max_connections: match a.max_connections.or(f.max_connections).unwrap_or(10_000) {
+            max_connections: match f.max_connections.unwrap_or(10_000) {
                 0 => return Err(bad("invalid --max-connections 0: must be at least 1")),
                 n => n,
             },
-            ip_rate_limit: a.ip_rate_limit.or(f.ip_rate_limit).unwrap_or(100_000),
+            ip_rate_limit: f.ip_rate_limit.unwrap_or(100_000),
         })
     }
 
@@ -821,6 +844,101 @@ mod tests {
             "invalid model 'acme/y': not in the catalog, so it needs a price"
         );
         assert!(with("demo_fail_rate = 2.0\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// flags (and `KIE_*`, which clap folds into them) > TOML > defaults, setting by
+    /// setting; an unset flag (or a `false` switch) leaves the file's value.
+    #[test]
+    fn layers_take_precedence_setting_by_setting() {
+        let dir = std::env::temp_dir().join(format!("kie-layers-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kie.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9000\"\nlink_ttl = \"5m\"\nallow_private_targets = true\n\
+             key_rate_limit = 7\nworker_token = \"from-file\"\ns3_addressing = \"virtual\"\n",
+        )
+        .unwrap();
+        let store = StoreArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let file_only = Config::from_args(&ServeArgs {
+            store: store.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(file_only.bind, "127.0.0.1:9000");
+        assert_eq!(file_only.public_url.as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(file_only.link_ttl, Duration::from_secs(300));
+        assert!(file_only.allow_private_targets);
+        assert_eq!(file_only.key_rate_limit, 7);
+        assert_eq!(
+            file_only.worker_token.as_ref().map(|t| t.expose()),
+            Some("from-file")
+        );
+        assert_eq!(file_only.s3.addressing, crate::blobs::S3Addressing::Virtual);
+        // a default the file does not set
+        assert_eq!(file_only.max_body, 1024 * 1024);
+
+        let flags = Config::from_args(&ServeArgs {
+            store: StoreArgs {
+                s3_addressing: Some(crate::blobs::S3Addressing::Path),
+                ..store.clone()
+            },
+            link_ttl: Some("1m".into()),
+            key_rate_limit: Some(0),
+            worker_token: Some(kie_wire::secrets::Secret::new("from-flag")),
+            allow_private_targets: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(flags.link_ttl, Duration::from_secs(60));
+        assert_eq!(flags.key_rate_limit, 0);
+        assert_eq!(
+            flags.worker_token.as_ref().map(|t| t.expose()),
+            Some("from-flag")
+        );
+        assert_eq!(flags.s3.addressing, crate::blobs::S3Addressing::Path);
+        // not given as flags: the file's
+        assert_eq!(flags.bind, "127.0.0.1:9000");
+        assert!(flags.allow_private_targets);
+
+        // a wrong type in the file: one line naming the file and the key
+        std::fs::write(&path, "key_rate_limit = \"many\"\n").unwrap();
+        let e = Config::from_args(&ServeArgs {
+            store: store.clone(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid config file {}: key_rate_limit: ",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let e = store.resolve().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid config file {}: no_such_setting: unknown setting `no_such_setting`",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "bind = \"127.0.0.1:1\"\nlink_ttl = \n").unwrap();
+        let e = store.resolve().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid config file {}: line 2: invalid string expected `\"`, `'`",
+                path.display()
+            )
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
