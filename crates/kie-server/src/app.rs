@@ -124,8 +124,9 @@ pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
     let (api, openapi) = crate::api::routes(&state.settings).split_for_parts();
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
-    let router = Router::new()
-        .merge(api)
+    // the API's routes carry their route layer already (label and feature switch, one
+    // box per route, `api::routes`); the others get theirs here
+    let rest = Router::new()
         .merge(crate::files::serve::routes())
         .merge(crate::workers::http::routes())
         .merge(crate::console::routes())
@@ -144,8 +145,11 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .route_layer(http::pipeline::RouteLabel::default());
+    let router = Router::new()
+        .merge(api)
+        .merge(rest)
         .fallback(http::unknown_endpoint)
-        .route_layer(http::pipeline::RouteLabel)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body));
     // the one request path: every route, every backend (see `http::pipeline`)
     router

@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::guard::FeatureSwitch;
+use crate::http::pipeline::RouteLabel;
 use crate::settings::LiveSettings;
 use crate::state::AppState;
 
@@ -69,32 +70,32 @@ impl Modify for BearerAuth {
 
 /// Every public API route with its documentation, and what differs per route: its
 /// feature switch (`FeatureSwitch`, which the operator can turn off: 505), its envelope
-/// (the File Upload API's, with `"success"`), its body limit. Everything else every
+/// (the File Upload API's, with `"success"`), its body limit. Each route gets its route
+/// layer (`RouteLabel`: its label and its switch) here, once; everything else every
 /// route shares, in `http::pipeline`.
 pub fn routes(settings: &LiveSettings) -> OpenApiRouter<AppState> {
-    let feature = |name| FeatureSwitch::new(settings, name);
+    let switched = |name| RouteLabel::switched(FeatureSwitch::new(settings, name));
     let credits = OpenApiRouter::new()
         .routes(routes!(credit::get_credit))
-        .route_layer(feature("credits"));
+        .route_layer(switched("credits"));
     let download_url = OpenApiRouter::new()
         .routes(routes!(download_url::download_url))
-        .route_layer(feature("download-url"));
+        .route_layer(switched("download-url"));
     let jobs = OpenApiRouter::new()
         .routes(routes!(jobs::create_task))
         .routes(routes!(jobs::record_info))
-        .route_layer(feature("jobs"));
+        .route_layer(switched("jobs"));
     // The upload routes bound their bodies themselves (`max_upload` while streaming
     // into the store), instead of the 1 MiB JSON limit the router applies elsewhere.
     let uploads = OpenApiRouter::new()
         .routes(routes!(upload::file_stream_upload))
         .routes(routes!(upload::file_base64_upload))
         .routes(routes!(upload::file_url_upload))
-        .route_layer(feature("file-upload").upload())
+        .route_layer(RouteLabel::switched(
+            FeatureSwitch::new(settings, "file-upload").upload(),
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(credits)
-        .merge(download_url)
-        .merge(jobs)
         .routes(routes!(account::list_tasks))
         .routes(routes!(account::usage))
         .routes(routes!(account::overview))
@@ -124,5 +125,10 @@ pub fn routes(settings: &LiveSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_settings, admin::update_settings))
         .routes(routes!(admin::rotate_signing_key))
         .routes(routes!(admin::health))
+        // the routes above: their label, no switch
+        .route_layer(RouteLabel::default())
+        .merge(credits)
+        .merge(download_url)
+        .merge(jobs)
         .merge(uploads)
 }

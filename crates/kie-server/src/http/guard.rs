@@ -31,9 +31,9 @@ pub fn api_refusal(state: &AppState, path: &str) -> Option<Response> {
 }
 
 /// A route's feature switch (`settings::FEATURES`), declared next to the route in the
-/// route table (`api::routes`) as a route layer: while the operator has the feature
-/// disabled the route answers 505 before its extractors (so before auth and body).
-/// Its future is the handler's own, or a ready answer.
+/// route table (`api::routes`), checked by the route's layer
+/// ([`super::pipeline::RouteLabel`]): while the operator has the feature disabled the
+/// route answers 505 before its extractors (so before auth and body).
 #[derive(Clone)]
 pub struct FeatureSwitch {
     settings: LiveSettings,
@@ -42,7 +42,7 @@ pub struct FeatureSwitch {
 }
 
 impl FeatureSwitch {
-    /// Guards the routes it is layered on with `feature`.
+    /// Guards the routes it is declared on with `feature`.
     pub fn new(settings: &LiveSettings, feature: &'static str) -> Self {
         debug_assert!(
             crate::settings::FEATURES.iter().any(|(f, _)| *f == feature),
@@ -60,48 +60,15 @@ impl FeatureSwitch {
         self.upload = true;
         self
     }
-}
 
-impl<S> tower::Layer<S> for FeatureSwitch {
-    type Service = FeatureSwitchService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        FeatureSwitchService {
-            inner,
-            switch: self.clone(),
+    /// The 505 answer while the feature is off.
+    pub fn refusal(&self) -> Option<Response> {
+        if !self.settings.current().is_disabled(self.feature) {
+            return None;
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct FeatureSwitchService<S> {
-    inner: S,
-    switch: FeatureSwitch,
-}
-
-impl<S, B> tower::Service<axum::http::Request<B>> for FeatureSwitchService<S>
-where
-    S: tower::Service<axum::http::Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let s = &self.switch;
-        if s.settings.current().is_disabled(s.feature) {
-            let mut e = ApiError::feature_disabled(s.feature);
-            e.upload = s.upload;
-            return futures::future::Either::Left(std::future::ready(Ok(e.into_response())));
-        }
-        futures::future::Either::Right(self.inner.call(req))
+        let mut e = ApiError::feature_disabled(self.feature);
+        e.upload = self.upload;
+        Some(e.into_response())
     }
 }
 

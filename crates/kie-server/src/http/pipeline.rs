@@ -12,7 +12,7 @@
 //! 5. database health (`guard::db_watch`): quick answers while PostgreSQL is known to
 //!    be down, and answers for requests already waiting when it goes down;
 //! 6. the router: route matching, the body limit, [`RouteLabel`] (the matched route
-//!    becomes the metrics and log label), the route's feature switch
+//!    becomes the metrics and log label) and the route's feature switch
 //!    (`guard::FeatureSwitch`), the handler with its extractors;
 //! 7. the way out (`http::finish`): the envelope for answers produced outside the
 //!    handlers, internal details replaced by the request id, the status mode, metrics
@@ -152,42 +152,64 @@ where
     }
 }
 
-/// Inside the router, on every route: the matched route pattern becomes the request's
-/// label (metrics, request log). Its future is the handler's own.
-#[derive(Clone, Copy, Default)]
-pub struct RouteLabel;
+/// Inside the router, on every route, once (one route layer, so one box per route as
+/// before the feature switch joined it): the matched route pattern becomes the
+/// request's label (metrics, request log), and the route's feature switch, when it has
+/// one ([`guard::FeatureSwitch`], declared in the route table), answers 505 while the
+/// operator has the feature off. Its future is the handler's own, or a ready answer.
+#[derive(Clone, Default)]
+pub struct RouteLabel {
+    switch: Option<guard::FeatureSwitch>,
+}
+
+impl RouteLabel {
+    /// The label and `switch`, for the routes of a switched feature.
+    pub fn switched(switch: guard::FeatureSwitch) -> Self {
+        RouteLabel {
+            switch: Some(switch),
+        }
+    }
+}
 
 impl<S> Layer<S> for RouteLabel {
     type Service = RouteLabelService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RouteLabelService { inner }
+        RouteLabelService {
+            inner,
+            switch: self.switch.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RouteLabelService<S> {
     inner: S,
+    switch: Option<guard::FeatureSwitch>,
 }
 
 impl<S> Service<Request<Body>> for RouteLabelService<S>
 where
-    S: Service<Request<Body>>,
+    S: Service<Request<Body>, Response = Response>,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future =
+        futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> S::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         if let (Some(ctx), Some(p)) = (
             req.extensions().get::<Arc<RequestCtx>>(),
             req.extensions().get::<MatchedPath>(),
         ) {
             let _ = ctx.route.set(p.clone());
         }
-        self.inner.call(req)
+        if let Some(refused) = self.switch.as_ref().and_then(guard::FeatureSwitch::refusal) {
+            return futures::future::Either::Left(std::future::ready(Ok(refused)));
+        }
+        futures::future::Either::Right(self.inner.call(req))
     }
 }
