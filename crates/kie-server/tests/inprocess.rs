@@ -80,6 +80,16 @@ impl App {
         }
     }
 
+    /// Starts the settings refresh `kie serve` runs in the background (every 500 ms).
+    fn refresh_settings(&self) {
+        tokio::spawn(
+            self.state
+                .settings
+                .clone()
+                .refresh_loop(self.state.db.clone(), self.state.shutdown.clone()),
+        );
+    }
+
     /// An account with `credits` and an API key for it: (account id, key).
     async fn account_with_key(&self, name: &str, credits: &str) -> (String, String) {
         let acc = accounts::create(&self.state.db, name, Some(credits.parse().unwrap()))
@@ -223,13 +233,7 @@ async fn wrong_method_is_405_with_allow() {
 async fn maintenance_switched_in_the_database_answers_455() {
     let app = App::new(None).await;
     let (_, key) = app.account_with_key("alice", "3").await;
-    // the settings refresh `kie serve` runs in the background (every 500 ms)
-    tokio::spawn(
-        app.state
-            .settings
-            .clone()
-            .refresh_loop(app.state.db.clone(), app.state.shutdown.clone()),
-    );
+    app.refresh_settings();
     let code = |app: &App, key: String| {
         let app_router = app.router.clone();
         async move {
@@ -281,12 +285,7 @@ async fn maintenance_switched_in_the_database_answers_455() {
 async fn disabled_features_answer_505_on_their_routes_only() {
     let app = App::new(None).await;
     let (_, key) = app.account_with_key("alice", "3").await;
-    tokio::spawn(
-        app.state
-            .settings
-            .clone()
-            .refresh_loop(app.state.db.clone(), app.state.shutdown.clone()),
-    );
+    app.refresh_settings();
     for f in ["credits", "download-url", "jobs", "file-upload"] {
         settings::set_feature(&app.state.db, f, false)
             .await

@@ -155,41 +155,42 @@ impl Drop for Moto {
     }
 }
 
-/// A running s3rver (npm), which — unlike moto — refuses presigned URLs after their
-/// `X-Amz-Expires` (it accepts only the access key `S3RVER`).
-struct S3rver {
+/// An S3-compatible server in a child process, on its own directory (killed on drop).
+struct ChildStore {
     child: Child,
     endpoint: String,
     _dir: crate::harness::TempDir,
 }
 
-impl S3rver {
-    fn start(bucket: &str) -> S3rver {
-        let bin = tool("node/node_modules/.bin/s3rver");
-        let dir = crate::harness::TempDir::new();
-        let mut child = Command::new(&bin)
-            .arg("-d")
-            .arg(dir.path())
-            .args(["-a", "127.0.0.1", "-p", "0", "--configure-bucket", bucket])
+impl ChildStore {
+    /// Runs `cmd` (its data directory `dir`) and waits for the line of its standard
+    /// output that carries `marker` followed by its address.
+    fn run(mut cmd: Command, dir: crate::harness::TempDir, marker: &'static str) -> ChildStore {
+        let what = format!("{:?}", cmd.get_program());
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn s3rver");
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(a) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(format!("http://{}", a.trim()));
+                if let Some(a) = line.split(marker).nth(1) {
+                    let a = a.trim();
+                    let _ = tx.send(match a.starts_with("http") {
+                        true => a.to_string(),
+                        false => format!("http://{a}"),
+                    });
                 }
             }
         });
         let endpoint = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("s3rver did not start within 60 s");
-        S3rver {
+            .unwrap_or_else(|_| panic!("{what} did not start within 60 s"));
+        ChildStore {
             child,
             endpoint,
             _dir: dir,
@@ -197,64 +198,41 @@ impl S3rver {
     }
 }
 
-impl Drop for S3rver {
+impl Drop for ChildStore {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// A running s3s-fs (crates.io), which verifies the SigV4 signature of every request,
-/// presigned URLs included, against the one key pair it is given.
-struct S3sFs {
-    child: Child,
-    endpoint: String,
-    _dir: crate::harness::TempDir,
+/// s3rver (npm), which — unlike moto — refuses presigned URLs after their
+/// `X-Amz-Expires` (it accepts only the access key `S3RVER`), with `bucket`.
+fn s3rver(bucket: &str) -> ChildStore {
+    let dir = crate::harness::TempDir::new();
+    let mut cmd = Command::new(tool("node/node_modules/.bin/s3rver"));
+    cmd.arg("-d").arg(dir.path()).args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--configure-bucket",
+        bucket,
+    ]);
+    ChildStore::run(cmd, dir, "listening on ")
 }
 
-impl S3sFs {
-    /// Starts it with `ACCESS_KEY`/`SECRET_KEY` and one empty bucket (a directory).
-    fn start(bucket: &str) -> S3sFs {
-        let bin = tool("s3s-fs");
-        let dir = crate::harness::TempDir::new();
-        std::fs::create_dir(dir.path().join(bucket)).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(dir.path())
-            .env("RUST_LOG", "s3s_fs=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn s3s-fs");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(a) = line.split("server is running at ").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-            }
-        });
-        let endpoint = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("s3s-fs did not start within 60 s");
-        S3sFs {
-            child,
-            endpoint,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// s3s-fs (crates.io), which verifies the SigV4 signature of every request, presigned
+/// URLs included, against `ACCESS_KEY`/`SECRET_KEY`, with one empty `bucket`.
+fn s3s_fs(bucket: &str) -> ChildStore {
+    let dir = crate::harness::TempDir::new();
+    std::fs::create_dir(dir.path().join(bucket)).unwrap();
+    let mut cmd = Command::new(tool("s3s-fs"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0"])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(dir.path())
+        .env("RUST_LOG", "s3s_fs=info")
+        .env("NO_COLOR", "1");
+    ChildStore::run(cmd, dir, "server is running at ")
 }
 
 fn rand_name() -> String {
@@ -492,6 +470,64 @@ async fn fetch(url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let status = r.status().as_u16();
     let h = r.headers().clone();
     (status, h, r.bytes().await.unwrap().to_vec())
+}
+
+/// A server storing in `bucket` of the store at `endpoint` with these credentials
+/// (key id, secret, region), links living 3 s.
+fn short_link_server(endpoint: &str, bucket: &str, cred: [&str; 3]) -> Server {
+    let mut opts = Opts::default().args(&["--link-ttl", "3s"]);
+    opts.env.extend(
+        [
+            ("AWS_ACCESS_KEY_ID", cred[0].to_string()),
+            ("AWS_SECRET_ACCESS_KEY", cred[1].to_string()),
+            ("AWS_REGION", cred[2].to_string()),
+            ("KIE_STORAGE", format!("s3://{bucket}/{PREFIX}")),
+            ("KIE_S3_ENDPOINT", endpoint.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    Server::start(opts)
+}
+
+/// A file `name` added for a new account of `s` (`kie admin file add`) and a link to
+/// it, checked to be a 3 s link of `store`: (the account's key, the link, when issued).
+async fn short_link(
+    s: &Server,
+    store: &ChildStore,
+    bucket: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (String, String, Instant) {
+    let (acc, key) = s.account_with_key("ana", "5");
+    let path = s.tmp().path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let f = s.admin(&["file", "add", "--account", &acc, path.to_str().unwrap()]);
+    let l = link(s, &key, f["url"].as_str().unwrap()).await;
+    let issued = Instant::now();
+    assert!(
+        l.starts_with(&format!("{}/{bucket}/{PREFIX}/", store.endpoint)),
+        "{l}"
+    );
+    assert!(l.contains("X-Amz-Expires=3&"), "{l}");
+    (key, l, issued)
+}
+
+/// Polls `link` until the store refuses it (403; at most 20 s); asserts that it did,
+/// not before 2 s after `issued` (X-Amz-Date has whole seconds: a 3 s link lives
+/// between 2 and 3 s), and returns the store's last answer.
+async fn until_expired(link: &str, issued: Instant) -> String {
+    let last = std::sync::Mutex::new(String::new());
+    let expired = eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = fetch(link).await;
+        *last.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
+        status == 403
+    })
+    .await;
+    let after = issued.elapsed();
+    let last = last.into_inner().unwrap();
+    assert!(expired.is_some(), "still served after 20 s: {last}");
+    assert!(after >= Duration::from_secs(2), "expired after {after:?}");
+    last
 }
 
 fn no_redirects() -> reqwest::Client {
@@ -1002,51 +1038,17 @@ async fn s3_startup_errors_are_one_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_link_expires_after_link_ttl() {
     let bucket = format!("kie-{}", rand_name());
-    let store = S3rver::start(&bucket);
-    let mut opts = Opts::default().args(&["--link-ttl", "3s"]);
-    opts.env.extend(
-        [
-            ("AWS_ACCESS_KEY_ID", "S3RVER".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "S3RVER".to_string()),
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("KIE_STORAGE", format!("s3://{bucket}/{PREFIX}")),
-            ("KIE_S3_ENDPOINT", store.endpoint.clone()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    let s = Server::start(opts);
-    let (acc, key) = s.account_with_key("ana", "5");
-    let path = s.tmp().path().join("clip.wav");
-    std::fs::write(&path, b"RIFF....WAVE").unwrap();
-    let f = s.admin(&["file", "add", "--account", &acc, path.to_str().unwrap()]);
-    let url = f["url"].as_str().unwrap().to_string();
-
-    let l = link(&s, &key, &url).await;
-    let issued = Instant::now();
-    assert!(
-        l.starts_with(&format!("{}/{bucket}/{PREFIX}/", store.endpoint)),
-        "{l}"
-    );
-    assert!(l.contains("X-Amz-Expires=3&"), "{l}");
+    let store = s3rver(&bucket);
+    let s = short_link_server(&store.endpoint, &bucket, ["S3RVER", "S3RVER", "us-east-1"]);
+    let (key, l, issued) = short_link(&s, &store, &bucket, "clip.wav", b"RIFF....WAVE").await;
     let (status, h, body) = fetch(&l).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"RIFF....WAVE");
     assert_eq!(h["content-type"], "audio/wav");
 
     // the store itself refuses the link once X-Amz-Expires has passed
-    let last = std::sync::Mutex::new(String::new());
-    let expired = eventually(Duration::from_secs(20), || async {
-        let (status, _, body) = fetch(&l).await;
-        *last.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
-        status == 403
-    })
-    .await;
-    let after = issued.elapsed();
-    let last = last.into_inner().unwrap();
-    assert!(expired.is_some(), "still served after 20 s: {last}");
+    let last = until_expired(&l, issued).await;
     assert!(last.contains("Request has expired"), "{last}");
-    // X-Amz-Date has whole seconds: the link lives between 2 and 3 s, plus polling
-    assert!(after >= Duration::from_secs(2), "expired after {after:?}");
 
     // a fresh link for the expired one works again
     let l2 = link(&s, &key, &l).await;
@@ -1061,32 +1063,10 @@ async fn s3_link_expires_after_link_ttl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_signatures_verified_by_the_store() {
     let bucket = format!("kie-{}", rand_name());
-    let store = S3sFs::start(&bucket);
-    let mut opts = Opts::default().args(&["--link-ttl", "3s"]);
-    opts.env.extend(
-        [
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-            ("AWS_REGION", REGION.to_string()),
-            ("KIE_STORAGE", format!("s3://{bucket}/{PREFIX}")),
-            ("KIE_S3_ENDPOINT", store.endpoint.clone()),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    let s = Server::start(opts);
-    let (acc, key) = s.account_with_key("ana", "5");
-    let path = s.tmp().path().join("Bericht März.txt");
-    std::fs::write(&path, b"signed bytes\n").unwrap();
-    let f = s.admin(&["file", "add", "--account", &acc, path.to_str().unwrap()]);
-    let url = f["url"].as_str().unwrap().to_string();
-
-    let l = link(&s, &key, &url).await;
-    let issued = Instant::now();
-    assert!(
-        l.starts_with(&format!("{}/{bucket}/{PREFIX}/", store.endpoint)),
-        "{l}"
-    );
-    assert!(l.contains("X-Amz-Expires=3&"), "{l}");
+    let store = s3s_fs(&bucket);
+    let s = short_link_server(&store.endpoint, &bucket, [ACCESS_KEY, SECRET_KEY, REGION]);
+    let (key, l, issued) =
+        short_link(&s, &store, &bucket, "Bericht März.txt", b"signed bytes\n").await;
     assert!(l.contains("response-content-disposition="), "{l}");
     let (status, _, body) = fetch(&l).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -1119,19 +1099,8 @@ async fn s3_signatures_verified_by_the_store() {
     let (status, _, body) = fetch(&other).await;
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
     // and the original, once X-Amz-Expires has passed
-    let last = std::sync::Mutex::new(String::new());
-    let expired = eventually(Duration::from_secs(20), || async {
-        let (status, _, body) = fetch(&l).await;
-        *last.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
-        status == 403
-    })
-    .await;
-    let after = issued.elapsed();
-    let last = last.into_inner().unwrap();
-    assert!(expired.is_some(), "still served after 20 s: {last}");
+    let last = until_expired(&l, issued).await;
     assert!(last.contains("Request has expired"), "{last}");
-    // X-Amz-Date has whole seconds: the link lives between 2 and 3 s, plus polling
-    assert!(after >= Duration::from_secs(2), "expired after {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
