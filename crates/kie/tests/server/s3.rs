@@ -1065,7 +1065,7 @@ async fn s3_signatures_verified_by_the_store() {
     let bucket = format!("kie-{}", rand_name());
     let store = s3s_fs(&bucket);
     let s = short_link_server(&store.endpoint, &bucket, [ACCESS_KEY, SECRET_KEY, REGION]);
-    let (key, l, issued) =
+    let (_, l, issued) =
         short_link(&s, &store, &bucket, "Bericht März.txt", b"signed bytes\n").await;
     assert!(l.contains("response-content-disposition="), "{l}");
     let (status, _, body) = fetch(&l).await;
