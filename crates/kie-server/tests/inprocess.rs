@@ -317,15 +317,8 @@ async fn disabled_features_answer_505_on_their_routes_only() {
     assert_eq!(body_json(r).await, off("jobs"));
     let r = app.get("/api/v1/jobs/recordInfo?taskId=t", None).await;
     assert_eq!(body_json(r).await, off("jobs"));
-    let r = app
-        .post_json(
-            "/api/file-base64-upload",
-            None,
-            &json!({"base64Data": "eA=="}),
-        )
-        .await;
     assert_eq!(
-        body_json(r).await,
+        upload().await,
         json!({"success": false, "code": 505, "msg": "Feature disabled: file-upload", "data": null})
     );
     // a route without a switch answers as ever (here: auth first)

@@ -19,8 +19,9 @@
 //!    and the request log line.
 //!
 //! What differs per route is declared once, next to it in the route table
-//! (`api::routes`): its feature switch (`guard::FeatureSwitch`), its envelope kind (the handler's `ApiError::for_upload`), its
-//! metrics and log label (the route's own path pattern).
+//! (`api::routes`): its feature switch (`guard::FeatureSwitch`), its envelope kind (the
+//! handler's `ApiError::for_upload`), its metrics and log label (the route's own path
+//! pattern).
 //!
 //! Cost: one boxed future per request for the whole pipeline (the six `from_fn`
 //! layers it replaces boxed one each and cloned the state into each), and none for
