@@ -118,9 +118,15 @@ async fn metrics_endpoint(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The whole service `kie serve` runs: the one request path ([`http::pipeline`],
+/// which also sets the default body limit) around the router. It wraps the router
+/// once, not each route: a request pays no box for the pipeline and one for its
+/// route, however many routes there are.
+pub type App = http::pipeline::PipelineService<Router>;
+
 /// The whole router: the public API (documented in OpenAPI), operational endpoints,
 /// and the layers every answer passes through.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> App {
     crate::metrics::handle();
     let (api, openapi) = crate::api::routes(&state.settings).split_for_parts();
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
@@ -150,11 +156,10 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(rest)
         .fallback(http::unknown_endpoint)
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body));
+        .with_state(state.clone());
     // the one request path: every route, every backend (see `http::pipeline`)
-    router
-        .layer(http::pipeline::Pipeline::new(state.clone()))
-        .with_state(state)
+    use tower::Layer;
+    http::pipeline::Pipeline::new(state).layer(router)
 }
 
 /// Background work of one server; every task stops when `shutdown` flips.
@@ -322,7 +327,9 @@ impl Server {
         };
         // Accepting, header/body timeouts and the connection limit: see conn_guard.
         let graceful = tokio::spawn(graceful);
-        let served = crate::conn_guard::serve(listener, app, limits, shutdown_tx.subscribe()).await;
+        let connection = move |peer: std::net::SocketAddr| app.clone().for_peer(peer.ip());
+        let served =
+            crate::conn_guard::serve(listener, connection, limits, shutdown_tx.subscribe()).await;
         graceful.abort();
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}

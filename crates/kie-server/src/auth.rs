@@ -25,12 +25,12 @@
 //! minute is noted in memory ([`LastUsed`]), and [`Authenticator::flush_last_used`]
 //! writes what changed in one transaction every few seconds (and at shutdown).
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -56,16 +56,17 @@ pub struct Caller {
 
 /// Extracts the key from an `Authorization` header value.
 pub fn bearer_token(value: &str) -> Option<&str> {
-    let v = value.trim();
+    // A header value as text is visible ASCII, spaces and tabs (`HeaderValue::to_str`),
+    // so byte-wise ASCII checks are the whole truth; anything else is not a key
+    // (`apikey::is_well_formed`) and is refused either way.
+    let v = value.trim_ascii();
     // "bearer" (any case), then ASCII whitespace: no search through the token
     let scheme = v.get(..6)?;
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || !v[6..].starts_with(|c: char| c.is_ascii_whitespace())
-    {
+    if !scheme.eq_ignore_ascii_case("bearer") || !v.as_bytes().get(6)?.is_ascii_whitespace() {
         return None;
     }
-    let token = v[6..].trim();
-    (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
+    let token = v[6..].trim_ascii();
+    (!token.is_empty() && !token.bytes().any(|b| b.is_ascii_whitespace())).then_some(token)
 }
 
 /// Bound of the auth cache. Only keys found in the database enter it (a client's
@@ -83,9 +84,10 @@ pub const LAST_USED_MAX: usize = 100_000;
 /// How often noted uses are written to the database.
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 
-/// Uses of keys not yet written: key id → (last noted use, last written use).
+/// Uses of keys not yet written: key id → (last noted use, last written use). Key ids
+/// come from the database (a key was found), so a fast hasher (foldhash) is safe here.
 #[derive(Default)]
-struct LastUsed(RwLock<HashMap<Arc<str>, (AtomicI64, AtomicI64)>>);
+struct LastUsed(RwLock<HashMap<Arc<str>, (AtomicI64, AtomicI64), foldhash::fast::RandomState>>);
 
 impl LastUsed {
     /// Notes a use at `now`: an atomic load under a read lock, unless the key's last
@@ -151,7 +153,9 @@ pub struct Authenticator {
     last_used: LastUsed,
     db: Db,
     ttl: Duration,
-    cache: RwLock<HashMap<u128, (Instant, KeyAuth)>>,
+    /// fingerprint → key; the fingerprint is already a keyed hash (two SipHash keys
+    /// drawn per process), so the map hashes it with foldhash
+    cache: RwLock<HashMap<u128, (Instant, KeyAuth), foldhash::fast::RandomState>>,
     /// Per-process random keys of the fingerprint.
     fingerprint: (RandomState, RandomState),
     limiter: Option<KeyedLimiter<Arc<str>>>,
@@ -165,7 +169,7 @@ impl Authenticator {
             last_used: LastUsed::default(),
             db,
             ttl,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::default(),
             fingerprint: (RandomState::new(), RandomState::new()),
             limiter,
         }
@@ -294,14 +298,12 @@ where
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ctx = parts.extensions.get::<Arc<RequestCtx>>();
+        let peer = ctx.and_then(|c| c.peer);
         let caller = Arc::<Authenticator>::from_ref(state)
             .authenticate(header, peer)
             .await?;
-        if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
+        if let Some(ctx) = ctx {
             let _ = ctx
                 .caller
                 .set((caller.account_id.clone(), caller.key_prefix.clone()));

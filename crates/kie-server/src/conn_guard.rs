@@ -19,9 +19,9 @@
 //! in-flight requests, and waits for them.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
-use axum::Router;
+use axum::extract::Request;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,13 +41,26 @@ pub struct Limits {
 /// Connections refused because the limit was reached (for logs and metrics).
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
-/// Serves `app` on `listener` until `shutdown` flips to `true`.
-pub async fn serve(
+/// Serves on `listener` until `shutdown` flips to `true`; `app(peer)` is the service
+/// for one connection from `peer`.
+pub async fn serve<A, F>(
     listener: TcpListener,
-    app: Router,
+    app: F,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    F: Fn(SocketAddr) -> A,
+    A: tower::Service<
+            Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    A::Future: Send + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
@@ -93,7 +106,7 @@ pub async fn serve(
         // No Nagle: a streamed file body goes out after its headers in a second write,
         // which Nagle would hold until the client's (delayed) ACK.
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
+        let app = app(peer);
         let builder = builder.clone();
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_read_timeout;
@@ -110,10 +123,9 @@ pub async fn serve(
                 },
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 use tower::ServiceExt;
-                // every request takes the router and its one pipeline (`http::pipeline`)
+                // every request takes the one pipeline around the router (`http::pipeline`)
                 app.clone().oneshot(req.map(Body::new))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);

@@ -76,7 +76,8 @@ struct RequestHandles {
     duration: metrics::Histogram,
 }
 
-type HandleMap = HashMap<String, Vec<RequestHandles>>;
+/// Routes are the server's own patterns (or "unmatched"): foldhash is safe here.
+type HandleMap = HashMap<String, Vec<RequestHandles>, foldhash::fast::RandomState>;
 static REQUEST_HANDLES: OnceLock<RwLock<HandleMap>> = OnceLock::new();
 /// Label sets beyond this are recorded without a cached handle (bounded memory).
 pub const MAX_HANDLES: usize = 4096;

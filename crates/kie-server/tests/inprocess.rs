@@ -5,15 +5,13 @@
 //! `kie admin` makes (accounts, keys, files, settings).
 //!
 //! Requests reach the router directly: the one path every request of `kie serve` takes
-//! too (`http::pipeline`, the layer around every route). The per-IP limiter reads the
-//! peer address from `ConnectInfo`, which `conn_guard::serve` inserts: every request
-//! here carries one too.
+//! too (`http::pipeline`, the layer around the router). The per-IP limiter and key
+//! allowlists read the client's address that `kie serve` gives each connection's
+//! service (`PipelineService::for_peer`): every request here comes from 127.0.0.1.
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::Response;
-use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -53,7 +51,7 @@ impl Drop for TempDir {
 /// A router on its own SQLite database and local store.
 struct App {
     state: AppState,
-    router: Router,
+    router: kie_server::app::App,
     _shutdown: tokio::sync::watch::Sender<bool>,
     _dir: TempDir,
 }
@@ -102,10 +100,14 @@ impl App {
     }
 
     /// Sends one request through the router, as from 127.0.0.1.
-    async fn send(&self, mut req: Request<Body>) -> Response {
+    async fn send(&self, req: Request<Body>) -> Response {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        req.extensions_mut().insert(ConnectInfo(peer));
-        self.router.clone().oneshot(req).await.unwrap()
+        self.router
+            .clone()
+            .for_peer(peer.ip())
+            .oneshot(req)
+            .await
+            .unwrap()
     }
 
     /// GET `path` with an optional bearer key.
@@ -237,14 +239,12 @@ async fn maintenance_switched_in_the_database_answers_455() {
     let code = |app: &App, key: String| {
         let app_router = app.router.clone();
         async move {
-            let mut req = Request::get("/api/v1/chat/credit")
+            let req = Request::get("/api/v1/chat/credit")
                 .header(header::AUTHORIZATION, format!("Bearer {key}"))
                 .body(Body::empty())
                 .unwrap();
-            req.extensions_mut().insert(ConnectInfo(
-                "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-            ));
-            let r = app_router.oneshot(req).await.unwrap();
+            let peer = "127.0.0.1:40000".parse::<SocketAddr>().unwrap();
+            let r = app_router.for_peer(peer.ip()).oneshot(req).await.unwrap();
             body_json(r).await
         }
     };

@@ -204,9 +204,7 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let ctx = ext.get::<Arc<RequestCtx>>().cloned();
-    let peer = ext
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = ctx.as_ref().and_then(|c| c.peer);
     let c = state.auth.authenticate(header.as_deref(), peer).await?;
     if let Some(ctx) = ctx {
         let _ = ctx.caller.set((c.account_id.clone(), c.key_prefix.clone()));

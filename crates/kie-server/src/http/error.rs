@@ -9,7 +9,10 @@ use std::borrow::Cow;
 
 use kie_wire::codes;
 
-/// The body code of an enveloped answer, read by the envelope layer.
+/// The body code of an enveloped answer, read by the way out (`http::finish`). A
+/// success (code 200, HTTP 200) needs none: without one the way out takes the HTTP
+/// status as the code, the same answer and the same count ([`ApiOk`] sets none, so
+/// its response carries no extension map to allocate).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyCode {
     pub code: i64,
@@ -190,12 +193,8 @@ impl<T: Serialize> IntoResponse for ApiOk<T> {
         match serde_json::to_writer(&mut body, &self.0) {
             Ok(()) => {
                 body.push(b'}');
-                let mut r = json_response(body);
-                r.extensions_mut().insert(BodyCode {
-                    code: codes::SUCCESS,
-                    too_large: false,
-                });
-                r
+                // code 200 and HTTP 200: no `BodyCode` needed (see there)
+                json_response(body)
             }
             Err(e) => ApiError::internal(format!("serialising response: {e}")).into_response(),
         }

@@ -28,6 +28,9 @@ pub static REQUEST_ID_HEADER: axum::http::HeaderName =
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     pub id: String,
+    /// The client's address (the TCP peer; `None`: not known, e.g. a request built
+    /// in-process without one), for the per-IP limit and key allowlists.
+    pub peer: Option<std::net::IpAddr>,
     pub route: OnceLock<MatchedPath>,
     /// (account id, key prefix) once the caller is authenticated.
     pub caller: OnceLock<(Arc<str>, Arc<str>)>,

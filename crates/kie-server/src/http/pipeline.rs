@@ -7,11 +7,12 @@
 //! 1. the request id (`x-request-id`, echoed when plain, else a new one) and the
 //!    request's context (`RequestCtx`: id, route label, caller);
 //! 2. the per-IP rate limit (`ratelimit::IpLimiter::check`, against the TCP peer);
-//! 3. the request body's deadline (`request_body_timeout`; answered 408 when it fires);
-//! 4. maintenance for `/api/...` (`guard::api_refusal`);
+//! 3. maintenance for `/api/...` (`guard::api_refusal`);
+//! 4. the request body's deadline (`request_body_timeout`; answered 408 when it fires)
+//!    and size limit (`max_body`, for axum's body extractors), when it has a body;
 //! 5. database health (`guard::db_watch`): quick answers while PostgreSQL is known to
 //!    be down, and answers for requests already waiting when it goes down;
-//! 6. the router: route matching, the body limit, [`RouteLabel`] (the matched route
+//! 6. the router: route matching, [`RouteLabel`] (the matched route
 //!    becomes the metrics and log label) and the route's feature switch
 //!    (`guard::FeatureSwitch`), the handler with its extractors;
 //! 7. the way out (`http::finish`): the envelope for answers produced outside the
@@ -23,18 +24,22 @@
 //! handler's `ApiError::for_upload`), its metrics and log label (the route's own path
 //! pattern).
 //!
-//! Cost: one boxed future per request for the whole pipeline (the six `from_fn`
-//! layers it replaces boxed one each and cloned the state into each), and none for
-//! [`RouteLabel`], whose future is the handler's.
+//! Cost: no box of its own on SQLite ([`PipelineFuture`] holds the router's future;
+//! on PostgreSQL the database watch is one box), and none for [`RouteLabel`], whose
+//! future is the handler's. The pipeline wraps the router once, not each route
+//! (`app::router`).
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
 
@@ -58,7 +63,9 @@ impl<S> Layer<S> for Pipeline {
     fn layer(&self, inner: S) -> Self::Service {
         PipelineService {
             inner,
+            body_limit: DefaultBodyLimit::max(self.state.config.max_body),
             state: self.state.clone(),
+            peer: None,
         }
     }
 }
@@ -66,7 +73,21 @@ impl<S> Layer<S> for Pipeline {
 #[derive(Clone)]
 pub struct PipelineService<S> {
     inner: S,
+    /// `max_body`, for axum's body extractors (`Bytes`, `Multipart`, …; a route may
+    /// lift it with its own `DefaultBodyLimit`), set on requests that have a body.
+    body_limit: DefaultBodyLimit,
     state: AppState,
+    /// The client of this connection (see [`PipelineService::for_peer`]).
+    peer: Option<IpAddr>,
+}
+
+impl<S> PipelineService<S> {
+    /// The service for one connection from `peer`: its requests carry the address in
+    /// their [`RequestCtx`] (no request extension of its own to allocate).
+    pub fn for_peer(mut self, peer: IpAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
 }
 
 impl<S> Service<Request> for PipelineService<S>
@@ -76,80 +97,146 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = PipelineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
+    /// Steps 1–5 of the module docs run here, before anything is awaited; the router's
+    /// own future (step 6) is held by [`PipelineFuture`], which does step 7 when it is
+    /// ready.
     fn call(&mut self, mut req: Request) -> Self::Future {
         let started = Instant::now();
         let ctx = Arc::new(RequestCtx {
             id: request_id_from(req.headers()),
+            peer: self.peer,
             ..Default::default()
         });
         req.extensions_mut().insert(ctx.clone());
-        // the service that was made ready is the one called; a fresh clone stays here
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let state = self.state.clone();
-        Box::pin(async move {
-            let method = req.method().clone();
-            // a cheap clone (shared bytes); logged without its query string
-            let uri = req.uri().clone();
-            let resp = through(&state, inner, req).await;
-            let route = ctx
-                .route
-                .get()
-                .map(MatchedPath::as_str)
-                .unwrap_or("unmatched");
-            Ok(finish(
-                &state.config,
-                &ctx,
-                &method,
-                uri.path(),
-                route,
-                resp,
-                None,
+        let method = req.method().clone();
+        // a cheap clone (shared bytes); logged without its query string
+        let uri = req.uri().clone();
+        let state = &self.state;
+        let path = uri.path();
+        let refused = state
+            .ip_limiter
+            .as_ref()
+            .and_then(|limiter| limiter.check(ctx.peer?, path))
+            .or_else(|| guard::api_refusal(state, path));
+        let (answer, fired) = match refused {
+            Some(r) => (Answer::Ready { answer: Some(r) }, None),
+            None => {
+                let (req, fired) =
+                    crate::conn_guard::with_body_deadline(req, state.config.request_body_timeout);
+                // the service that was made ready is the one called; a fresh clone
+                // stays here
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                // the body limit, where there is a body to limit (the same future
+                // either way: the limit is a request extension)
+                let future = match fired {
+                    Some(_) => self.body_limit.layer(inner).call(req),
+                    None => inner.call(req),
+                };
+                let answer = match guard::db_watch(state, path) {
+                    None => Answer::Routed { future },
+                    // only on a database that can go down (PostgreSQL): one box
+                    Some(watch) => Answer::Watched {
+                        future: Box::pin(watch.run(future)),
+                    },
+                };
+                (answer, fired)
+            }
+        };
+        PipelineFuture {
+            answer,
+            way_out: Some(WayOut {
+                state: self.state.clone(),
+                ctx,
+                method,
+                uri,
                 started,
-            ))
-        })
+                fired,
+            }),
+        }
     }
 }
 
-/// Steps 2–6 of the module docs.
-async fn through<S>(state: &AppState, mut inner: S, req: Request) -> Response
+pin_project_lite::pin_project! {
+    /// The future of one request through [`Pipeline`]: the router's own future (no box
+    /// on SQLite), then the way out (`http::finish`).
+    pub struct PipelineFuture<F> {
+        #[pin]
+        answer: Answer<F>,
+        way_out: Option<WayOut>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where the answer comes from.
+    #[project = AnswerProj]
+    enum Answer<F> {
+        /// Refused before the router (per-IP limit, maintenance).
+        Ready { answer: Option<Response> },
+        /// The router's future.
+        Routed { #[pin] future: F },
+        /// The router's future under the database watch (`guard::db_watch`).
+        Watched { future: BoxFuture<'static, Response> },
+    }
+}
+
+/// What step 7 needs once the answer is there.
+struct WayOut {
+    state: AppState,
+    ctx: Arc<RequestCtx>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    started: Instant,
+    /// The body deadline's flag (`None`: the request had no body to wait for).
+    fired: Option<Arc<AtomicBool>>,
+}
+
+impl<F> Future for PipelineFuture<F>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    F: Future<Output = Result<Response, Infallible>>,
 {
-    let path = req.uri().path();
-    if let Some(limiter) = &state.ip_limiter {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        if let Some(refused) = peer.and_then(|ip| limiter.check(ip, path)) {
-            return refused;
-        }
-    }
-    if let Some(refused) = guard::api_refusal(state, path) {
-        return refused;
-    }
-    let upload = path.starts_with("/api/file-");
-    let timeout = state.config.request_body_timeout;
-    let (req, fired) = crate::conn_guard::with_body_deadline(req, timeout);
-    let resp = match guard::db_watch(state, req.uri().path()) {
-        None => match inner.call(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        },
-        Some(watch) => watch.run(inner.call(req)).await,
-    };
-    match fired {
-        Some(f) if f.load(std::sync::atomic::Ordering::Relaxed) => {
-            crate::http::body_timed_out(timeout, upload)
-        }
-        _ => resp,
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.answer.project() {
+            AnswerProj::Ready { answer } => answer.take().expect("polled after completion"),
+            AnswerProj::Routed { future } => match ready!(future.poll(cx)) {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
+            AnswerProj::Watched { future } => ready!(future.as_mut().poll(cx)),
+        };
+        let w = this.way_out.take().expect("polled after completion");
+        let resp = match w.fired {
+            Some(f) if f.load(Ordering::Relaxed) => crate::http::body_timed_out(
+                w.state.config.request_body_timeout,
+                w.uri.path().starts_with("/api/file-"),
+            ),
+            _ => resp,
+        };
+        let route = w
+            .ctx
+            .route
+            .get()
+            .map(MatchedPath::as_str)
+            .unwrap_or("unmatched");
+        Poll::Ready(Ok(finish(
+            &w.state.config,
+            &w.ctx,
+            &w.method,
+            w.uri.path(),
+            route,
+            resp,
+            None,
+            w.started,
+        )))
     }
 }
 

@@ -54,8 +54,10 @@ pub struct FastReader {
     idle: Mutex<Vec<Connection>>,
     wal: OnceLock<Option<WalWatch>>,
     /// account id → (available, or `None` for no such account; the header it was read
-    /// under)
-    balances: Cache<Option<i64>>,
+    /// under). Account ids come from authenticated keys, never from the client, so
+    /// this map hashes with foldhash; the others keep SipHash (file ids are the
+    /// client's).
+    balances: Cache<Option<i64>, foldhash::fast::RandomState>,
     /// file id → record (`None`: no such row)
     files: Cache<Option<super::records::FileRecord>>,
     /// "" → the active link signing key
@@ -63,7 +65,7 @@ pub struct FastReader {
 }
 
 /// Values by key, each with the WAL-index header read before it was fetched.
-type Cache<V> = Mutex<HashMap<String, (V, Header)>>;
+type Cache<V, H = std::collections::hash_map::RandomState> = Mutex<HashMap<String, (V, Header), H>>;
 
 impl std::fmt::Debug for FastReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,9 +129,9 @@ impl FastReader {
 
     /// `read` of `key`, answered from `cache` when no transaction committed since the
     /// cached value was read (see the module documentation).
-    fn cached<V: Clone>(
+    fn cached<V: Clone, H: std::hash::BuildHasher>(
         &self,
-        cache: &Cache<V>,
+        cache: &Cache<V, H>,
         key: &str,
         read: impl FnOnce(&Connection) -> rusqlite::Result<V>,
     ) -> Option<V> {
@@ -155,7 +157,7 @@ impl FastReader {
 
     /// Entries of the (balance, file record, signing key) caches now.
     pub fn cache_lens(&self) -> (usize, usize, usize) {
-        fn n<V>(c: &Cache<V>) -> usize {
+        fn n<V, H>(c: &Cache<V, H>) -> usize {
             c.lock().map_or(0, |m| m.len())
         }
         (n(&self.balances), n(&self.files), n(&self.signing_key))
