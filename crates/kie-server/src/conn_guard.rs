@@ -51,13 +51,11 @@ pub async fn serve<A, F>(
 ) -> std::io::Result<()>
 where
     F: Fn(SocketAddr) -> A,
-    A: tower::Service<
-            Request,
+    A: hyper::service::Service<
+            Request<hyper::body::Incoming>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
+        > + Send
         + 'static,
     A::Future: Send + 'static,
 {
@@ -123,12 +121,8 @@ where
                 },
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                use tower::ServiceExt;
-                // every request takes the one pipeline around the router (`http::pipeline`)
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+            // every request takes the one pipeline around the router (`http::pipeline`)
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), app);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

@@ -18,7 +18,7 @@
 //! authentication) and `--max-connections` still bound.
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -61,10 +61,13 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1 {
             self.enforce_bound();
         }
-        self.inner
-            .load()
+        let limiter = self.inner.load();
+        // The limiter's own clock: a new `DefaultClock` (quanta) calibrates itself with
+        // CPUID, tens of microseconds in a VM: once per refusal, a refused client cost
+        // the server more than an admitted one.
+        limiter
             .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Keys remembered now.

@@ -103,10 +103,39 @@ where
         self.inner.poll_ready(cx)
     }
 
-    /// Steps 1–5 of the module docs run here, before anything is awaited; the router's
+    fn call(&mut self, req: Request) -> Self::Future {
+        // the service that was made ready is the one called; a fresh clone stays here
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        self.dispatch(inner, req)
+    }
+}
+
+/// How `kie serve` calls it (`conn_guard::serve`): hyper's own service trait, so no
+/// `Oneshot` per request. Only for the router, which is always ready (axum's
+/// `Router::poll_ready` answers `Ready` unconditionally): each request takes its own
+/// handle on it.
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>>
+    for PipelineService<axum::Router>
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = PipelineFuture<axum::routing::future::RouteFuture<Infallible>>;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.dispatch(self.inner.clone(), req.map(axum::body::Body::new))
+    }
+}
+
+impl<S> PipelineService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    /// Steps 1–5 of the module docs run here, before anything is awaited; `inner`'s
     /// own future (step 6) is held by [`PipelineFuture`], which does step 7 when it is
     /// ready.
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn dispatch(&self, mut inner: S, mut req: Request) -> PipelineFuture<S::Future> {
         let started = Instant::now();
         let ctx = Arc::new(RequestCtx {
             id: request_id_from(req.headers()),
@@ -129,10 +158,6 @@ where
             None => {
                 let (req, fired) =
                     crate::conn_guard::with_body_deadline(req, state.config.request_body_timeout);
-                // the service that was made ready is the one called; a fresh clone
-                // stays here
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
                 // the body limit, where there is a body to limit (the same future
                 // either way: the limit is a request extension)
                 let future = match fired {
