@@ -130,8 +130,8 @@ pub fn router(state: AppState) -> App {
     crate::metrics::handle();
     let (api, openapi) = crate::api::routes(&state.settings).split_for_parts();
     let openapi_json = Arc::new(openapi.to_pretty_json().expect("openapi serialises"));
-    // the API's routes carry their route layer already (label and feature switch, one
-    // box per route, `api::routes`); the others get theirs here
+    // the API's handlers carry their route layer already (label and feature switch,
+    // `api::routes`); the others get theirs here
     let rest = Router::new()
         .merge(crate::files::serve::routes())
         .merge(crate::workers::http::routes())

@@ -68,67 +68,104 @@ impl Modify for BearerAuth {
     }
 }
 
+/// One handler with its OpenAPI entry (utoipa-axum's `routes!`), wrapped in its
+/// route layer `$layer` (a [`RouteLabel`]) with `Handler::layer`: the layer runs inside
+/// the handler's own route, so a request pays no boxed route level for it. A path with
+/// several handlers takes one `route!` each (their methods merge).
+macro_rules! route {
+    ($layer:expr, $handler:path) => {{
+        let (schemas, paths, _) = routes!($handler);
+        let mut methods = axum::routing::MethodRouter::new();
+        for item in paths.paths.values() {
+            for filter in method_filters(item) {
+                methods = methods.on(
+                    filter,
+                    axum::handler::Handler::layer($handler, $layer.clone()),
+                );
+            }
+        }
+        (schemas, paths, methods)
+    }};
+}
+
+/// The methods a documented path item answers (what `routes!` registers).
+fn method_filters(item: &utoipa::openapi::PathItem) -> Vec<axum::routing::MethodFilter> {
+    use axum::routing::MethodFilter as M;
+    [
+        (item.get.is_some(), M::GET),
+        (item.put.is_some(), M::PUT),
+        (item.post.is_some(), M::POST),
+        (item.delete.is_some(), M::DELETE),
+        (item.options.is_some(), M::OPTIONS),
+        (item.head.is_some(), M::HEAD),
+        (item.patch.is_some(), M::PATCH),
+        (item.trace.is_some(), M::TRACE),
+    ]
+    .into_iter()
+    .filter_map(|(on, m)| on.then_some(m))
+    .collect()
+}
+
 /// Every public API route with its documentation, and what differs per route: its
 /// feature switch (`FeatureSwitch`, which the operator can turn off: 505), its envelope
 /// (the File Upload API's, with `"success"`), its body limit. Each route gets its route
-/// layer (`RouteLabel`: its label and its switch) here, once; everything else every
-/// route shares, in `http::pipeline`.
+/// layer (`RouteLabel`: its label and its switch) here, once (`route!`); everything
+/// else every route shares, in `http::pipeline`.
 pub fn routes(settings: &LiveSettings) -> OpenApiRouter<AppState> {
     let switched = |name| RouteLabel::switched(FeatureSwitch::new(settings, name));
-    let credits = OpenApiRouter::new()
-        .routes(routes!(credit::get_credit))
-        .route_layer(switched("credits"));
-    let download_url = OpenApiRouter::new()
-        .routes(routes!(download_url::download_url))
-        .route_layer(switched("download-url"));
-    let jobs = OpenApiRouter::new()
-        .routes(routes!(jobs::create_task))
-        .routes(routes!(jobs::record_info))
-        .route_layer(switched("jobs"));
+    let credits = switched("credits");
+    let download_url = switched("download-url");
+    let jobs = switched("jobs");
+    let upload = RouteLabel::switched(FeatureSwitch::new(settings, "file-upload").upload());
+    // the routes without a switch: their label only
+    let plain = RouteLabel::default();
     // The upload routes bound their bodies themselves (`max_upload` while streaming
     // into the store), instead of the 1 MiB JSON limit the router applies elsewhere.
     let uploads = OpenApiRouter::new()
-        .routes(routes!(upload::file_stream_upload))
-        .routes(routes!(upload::file_base64_upload))
-        .routes(routes!(upload::file_url_upload))
-        .route_layer(RouteLabel::switched(
-            FeatureSwitch::new(settings, "file-upload").upload(),
-        ))
+        .routes(route!(upload, upload::file_stream_upload))
+        .routes(route!(upload, upload::file_base64_upload))
+        .routes(route!(upload, upload::file_url_upload))
         .layer(axum::extract::DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(account::list_tasks))
-        .routes(routes!(account::usage))
-        .routes(routes!(account::overview))
-        .routes(routes!(account::list_files))
-        .routes(routes!(account::list_callbacks))
-        .routes(routes!(callbacks::get_webhook_key))
-        .routes(routes!(callbacks::roll_webhook_key))
-        .routes(routes!(callbacks::redeliver))
-        .routes(routes!(callbacks::replay))
-        .routes(routes!(models::list_models))
+        .routes(route!(credits, credit::get_credit))
+        .routes(route!(download_url, download_url::download_url))
+        .routes(route!(jobs, jobs::create_task))
+        .routes(route!(jobs, jobs::record_info))
+        .routes(route!(plain, account::list_tasks))
+        .routes(route!(plain, account::usage))
+        .routes(route!(plain, account::overview))
+        .routes(route!(plain, account::list_files))
+        .routes(route!(plain, account::list_callbacks))
+        .routes(route!(plain, callbacks::get_webhook_key))
+        .routes(route!(plain, callbacks::roll_webhook_key))
+        .routes(route!(plain, callbacks::redeliver))
+        .routes(route!(plain, callbacks::replay))
+        .routes(route!(plain, models::list_models))
         // Model names contain '/': price, schema and success-rate share one catch-all
         // route (documented above as /api/v1/models/{model}/…).
         .route(
             "/api/v1/models/{*rest}",
-            axum::routing::get(models::model_detail),
+            axum::routing::get(axum::handler::Handler::layer(
+                models::model_detail,
+                plain.clone(),
+            )),
         )
-        .routes(routes!(keys::list_keys, keys::create_key))
-        .routes(routes!(keys::revoke_key))
-        .routes(routes!(keys::roll_key))
-        .routes(routes!(keys::update_key))
-        .routes(routes!(alerts::get_alerts, alerts::set_alerts))
-        .routes(routes!(alerts::test_alert))
-        .routes(routes!(admin::list_accounts, admin::create_account))
-        .routes(routes!(admin::get_account))
-        .routes(routes!(admin::change_credits))
-        .routes(routes!(admin::create_invite))
-        .routes(routes!(admin::get_settings, admin::update_settings))
-        .routes(routes!(admin::rotate_signing_key))
-        .routes(routes!(admin::health))
-        // the routes above: their label, no switch
-        .route_layer(RouteLabel::default())
-        .merge(credits)
-        .merge(download_url)
-        .merge(jobs)
+        .routes(route!(plain, keys::list_keys))
+        .routes(route!(plain, keys::create_key))
+        .routes(route!(plain, keys::revoke_key))
+        .routes(route!(plain, keys::roll_key))
+        .routes(route!(plain, keys::update_key))
+        .routes(route!(plain, alerts::get_alerts))
+        .routes(route!(plain, alerts::set_alerts))
+        .routes(route!(plain, alerts::test_alert))
+        .routes(route!(plain, admin::list_accounts))
+        .routes(route!(plain, admin::create_account))
+        .routes(route!(plain, admin::get_account))
+        .routes(route!(plain, admin::change_credits))
+        .routes(route!(plain, admin::create_invite))
+        .routes(route!(plain, admin::get_settings))
+        .routes(route!(plain, admin::update_settings))
+        .routes(route!(plain, admin::rotate_signing_key))
+        .routes(route!(plain, admin::health))
         .merge(uploads)
 }

@@ -265,11 +265,12 @@ where
     }
 }
 
-/// Inside the router, on every route, once (one route layer, so one box per route as
-/// before the feature switch joined it): the matched route pattern becomes the
+/// Inside the router, on every route, once: the matched route pattern becomes the
 /// request's label (metrics, request log), and the route's feature switch, when it has
 /// one ([`guard::FeatureSwitch`], declared in the route table), answers 505 while the
 /// operator has the feature off. Its future is the handler's own, or a ready answer.
+/// The API's routes wrap each handler in it (`Handler::layer`, `api::routes`: no route
+/// level of its own); the others take it as a route layer (`app::router`).
 #[derive(Clone, Default)]
 pub struct RouteLabel {
     switch: Option<guard::FeatureSwitch>,
