@@ -148,7 +148,7 @@ impl IpLimiter {
     pub fn check(&self, ip: IpAddr, path: &str) -> Option<Response> {
         let wait = self.limiter.check(&ip).err()?;
         let mut e = ApiError::rate_limited(wait.as_secs_f64().ceil() as u64);
-        e.upload = path.starts_with("/api/file-");
+        e.upload = crate::http::error::is_upload_path(path);
         Some(e.into_response())
     }
 }

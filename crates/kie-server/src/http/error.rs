@@ -113,6 +113,13 @@ impl ApiError {
     }
 }
 
+/// Whether `path` is the File Upload API's (`/api/file-…`). Answers made before a route
+/// is matched (per-IP limit, maintenance, database health, body deadline) take their
+/// envelope kind from the path; handlers declare theirs (`ApiError::for_upload`).
+pub fn is_upload_path(path: &str) -> bool {
+    path.starts_with("/api/file-")
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::internal(format!("database: {e}"))

@@ -26,7 +26,7 @@ pub fn api_refusal(state: &AppState, path: &str) -> Option<Response> {
         return None;
     }
     let mut e = ApiError::maintenance();
-    e.upload = path.starts_with("/api/file-");
+    e.upload = super::error::is_upload_path(path);
     Some(e.into_response())
 }
 
@@ -94,7 +94,7 @@ pub fn db_watch(state: &AppState, path: &str) -> Option<DbWatch> {
     if path.starts_with("/links/") || path.starts_with("/files/") {
         Some(DbWatch::Files(health))
     } else if path.starts_with("/api/") || path.starts_with("/internal/") {
-        let upload = path.starts_with("/api/file-");
+        let upload = super::error::is_upload_path(path);
         Some(DbWatch::Api { health, upload })
     } else {
         None

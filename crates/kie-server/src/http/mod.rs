@@ -108,10 +108,9 @@ pub fn http_status(mode: StatusMode, code: i64, too_large: bool) -> StatusCode {
     }
 }
 
-/// The way out of every request (`pipeline`): envelopes for answers produced outside the handlers, internal details
-/// replaced by the request id, the status mode, the `x-request-id` header, metrics and
-/// the request log line.
-#[allow(clippy::too_many_arguments)]
+/// The way out of every request (`pipeline`): envelopes for answers produced outside
+/// the handlers, internal details replaced by the request id, the status mode, the
+/// `x-request-id` header, metrics and the request log line.
 pub fn finish(
     config: &Config,
     ctx: &RequestCtx,
@@ -119,13 +118,12 @@ pub fn finish(
     path: &str,
     route: &str,
     mut resp: Response,
-    known: Option<BodyCode>,
     started: Instant,
 ) -> Response {
     let is_api = path.starts_with("/api/");
 
     // Answers the router or a tower layer produced without an envelope.
-    if is_api && known.is_none() && resp.extensions().get::<BodyCode>().is_none() {
+    if is_api && resp.extensions().get::<BodyCode>().is_none() {
         let (code, msg, too_large) = match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => (
                 codes::METHOD_NOT_ALLOWED,
@@ -153,7 +151,7 @@ pub fn finish(
         }
     }
 
-    let body_code = known.or_else(|| resp.extensions().get::<BodyCode>().copied());
+    let body_code = resp.extensions().get::<BodyCode>().copied();
     if let Some(bc) = body_code {
         if let Some(InternalDetail(detail)) = resp.extensions().get::<InternalDetail>().cloned() {
             tracing::error!(request_id = %ctx.id, %method, path = %path, error = %detail, "request failed");
@@ -245,7 +243,7 @@ pub fn request_log_level(
 ) -> tracing::Level {
     // Uploads (their body is read in the handler) and the worker long-poll
     // (`/internal/…`) are slow by nature: INFO.
-    if elapsed >= SLOW_REQUEST && path.starts_with("/api/") && !path.starts_with("/api/file-") {
+    if elapsed >= SLOW_REQUEST && path.starts_with("/api/") && !error::is_upload_path(path) {
         return tracing::Level::WARN;
     }
     let read = match *method {

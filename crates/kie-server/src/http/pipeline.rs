@@ -242,7 +242,7 @@ where
         let resp = match w.fired {
             Some(f) if f.load(Ordering::Relaxed) => crate::http::body_timed_out(
                 w.state.config.request_body_timeout,
-                w.uri.path().starts_with("/api/file-"),
+                super::error::is_upload_path(w.uri.path()),
             ),
             _ => resp,
         };
@@ -259,7 +259,6 @@ where
             w.uri.path(),
             route,
             resp,
-            None,
             w.started,
         )))
     }
