@@ -6,7 +6,8 @@
 //! * **Header timeout** (`header_read_timeout`): a connection must deliver a complete
 //!   request head within this time after it opens, and again after every answer (so it
 //!   is also the keep-alive idle timeout). Slow-header ("slowloris") clients and idle
-//!   connections are closed when it passes.
+//!   connections are closed when it passes. hyper runs it on the connection's own
+//!   [`HeaderClock`] (one tokio timer per connection, not one per request).
 //! * **Body timeout** (`request_body_timeout`): a request body must arrive completely
 //!   within this time after its head. A trickling body is cut off and answered with the
 //!   envelope code 408 (`Connection: close`).
@@ -65,7 +66,6 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     builder
@@ -74,7 +74,6 @@ where
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(limits.header_read_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
-    let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -105,7 +104,10 @@ where
         // which Nagle would hold until the client's (delayed) ACK.
         let _ = tcp.set_nodelay(true);
         let app = app(peer);
-        let builder = builder.clone();
+        // the connection's own header clock (a clone of the builder: a few words)
+        let clock = HeaderClock::new();
+        let mut builder = builder.clone();
+        builder.http1().timer(clock.clone());
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
@@ -124,23 +126,133 @@ where
             // every request takes the one pipeline around the router (`http::pipeline`)
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), app);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
+            // The clock's watch runs beside the connection, in this task: when a head's
+            // deadline passes it returns, and hyper, polled again, finds its timer
+            // elapsed and closes the connection.
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        return;
                     }
-                    return;
+                    _ = clock.expiry(header_timeout) => {}
+                    _ = stop.wait_for(|s| *s) => break,
                 }
-                _ = stop.wait_for(|s| *s) => {}
             }
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = clock.expiry(header_timeout) => {}
+                }
+            }
         });
     }
     drop(listener);
     // Every connection holds one slot: all slots back means all connections ended.
     let _ = slots.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// hyper's HTTP/1 header-read timer for one connection. hyper asks its timer for a new
+/// sleep every time it starts reading a request head and drops it once the head is in;
+/// with hyper-util's `TokioTimer` each of those registered and removed a tokio timer
+/// entry (with a box and a lock each way): 740 instructions of a 22k-instruction credit
+/// request (`bench/callgrind.sh`, BENCHMARKS.md). Here a sleep only records its deadline
+/// in the connection's clock; the connection task watches the clock
+/// ([`HeaderClock::expiry`], one tokio timer per connection, re-armed at most once per
+/// deadline) and, once the live sleep's deadline has passed, marks it elapsed and
+/// returns, so hyper is polled again and finds its sleep ready. Same rule as before:
+/// a head must be complete within `header_read_timeout` of hyper starting to wait for
+/// it.
+#[derive(Clone)]
+struct HeaderClock(Arc<ClockState>);
+
+struct ClockState {
+    /// `Instant`s are kept as nanoseconds since this one.
+    base: std::time::Instant,
+    /// The latest live sleep's deadline (nanoseconds after `base`).
+    deadline: AtomicU64,
+    /// Sleeps alive (hyper holds at most one; a replaced one is dropped after its
+    /// successor is made).
+    live: std::sync::atomic::AtomicU32,
+    /// The live sleep's deadline has passed (set by `expiry`, cleared by a new sleep).
+    elapsed: AtomicBool,
+}
+
+impl HeaderClock {
+    fn new() -> HeaderClock {
+        HeaderClock(Arc::new(ClockState {
+            base: std::time::Instant::now(),
+            deadline: AtomicU64::new(0),
+            live: std::sync::atomic::AtomicU32::new(0),
+            elapsed: AtomicBool::new(false),
+        }))
+    }
+
+    fn nanos(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.0.base).as_nanos() as u64
+    }
+
+    /// Returns once a live sleep's deadline has passed (and marks it elapsed); looks
+    /// again every `period` while no sleep is live.
+    async fn expiry(&self, period: Duration) {
+        let c = &self.0;
+        let mut at = tokio::time::Instant::now() + period;
+        loop {
+            tokio::time::sleep_until(at).await;
+            let now = std::time::Instant::now();
+            if c.live.load(Ordering::Acquire) == 0 {
+                at = (now + period).into();
+                continue;
+            }
+            let deadline = c.deadline.load(Ordering::Acquire);
+            if self.nanos(now) >= deadline {
+                c.elapsed.store(true, Ordering::Release);
+                return;
+            }
+            at = (c.base + Duration::from_nanos(deadline)).into();
+        }
+    }
+}
+
+impl hyper::rt::Timer for HeaderClock {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let c = &self.0;
+        c.live.fetch_add(1, Ordering::AcqRel);
+        c.deadline.store(self.nanos(deadline), Ordering::Release);
+        c.elapsed.store(false, Ordering::Release);
+        Box::pin(HeaderSleep(self.clone()))
+    }
+}
+
+/// A sleep of [`HeaderClock`]: ready once the clock marks it elapsed. It registers no
+/// waker: the connection task that polls it also runs [`HeaderClock::expiry`].
+struct HeaderSleep(HeaderClock);
+
+impl Future for HeaderSleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if (self.0).0.elapsed.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for HeaderSleep {}
+
+impl Drop for HeaderSleep {
+    fn drop(&mut self) {
+        (self.0).0.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A request body that must be complete by a deadline.

@@ -166,12 +166,22 @@ impl LiveSettings {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        // SQLite: no read while nothing was committed since the last one
+        let mut gate = crate::store::PollGate::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            match load(&db).await {
+            let Some(ticket) = gate.open(&db, now_ms()) else {
+                continue;
+            };
+            let loaded = load(&db).await;
+            match &loaded {
+                Ok(_) => gate.idle(ticket, i64::MAX),
+                Err(_) => gate.busy(ticket),
+            }
+            match loaded {
                 Ok(s) => {
                     if failing {
                         tracing::info!("settings refresh recovered");

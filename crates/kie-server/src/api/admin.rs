@@ -48,8 +48,8 @@ impl FromRequestParts<AppState> for OperatorCaller {
         let token = parts
             .headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
+            .and_then(|v| bearer_token(v.as_bytes()))
+            .and_then(|t| std::str::from_utf8(t).ok())
             .ok_or_else(operator_token_required)?;
         let t = operator::authenticate(&state.db, token)
             .await?

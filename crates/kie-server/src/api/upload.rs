@@ -199,10 +199,7 @@ async fn authenticate(
     headers: &axum::http::HeaderMap,
     ext: &axum::http::Extensions,
 ) -> Result<Caller, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = headers.get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
     let ctx = ext.get::<Arc<RequestCtx>>().cloned();
     let peer = ctx.as_ref().and_then(|c| c.peer);
     let c = state.auth.authenticate(header.as_deref(), peer).await?;

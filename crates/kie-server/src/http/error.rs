@@ -147,13 +147,34 @@ pub fn error_body(code: i64, msg: &str, upload: bool) -> Vec<u8> {
 }
 
 pub fn json_response(body: Vec<u8>) -> Response {
+    let len = content_length(body.len());
     // one header, set once (a `Vec<u8>` answer would set octet-stream first)
     let mut r = Response::new(axum::body::Body::from(body));
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // set here, axum's router leaves it (it would format and allocate one per answer)
+    h.insert(axum::http::header::CONTENT_LENGTH, len);
     r
+}
+
+/// Bodies up to this length get their `Content-Length` from a table made once.
+const STATIC_LENGTHS: usize = 1024;
+
+/// A `Content-Length` value: for envelope-sized bodies a static one (no formatting, no
+/// allocation; the table's 1,025 strings are made once and kept), else formatted.
+fn content_length(n: usize) -> HeaderValue {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..=STATIC_LENGTHS)
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    });
+    TABLE
+        .get(n)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 impl IntoResponse for ApiError {

@@ -127,6 +127,11 @@ impl FastReader {
             .and_then(WalWatch::header)
     }
 
+    /// The WAL-index header now, for [`super::Db::commit_mark`].
+    pub fn commit_mark(&self) -> Option<Header> {
+        self.header()
+    }
+
     /// `read` of `key`, answered from `cache` when no transaction committed since the
     /// cached value was read (see the module documentation).
     fn cached<V: Clone, H: std::hash::BuildHasher>(

@@ -435,6 +435,19 @@ impl Db {
         }
     }
 
+    /// Where the database's commit history stands now, for polls that skip work when
+    /// nothing was committed since they last found nothing ([`PollGate`]). SQLite: the
+    /// WAL-index header, which every commit on the file changes, by this process or
+    /// any other (`kie admin`, a second server); equal marks mean no commit in between.
+    /// `None` when that is not known (PostgreSQL; the header unreadable): then every
+    /// poll looks.
+    pub fn commit_mark(&self) -> Option<CommitMark> {
+        match self {
+            Db::Sqlite(s) => s.fast.commit_mark().map(CommitMark),
+            Db::Postgres(_) => None,
+        }
+    }
+
     /// SQLite's direct reader (`None` on PostgreSQL).
     pub fn fast(&self) -> Option<&fastread::FastReader> {
         match self {
@@ -466,6 +479,58 @@ impl Db {
 }
 
 /// Milliseconds since the Unix epoch.
+/// See [`Db::commit_mark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitMark(sqlite_raw::Header);
+
+/// Skips the polls of a background loop (claims, the outbox, settings) that would find
+/// what the last one found — nothing new — because nothing was committed since, by
+/// any process (SQLite only; on PostgreSQL every poll runs). A poll whose answer also
+/// depends on the clock says until when an idle answer holds ([`PollGate::idle`]).
+///
+/// The mark is read *before* the poll: a commit while the poll runs changes it, so the
+/// next poll runs.
+#[derive(Debug, Default)]
+pub struct PollGate {
+    /// The mark the last idle poll ran under, and until when (epoch ms) its answer
+    /// holds without a commit (`i64::MAX`: for as long as nothing is committed).
+    idle: Option<(CommitMark, i64)>,
+}
+
+/// A poll let through by [`PollGate::open`].
+#[must_use = "report the poll's outcome with PollGate::idle or PollGate::busy"]
+#[derive(Debug)]
+pub struct PollTicket(Option<CommitMark>);
+
+impl PollGate {
+    /// `None`: skip this poll (nothing committed since the last idle poll, within
+    /// its time). Otherwise the ticket to report the poll's outcome with.
+    pub fn open(&self, db: &Db, now_ms: i64) -> Option<PollTicket> {
+        let mark = db.commit_mark();
+        match (mark, self.idle) {
+            (Some(m), Some((idle, until))) if m == idle && now_ms < until => None,
+            _ => Some(PollTicket(mark)),
+        }
+    }
+
+    /// The poll found nothing to do, and would find nothing before epoch ms `until`
+    /// (`i64::MAX`: ever) unless something is committed.
+    pub fn idle(&mut self, ticket: PollTicket, until: i64) {
+        self.idle = ticket.0.map(|m| (m, until));
+    }
+
+    /// Whether an idle answer can skip later polls at all (SQLite): only then is it
+    /// worth asking until when it holds.
+    pub fn can_skip(ticket: &PollTicket) -> bool {
+        ticket.0.is_some()
+    }
+
+    /// The poll found work (or failed): the next one runs.
+    pub fn busy(&mut self, _ticket: PollTicket) {
+        self.idle = None;
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

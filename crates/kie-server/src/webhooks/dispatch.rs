@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::net_guard::{self, CheckError, Policy};
 use crate::state::AppState;
-use crate::store::{now_ms, Db};
+use crate::store::{now_ms, Db, PollGate};
 use crate::with_tx;
 
 /// How many attempts one node runs at once.
@@ -73,6 +73,19 @@ async fn lease_due(db: &Db, limit: i64, lease: Duration) -> Result<Vec<Leased>, 
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?))
+}
+
+/// When the earliest pending delivery comes due for a lease (its next attempt, or the
+/// end of a lease still running), epoch ms; `i64::MAX` when none is pending.
+async fn next_due(db: &Db) -> Result<i64, sqlx::Error> {
+    let due: Option<i64> = crate::with_read!(db, |p| sqlx::query_scalar(
+        "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at \
+           THEN locked_until ELSE next_attempt_at END) \
+         FROM webhook_deliveries WHERE state = 'pending'"
+    )
+    .fetch_one(p)
+    .await?);
+    Ok(due.unwrap_or(i64::MAX))
 }
 
 /// A finished attempt waiting to be recorded.
@@ -343,6 +356,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     // Lease errors (database unreachable): logged once per outage, polled with backoff.
     let mut lease_failing = false;
     let mut backoff = POLL;
+    // SQLite: no lease query while nothing was committed and nothing came due
+    let mut gate = PollGate::default();
     loop {
         if *stop.borrow() {
             break;
@@ -351,8 +366,21 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len()) as i64;
         let enabled = !state.settings.current().is_disabled("callbacks");
         let mut leased = 0;
-        if enabled && room > 0 {
-            match lease_due(&state.db, room.min(LEASE_BATCH), lease).await {
+        let ticket = (enabled && room > 0)
+            .then(|| gate.open(&state.db, now_ms()))
+            .flatten();
+        if let Some(ticket) = ticket {
+            let found = lease_due(&state.db, room.min(LEASE_BATCH), lease).await;
+            match &found {
+                Ok(batch) if batch.is_empty() && PollGate::can_skip(&ticket) => {
+                    match next_due(&state.db).await {
+                        Ok(until) => gate.idle(ticket, until),
+                        Err(_) => gate.busy(ticket),
+                    }
+                }
+                _ => gate.busy(ticket),
+            }
+            match found {
                 Ok(batch) => {
                     if lease_failing {
                         tracing::info!("webhook dispatcher: database reachable again, resuming");

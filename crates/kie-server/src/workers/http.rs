@@ -103,12 +103,11 @@ impl FromRequestParts<AppState> for WorkerAuth {
         let given = parts
             .headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
+            .and_then(|v| bearer_token(v.as_bytes()))
             .unwrap_or_default();
         use subtle::ConstantTimeEq;
         // Digests first: equal lengths, so the comparison leaks nothing about length.
-        let a = sha2_digest(given.as_bytes());
+        let a = sha2_digest(given);
         let b = sha2_digest(expected.as_bytes());
         if bool::from(a.ct_eq(&b)) && !given.is_empty() {
             Ok(WorkerAuth)

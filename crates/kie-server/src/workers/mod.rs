@@ -112,6 +112,9 @@ pub async fn claim_many(
 ) -> Result<Vec<ClaimedTask>, WorkerError> {
     let deadline = Instant::now() + wait.min(MAX_WAIT);
     let mut stop = state.shutdown.clone();
+    // SQLite: a claim that found nothing finds nothing again until something is
+    // committed (a task's deadline only ever takes it out of reach)
+    let mut gate = crate::store::PollGate::default();
     loop {
         if *stop.borrow() {
             return Ok(Vec::new());
@@ -120,9 +123,12 @@ pub async fn claim_many(
         let created = state.jobs.tasks.notified();
         tokio::pin!(created);
         created.as_mut().enable();
-        let got = tasks::claim_batch(&state.db, models, worker, max).await?;
-        if !got.is_empty() {
-            return Ok(got.into_iter().map(ClaimedTask::from).collect());
+        if let Some(ticket) = gate.open(&state.db, crate::store::now_ms()) {
+            let got = tasks::claim_batch(&state.db, models, worker, max).await?;
+            if !got.is_empty() {
+                return Ok(got.into_iter().map(ClaimedTask::from).collect());
+            }
+            gate.idle(ticket, i64::MAX);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
