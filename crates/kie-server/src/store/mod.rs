@@ -585,3 +585,65 @@ macro_rules! on_conn {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poll that found nothing is skipped until something is committed — here by
+    /// another connection to the file, as `kie admin` or a second server would — or
+    /// until the time its idle answer holds has passed; a busy poll never skips.
+    #[tokio::test]
+    async fn poll_gate_skips_until_a_commit_elsewhere_or_its_time() {
+        let dir = std::env::temp_dir().join(format!(
+            "kie-pollgate-{}-{}",
+            std::process::id(),
+            kie_wire::apikey::random_base62(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.db");
+        let db = Db::open(&DatabaseUrl::Sqlite(path.clone()), &OpenOptions::default())
+            .await
+            .unwrap();
+        assert!(db.commit_mark().is_some(), "SQLite in WAL mode has a mark");
+        let mut gate = PollGate::default();
+        let t = gate.open(&db, 0).expect("the first poll runs");
+        gate.idle(t, i64::MAX);
+        assert!(gate.open(&db, 1).is_none(), "nothing committed: skipped");
+        assert!(gate.open(&db, i64::MAX - 1).is_none(), "and no time limit");
+
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("CREATE TABLE poll_gate_probe (x INTEGER)")
+            .unwrap();
+        let t = gate
+            .open(&db, 2)
+            .expect("a commit by another connection opens it");
+        gate.idle(t, 100);
+        assert!(gate.open(&db, 99).is_none(), "idle until 100");
+        let t = gate
+            .open(&db, 100)
+            .expect("at 100 the idle answer no longer holds");
+        gate.busy(t);
+        assert!(
+            gate.open(&db, 101).is_some(),
+            "after a busy poll the next runs"
+        );
+
+        other
+            .execute("INSERT INTO poll_gate_probe (x) VALUES (1)", [])
+            .unwrap();
+        let t = gate.open(&db, 102).unwrap();
+        gate.idle(t, i64::MAX);
+        other
+            .execute("INSERT INTO poll_gate_probe (x) VALUES (2)", [])
+            .unwrap();
+        assert!(
+            gate.open(&db, 103).is_some(),
+            "a row written elsewhere opens it"
+        );
+        drop(other);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
