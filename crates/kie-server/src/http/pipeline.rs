@@ -6,7 +6,7 @@
 //!
 //! 1. the request id (`x-request-id`, echoed when plain, else a new one) and the
 //!    request's context (`RequestCtx`: id, route label, caller);
-//! 2. the per-IP rate limit (`ratelimit::IpLimiter::check`, against the TCP peer);
+//! 2. the per-IP rate limit (`ratelimit::IpCell::check`, the TCP peer's cell);
 //! 3. maintenance for `/api/...` (`guard::api_refusal`);
 //! 4. the request body's deadline (`request_body_timeout`; answered 408 when it fires)
 //!    and size limit (`max_body`, for axum's body extractors), when it has a body;
@@ -66,6 +66,7 @@ impl<S> Layer<S> for Pipeline {
             body_limit: DefaultBodyLimit::max(self.state.config.max_body),
             state: self.state.clone(),
             peer: None,
+            ip_cell: None,
         }
     }
 }
@@ -79,6 +80,8 @@ pub struct PipelineService<S> {
     state: AppState,
     /// The client of this connection (see [`PipelineService::for_peer`]).
     peer: Option<IpAddr>,
+    /// Its address's per-IP limiter cell, looked up once for the connection.
+    ip_cell: Option<Arc<crate::ratelimit::IpCell>>,
 }
 
 impl<S> PipelineService<S> {
@@ -86,6 +89,7 @@ impl<S> PipelineService<S> {
     /// their [`RequestCtx`] (no request extension of its own to allocate).
     pub fn for_peer(mut self, peer: IpAddr) -> Self {
         self.peer = Some(peer);
+        self.ip_cell = self.state.ip_limiter.as_ref().map(|l| l.cell(peer));
         self
     }
 }
@@ -148,10 +152,10 @@ where
         let uri = req.uri().clone();
         let state = &self.state;
         let path = uri.path();
-        let refused = state
-            .ip_limiter
+        let refused = self
+            .ip_cell
             .as_ref()
-            .and_then(|limiter| limiter.check(ctx.peer?, path))
+            .and_then(|cell| cell.check(path))
             .or_else(|| guard::api_refusal(state, path));
         let (answer, fired) = match refused {
             Some(r) => (Answer::Ready { answer: Some(r) }, None),
