@@ -94,6 +94,7 @@ impl FastReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         c.busy_timeout(std::time::Duration::ZERO)?;
+        c.pragma_update(None, "cache_size", -super::SQLITE_READ_CACHE_KIB)?;
         c.set_prepared_statement_cache_capacity(8);
         Ok(c)
     }

@@ -228,15 +228,20 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// What SQLite may hold in memory in this process, all connections together (bytes).
-/// Each connection's page cache would otherwise grow to its own `cache_size` (2 MiB by
-/// default) as the database grows — with a write connection, up to 64 readers and the
-/// fast readers, tens of MiB that look like a leak in a soak. Past this limit SQLite
-/// recycles cached pages instead of allocating new ones. 16 MiB still filled for the
-/// whole of a 10-minute soak (the database grows under its writes); 4 MiB is full
-/// within the first minute, and the hot reads do not depend on it (balances and file
-/// records are cached above SQLite).
-pub const SQLITE_SOFT_HEAP_LIMIT: u64 = 4 * 1024 * 1024;
+/// Page cache of each SQLite connection, KiB (SQLite's `cache_size`, negative = KiB).
+/// Each connection's cache would otherwise grow to 2 MiB as the database grows — with a
+/// write connection, up to 64 readers and the fast readers, tens of MiB that look like
+/// a leak in a soak (bench/soak.sh). Readers get a small one: the hot reads are cached
+/// above SQLite (balances, file records, the signing key), the rest hit the OS page
+/// cache. The one write connection keeps SQLite's default: the pages every write
+/// transaction touches (the account row, the right edge of the ledger's tables and
+/// indexes) must stay cached or each group-commit batch reads them again. (A
+/// process-wide `soft_heap_limit` of 4 MiB did bound all caches together, but the
+/// connections' own memory already exceeded it, so every cache, the writer's too,
+/// only recycled pages: durable holds fell from 13.5k/s to 8.2k/s, BENCHMARKS.md.)
+pub const SQLITE_READ_CACHE_KIB: i64 = 128;
+/// See [`SQLITE_READ_CACHE_KIB`].
+pub const SQLITE_WRITE_CACHE_KIB: i64 = 2048;
 
 impl Db {
     /// Connects and runs migrations.
@@ -259,14 +264,16 @@ impl Db {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
-                    .pragma("temp_store", "memory")
-                    // process-wide (every connection of sqlx and of `store::fastread`)
-                    .pragma("soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT.to_string());
+                    .pragma("temp_store", "memory");
+                let cache = |kib: i64| (-kib).to_string();
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(base.clone())
+                    .connect_with(
+                        base.clone()
+                            .pragma("cache_size", cache(SQLITE_WRITE_CACHE_KIB)),
+                    )
                     .await
                     .map_err(connect_err)?;
                 sqlx::migrate!("./migrations/sqlite")
@@ -285,7 +292,10 @@ impl Db {
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .acquire_timeout(opts.acquire_timeout)
-                    .connect_with(base.read_only(true))
+                    .connect_with(
+                        base.read_only(true)
+                            .pragma("cache_size", cache(SQLITE_READ_CACHE_KIB)),
+                    )
                     .await
                     .map_err(connect_err)?;
                 let group = opts
