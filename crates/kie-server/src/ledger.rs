@@ -72,7 +72,7 @@
 use kie_wire::Credits;
 use serde::Serialize;
 
-use crate::store::{is_unique_violation, new_id, now_ms, Db, SqliteDb, TxConn};
+use crate::store::{is_unique_violation, new_sorted_id, now_ms, Db, SqliteDb, TxConn};
 use crate::with_tx;
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +217,7 @@ macro_rules! apply_in_tx {
                     return Err(LedgerError::CapExceeded);
                 }
             }
-            let entry_id = new_id("ent");
+            let entry_id = new_sorted_id("ent");
             sqlx::query(
                 "INSERT INTO ledger_entries \
                  (id, account_id, kind, amount, held_delta, hold_id, reason, idempotency_key, created_at, key_id) \
@@ -267,7 +267,7 @@ fn positive(what: &str, amount: Credits) -> Result<i64, LedgerError> {
 pub fn user_key(key: Option<&str>) -> String {
     match key {
         Some(k) => format!("user:{k}"),
-        None => format!("auto:{}", new_id("op")),
+        None => format!("auto:{}", new_sorted_id("op")),
     }
 }
 
@@ -488,7 +488,7 @@ pub async fn charge_download_link(
     if price.0 <= 0 {
         return Ok(None);
     }
-    let key = format!("download-url:{}", new_id("op"));
+    let key = format!("download-url:{}", new_sorted_id("op"));
     deduct_via(db, account_id, key_id, price, Some("download link"), &key)
         .await
         .map(Some)
@@ -791,11 +791,11 @@ pub async fn hold_via(
             "hold amount must not be negative".into(),
         ));
     }
-    let hold_id = new_id("hold");
+    let hold_id = new_sorted_id("hold");
     let h = NewHold {
         idempotency_key: hold_entry_key(Kind::Hold, &hold_id),
         hold_id: hold_id.clone(),
-        entry_id: new_id("ent"),
+        entry_id: new_sorted_id("ent"),
         account_id: account_id.to_owned(),
         key_id: key_id.map(str::to_owned),
         amount: amount.0,
@@ -1037,7 +1037,7 @@ pub async fn resolve_with(
     };
     let r = Resolve {
         hold_id: hold_id.to_owned(),
-        entry_id: new_id("ent"),
+        entry_id: new_sorted_id("ent"),
         idempotency_key: hold_entry_key(kind, hold_id),
         state,
         kind,

@@ -233,15 +233,16 @@ fn redact(url: &str) -> String {
 /// write connection, up to 64 readers and the fast readers, tens of MiB that look like
 /// a leak in a soak (bench/soak.sh). Readers get a small one: the hot reads are cached
 /// above SQLite (balances, file records, the signing key), the rest hit the OS page
-/// cache. The one write connection keeps SQLite's default: the pages every write
-/// transaction touches (the account row, the right edge of the ledger's tables and
-/// indexes) must stay cached or each group-commit batch reads them again. (A
+/// cache. The one write connection gets 1 MiB: the pages every write transaction
+/// touches (the account row, the right edge of the ledger's tables and indexes, whose
+/// ids sort by time: `new_sorted_id`) must stay cached or each group-commit batch
+/// reads them again. All together at most 1 MiB + 64 KiB per reader. (A
 /// process-wide `soft_heap_limit` of 4 MiB did bound all caches together, but the
 /// connections' own memory already exceeded it, so every cache, the writer's too,
-/// only recycled pages: durable holds fell from 13.5k/s to 8.2k/s, BENCHMARKS.md.)
-pub const SQLITE_READ_CACHE_KIB: i64 = 128;
+/// only recycled pages: durable holds were 8.2k/s with it, BENCHMARKS.md.)
+pub const SQLITE_READ_CACHE_KIB: i64 = 64;
 /// See [`SQLITE_READ_CACHE_KIB`].
-pub const SQLITE_WRITE_CACHE_KIB: i64 = 2048;
+pub const SQLITE_WRITE_CACHE_KIB: i64 = 1024;
 
 impl Db {
     /// Connects and runs migrations.
@@ -553,6 +554,25 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", kie_wire::apikey::random_base62(16))
 }
 
+/// Like [`new_id`] (same shape: `prefix_` + 16 base62 characters), but the first 7
+/// characters are the time in ms since the epoch (base62 in ASCII order, so ids sort
+/// by creation until the year 2081) and only the last 9 are random (53 bits). For the
+/// rows written many at a time (ledger entries, holds, their idempotency keys): rows
+/// inserted together land next to each other in their unique indexes, so a
+/// group-commit batch dirties a page or two per index instead of a page per row
+/// (BENCHMARKS.md, "durable holds"). Not for ids that must be unguessable on their own.
+pub fn new_sorted_id(prefix: &str) -> String {
+    const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut t = now_ms().max(0) as u64;
+    let mut time = [b'0'; 7];
+    for slot in time.iter_mut().rev() {
+        *slot = B62[(t % 62) as usize];
+        t /= 62;
+    }
+    let time = std::str::from_utf8(&time).expect("ascii");
+    format!("{prefix}_{time}{}", kie_wire::apikey::random_base62(9))
+}
+
 /// True when the error is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -599,6 +619,37 @@ macro_rules! on_conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sorted ids have the shape of the others and sort by the millisecond they were
+    /// made in (the clock is polled until it moves, never slept on).
+    #[test]
+    fn sorted_ids_have_the_usual_shape_and_sort_by_time() {
+        let shape = |id: &str| {
+            let (p, rest) = id.split_once('_').unwrap();
+            p == "ent" && rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        let t0 = now_ms();
+        let a = new_sorted_id("ent");
+        assert!(shape(&a) && shape(&new_id("ent")), "{a}");
+        while now_ms() <= t0 + 1 {
+            std::hint::spin_loop();
+        }
+        let b = new_sorted_id("ent");
+        assert!(a < b, "{a} !< {b}");
+        // the first 7 characters are the time in ms, base62
+        let decode = |id: &str| {
+            id[4..11].bytes().fold(0i64, |n, c| {
+                let d = match c {
+                    b'0'..=b'9' => c - b'0',
+                    b'A'..=b'Z' => c - b'A' + 10,
+                    _ => c - b'a' + 36,
+                };
+                n * 62 + i64::from(d)
+            })
+        };
+        assert!((t0..=now_ms()).contains(&decode(&a)), "{a}");
+        assert!(decode(&b) > t0 + 1, "{b}");
+    }
 
     /// A poll that found nothing is skipped until something is committed — here by
     /// another connection to the file, as `kie admin` or a second server would — or
