@@ -51,6 +51,8 @@ pub const MAX_CACHED: usize = 10_000;
 
 pub struct FastReader {
     path: PathBuf,
+    /// Page cache of each connection, KiB (the store's `SQLITE_READ_CACHE_KIB`).
+    cache_kib: i64,
     idle: Mutex<Vec<Connection>>,
     wal: OnceLock<Option<WalWatch>>,
     /// account id → (available, or `None` for no such account; the header it was read
@@ -76,10 +78,12 @@ impl std::fmt::Debug for FastReader {
 }
 
 impl FastReader {
-    /// A reader for the SQLite database at `path` (nothing is opened yet).
-    pub fn new(path: &Path) -> FastReader {
+    /// A reader for the SQLite database at `path` whose connections cache up to
+    /// `cache_kib` KiB of pages each (nothing is opened yet).
+    pub fn new(path: &Path, cache_kib: i64) -> FastReader {
         FastReader {
             path: path.to_path_buf(),
+            cache_kib,
             idle: Mutex::new(Vec::new()),
             wal: OnceLock::new(),
             balances: Mutex::default(),
@@ -94,7 +98,7 @@ impl FastReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         c.busy_timeout(std::time::Duration::ZERO)?;
-        c.pragma_update(None, "cache_size", -super::SQLITE_READ_CACHE_KIB)?;
+        c.pragma_update(None, "cache_size", -self.cache_kib)?;
         c.set_prepared_statement_cache_capacity(8);
         Ok(c)
     }
@@ -242,7 +246,7 @@ mod tests {
              INSERT INTO accounts VALUES ('a', 1000, 100), ('b', 5, 0);",
         )
         .unwrap();
-        let r = FastReader::new(&path);
+        let r = FastReader::new(&path, 64);
         assert_eq!(r.available("a"), Some(Some(900)));
         let watch = r.wal.get().unwrap().as_ref().expect("WAL header mapped");
         let h0 = watch.header().unwrap();
@@ -314,7 +318,7 @@ mod tests {
         let shm = path.with_file_name("t.db-shm");
         let held = own_locks(&shm);
         assert!(held.contains(&"READ 128 128".to_string()), "{held:?}");
-        let r = FastReader::new(&path);
+        let r = FastReader::new(&path, 64);
         assert_eq!(r.available("a"), Some(Some(10)));
         assert!(r.wal.get().unwrap().is_some(), "WAL header watched");
         assert_eq!(r.available("a"), Some(Some(10)));
@@ -341,7 +345,7 @@ mod tests {
              INSERT INTO accounts VALUES ('a', 10, 0);",
         )
         .unwrap();
-        let r = FastReader::new(&path);
+        let r = FastReader::new(&path, 64);
         assert_eq!(r.available("a"), Some(Some(10)));
         assert!(r.wal.get().unwrap().is_none());
         assert!(r.balances.lock().unwrap().is_empty());

@@ -302,7 +302,8 @@ impl Db {
                 let group = opts
                     .sqlite_group_commit
                     .then(|| group::Group::start(write.clone()));
-                let fast = std::sync::Arc::new(fastread::FastReader::new(path));
+                let fast =
+                    std::sync::Arc::new(fastread::FastReader::new(path, SQLITE_READ_CACHE_KIB));
                 Db::Sqlite(SqliteDb {
                     read,
                     write,
