@@ -75,12 +75,7 @@ pub fn new_request_id() -> String {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut tail = [b'0'; 11]; // 62^11 > 2^64
-    for slot in tail.iter_mut().rev() {
-        *slot = B62[(z % 62) as usize];
-        z /= 62;
-    }
+    let tail = kie_wire::apikey::base62_fixed::<11>(z); // 62^11 > 2^64
     let mut id = String::with_capacity(4 + 5 + 11);
     id.push_str("req_");
     id.push_str(prefix);

@@ -563,13 +563,7 @@ pub fn new_id(prefix: &str) -> String {
 /// group-commit batch dirties a page or two per index instead of a page per row
 /// (BENCHMARKS.md, "durable holds"). Not for ids that must be unguessable on their own.
 pub fn new_sorted_id(prefix: &str) -> String {
-    const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut t = now_ms().max(0) as u64;
-    let mut time = [b'0'; 7];
-    for slot in time.iter_mut().rev() {
-        *slot = B62[(t % 62) as usize];
-        t /= 62;
-    }
+    let time = kie_wire::apikey::base62_fixed::<7>(now_ms().max(0) as u64);
     let time = std::str::from_utf8(&time).expect("ascii");
     format!("{prefix}_{time}{}", kie_wire::apikey::random_base62(9))
 }
