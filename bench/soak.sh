@@ -5,7 +5,8 @@
 # PostgreSQL, once without and once with a /metrics scraper (1/s). Every 10 s the
 # client samples the server's RSS, descriptors, threads, database connections and
 # errors; each run ends with one line:
-#   SOAK slope X MiB/10min; rss …; fds a-b; threads a-b; db conns a-b; requests …; errors N; 429s N
+#   SOAK slope X MiB/10min (anonymous Y, Theil-Sen Z); rss …; fds a-b; threads a-b; db conns a-b; requests …; errors N; 429s N
+# after a line of RSS per minute (the median of each minute's samples).
 # Target: slope < 1 MiB per 10 min after the one-minute warm-up, descriptors, threads
 # and connections flat, no errors but intended 429s.
 #

@@ -4,8 +4,10 @@
 //! and a large file, uploads, and createTask with a callback to a local receiver — and
 //! every 10 s a sample of the server process: RSS, open descriptors, threads, database
 //! connections, and the requests and errors since the last sample. At the end: the RSS
-//! slope after a one-minute warm-up (least squares, MiB per 10 minutes) and the ranges
-//! of the other figures. With `--scrape`, `/metrics` is fetched once a second.
+//! slope after a one-minute warm-up (least squares, MiB per 10 minutes; also the
+//! Theil–Sen slope, the median of the slopes between every two samples, which one
+//! sample caught in a burst does not move), RSS per minute (the median of each
+//! minute's samples), and the ranges of the other figures. With `--scrape`, `/metrics` is fetched once a second.
 //!
 //! Usage: soak --base URL --key KEY --pid PID [--minutes 10] [--scrape]
 //!             [--pg URL_OF_THE_SERVERS_DATABASE | --sqlite PATH_OF_kie.db]
@@ -477,6 +479,41 @@ async fn main() {
     };
     let slope_mib_per_10min = slope(&|s| s.rss_kib);
     let anon_slope = slope(&|s| s.anon_kib);
+    // Theil–Sen: the median of the slopes between every two warm samples. A trend
+    // (a leak) moves it exactly as it moves least squares; one sample caught in a
+    // burst (a large download's buffers in flight) does not.
+    let mut pair_slopes = Vec::new();
+    for (i, a) in warm.iter().enumerate() {
+        for b in &warm[i + 1..] {
+            if b.t > a.t {
+                pair_slopes.push((b.rss_kib as f64 - a.rss_kib as f64) / (b.t - a.t));
+            }
+        }
+    }
+    pair_slopes.sort_by(f64::total_cmp);
+    let median_slope = match pair_slopes.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => pair_slopes[n / 2],
+        n => (pair_slopes[n / 2 - 1] + pair_slopes[n / 2]) / 2.0,
+    } * 600.0
+        / 1024.0;
+    // RSS per minute (median of the minute's samples), MiB
+    let mut per_minute = Vec::new();
+    let mut minute = 0;
+    loop {
+        let mut v: Vec<u64> = samples
+            .iter()
+            .filter(|s| s.t >= minute as f64 * 60.0 && s.t < (minute + 1) as f64 * 60.0)
+            .map(|s| s.rss_kib)
+            .collect();
+        if v.is_empty() {
+            break;
+        }
+        v.sort_unstable();
+        per_minute.push(format!("{:.1}", v[v.len() / 2] as f64 / 1024.0));
+        minute += 1;
+    }
+    println!("RSS per minute (median, MiB): {}", per_minute.join(" "));
     let range = |f: &dyn Fn(&Sample) -> u64| {
         let v: Vec<u64> = warm.iter().map(|s| f(s)).collect();
         (
@@ -492,7 +529,7 @@ async fn main() {
     let errors = counts.errors.load(Ordering::Relaxed);
     let limited = counts.limited.load(Ordering::Relaxed);
     println!(
-        "SOAK slope {slope_mib_per_10min:.2} MiB/10min (anonymous {anon_slope:.2}); rss {:.1}-{:.1} MiB; fds {fmin}-{fmax}; threads {tmin}-{tmax}; db conns {dmin}-{dmax}; requests {total} ({:.0}/s); errors {errors}; 429s {limited}; callbacks {}",
+        "SOAK slope {slope_mib_per_10min:.2} MiB/10min (anonymous {anon_slope:.2}, Theil-Sen {median_slope:.2}); rss {:.1}-{:.1} MiB; fds {fmin}-{fmax}; threads {tmin}-{tmax}; db conns {dmin}-{dmax}; requests {total} ({:.0}/s); errors {errors}; 429s {limited}; callbacks {}",
         rmin as f64 / 1024.0,
         rmax as f64 / 1024.0,
         total as f64 / start.elapsed().as_secs_f64(),
