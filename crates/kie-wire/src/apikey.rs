@@ -17,7 +17,6 @@ pub const DISPLAY_PREFIX_LEN: usize = PREFIX.len() + 8;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// Draws `n` base62 characters from the OS RNG without modulo bias.
 /// `n` as exactly `N` base62 digits, most significant first (ASCII order, so equal
 /// widths sort like the numbers; digits beyond `N` are dropped).
 pub fn base62_fixed<const N: usize>(mut n: u64) -> [u8; N] {
@@ -29,6 +28,7 @@ pub fn base62_fixed<const N: usize>(mut n: u64) -> [u8; N] {
     out
 }
 
+/// Draws `n` base62 characters from the OS RNG without modulo bias.
 pub fn random_base62(n: usize) -> String {
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];

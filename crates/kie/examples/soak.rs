@@ -7,7 +7,8 @@
 //! slope after a one-minute warm-up (least squares, MiB per 10 minutes; also the
 //! Theil–Sen slope, the median of the slopes between every two samples, which one
 //! sample caught in a burst does not move), RSS per minute (the median of each
-//! minute's samples), and the ranges of the other figures. With `--scrape`, `/metrics` is fetched once a second.
+//! minute's samples), and the ranges of the other figures. With `--scrape`, `/metrics`
+//! is fetched once a second.
 //!
 //! Usage: soak --base URL --key KEY --pid PID [--minutes 10] [--scrape]
 //!             [--pg URL_OF_THE_SERVERS_DATABASE | --sqlite PATH_OF_kie.db]
