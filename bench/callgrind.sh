@@ -10,7 +10,7 @@ need valgrind valgrind
 bins=("$@")
 if [ ${#bins[@]} -eq 0 ]; then build_kie; bins=("$KIE_BIN"); fi
 work=$(mktemp -d)
-trap 'kill $VG_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill ${VG_PID:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 for bin in "${bins[@]}"; do
   dir="$work/$(basename "$bin")-$RANDOM"; mkdir -p "$dir"
   # the data dir (demo account and key) is made by a normal start first

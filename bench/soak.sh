@@ -13,6 +13,8 @@
 #   bench/soak.sh                     # 4 runs of 10 minutes
 #   MINUTES=3 bench/soak.sh sqlite    # only SQLite, 3 minutes each
 #   SCRAPE=off bench/soak.sh          # only the runs without a scraper
+#   KIE=/path/to/kie NO_BUILD=1 bench/soak.sh sqlite   # another build of kie (compare allocators)
+#   SOAK_ARGS="--tasks-per-sec 0 --uploads-per-sec 0" bench/soak.sh sqlite   # part of the mix
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -24,7 +26,7 @@ scrapes=(off on)
 [ -n "${SCRAPE:-}" ] && scrapes=("$SCRAPE")
 pg_base="${KIE_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p kie --bin kie --example soak
-kie=target/release/kie
+kie="${KIE:-target/release/kie}"
 soak=target/release/examples/soak
 status=0
 for backend in "${backends[@]}"; do
@@ -50,7 +52,7 @@ for backend in "${backends[@]}"; do
     [ "$backend" = postgres ] && target=(--pg "$pg_base/$pgdb")
     extra=()
     [ "$scrape" = on ] && extra=(--scrape)
-    if ! "$soak" --base "$base" --key "$key" --pid "$pid" --minutes "$minutes" "${target[@]}" "${extra[@]}" | tee "$tmp/soak.log"; then
+    if ! "$soak" --base "$base" --key "$key" --pid "$pid" --minutes "$minutes" "${target[@]}" "${extra[@]}" ${SOAK_ARGS:-} | tee "$tmp/soak.log"; then
       status=1
     fi
     line=$(grep '^SOAK' "$tmp/soak.log" || echo "SOAK failed")

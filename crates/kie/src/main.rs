@@ -9,15 +9,31 @@ mod admin;
 mod client;
 mod serve;
 
-/// mimalloc instead of glibc's malloc: per-thread free lists make the many small,
-/// short-lived allocations of a request (headers, envelopes, ids) cheaper; measured in
-/// BENCHMARKS.md ("Credit endpoint").
+/// jemalloc for every allocation of the process: Rust's, and on Linux SQLite's too
+/// (C; tikv-jemallocator's `unprefixed_malloc_on_supported_platforms` makes jemalloc
+/// the process's `malloc`, so no glibc arenas keep SQLite's freed pages). Its
+/// per-thread caches keep a request's many small, short-lived allocations cheap
+/// (credit 20.6k instructions per request; mimalloc 20.9k, glibc's malloc ~18 % more),
+/// and it gives unused pages back on a timer, so a server under sustained load stays
+/// level where mimalloc grew 2–3 MiB per 10 minutes in the same run (BENCHMARKS.md
+/// "Soak", bench/soak.sh, bench/callgrind.sh).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// No transparent huge pages for this process: mimalloc asks for them on its arenas
-/// (`madvise`), and every thread touching its first page then faults in 2 MiB — idle
-/// RSS of `kie serve` was 38 MiB with them, 20 MiB without (bench/startup.sh).
+/// jemalloc's options, read when it starts (the `MALLOC_CONF` environment variable
+/// overrides them): a background thread returns dirty pages unused for one second
+/// (`dirty_decay_ms`; 10 s by default, and without the thread only when some thread
+/// happens to allocate). The symbol is jemalloc's `malloc_conf`, declared by
+/// tikv-jemalloc-sys as `Option<&'static c_char>`; jemalloc's own definition is weak.
+#[export_name = "malloc_conf"]
+static MALLOC_CONF: Option<&std::ffi::c_char> =
+    // SAFETY: the pointer is that of a 'static, NUL-terminated literal.
+    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000".as_ptr() });
+
+/// No transparent huge pages for this process: on a kernel whose THP mode is
+/// `always`, every allocator extent a thread touches would be backed by 2 MiB pages
+/// (idle RSS of `kie serve` was 38 MiB with them, 20 MiB without, when the allocator
+/// asked for them; bench/startup.sh).
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
@@ -53,23 +69,7 @@ enum Command {
     Client(client::ClientCommand),
 }
 
-/// At most two glibc malloc arenas. Rust code allocates through mimalloc, but SQLite
-/// (C) uses glibc's malloc from every thread that runs a query — each sqlx connection
-/// has its own worker thread — and glibc gives each such thread an arena of its own
-/// (up to 8 per core), each keeping its freed pages. Under a sustained mixed load that
-/// was 2.2 MiB more RSS per 10 minutes spread over a dozen arenas; with two, SQLite's
-/// memory is reused (bench/soak.sh, BENCHMARKS.md "Soak").
-fn few_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a parameter of glibc's allocator; called first thing in
-    // main, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    few_malloc_arenas();
     no_huge_pages();
     let cli = Cli::parse();
     match cli.command {
