@@ -14,14 +14,15 @@ mod serve;
 /// the process's `malloc`, so no glibc arenas keep SQLite's freed pages). Its
 /// per-thread caches keep a request's many small, short-lived allocations cheap
 /// (credit 20.6k instructions per request; mimalloc 20.9k, glibc's malloc ~18 % more),
-/// and it gives unused pages back on a timer, so a server under sustained load stays
-/// level where mimalloc grew 2–3 MiB per 10 minutes in the same run (BENCHMARKS.md
-/// "Soak", bench/soak.sh, bench/callgrind.sh).
+/// and it gives unused pages back on a timer: under the same sustained load it ended
+/// 2 MiB lower than mimalloc and rose less (BENCHMARKS.md "Soak", bench/soak.sh,
+/// bench/callgrind.sh).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read when it starts (the `MALLOC_CONF` environment variable
-/// overrides them): a background thread returns dirty pages unused for one second
+/// overrides them on Linux; where tikv-jemalloc-sys prefixes jemalloc's symbols, as on
+/// macOS, this one is not read): a background thread returns dirty pages unused for one second
 /// (`dirty_decay_ms`; 10 s by default, and without the thread only when some thread
 /// happens to allocate). The symbol is jemalloc's `malloc_conf`, declared by
 /// tikv-jemalloc-sys as `Option<&'static c_char>`; jemalloc's own definition is weak.
