@@ -499,21 +499,22 @@ async fn main() {
     } * 600.0
         / 1024.0;
     // RSS per minute (median of the minute's samples), MiB
-    let mut per_minute = Vec::new();
-    let mut minute = 0;
-    loop {
-        let mut v: Vec<u64> = samples
-            .iter()
-            .filter(|s| s.t >= minute as f64 * 60.0 && s.t < (minute + 1) as f64 * 60.0)
-            .map(|s| s.rss_kib)
-            .collect();
-        if v.is_empty() {
-            break;
+    let mut by_minute: Vec<Vec<u64>> = Vec::new();
+    for s in &samples {
+        let m = (s.t / 60.0) as usize;
+        if by_minute.len() <= m {
+            by_minute.resize_with(m + 1, Vec::new);
         }
-        v.sort_unstable();
-        per_minute.push(format!("{:.1}", v[v.len() / 2] as f64 / 1024.0));
-        minute += 1;
+        by_minute[m].push(s.rss_kib);
     }
+    let per_minute: Vec<String> = by_minute
+        .iter_mut()
+        .take_while(|v| !v.is_empty())
+        .map(|v| {
+            v.sort_unstable();
+            format!("{:.1}", v[v.len() / 2] as f64 / 1024.0)
+        })
+        .collect();
     println!("RSS per minute (median, MiB): {}", per_minute.join(" "));
     let range = |f: &dyn Fn(&Sample) -> u64| {
         let v: Vec<u64> = warm.iter().map(|s| f(s)).collect();

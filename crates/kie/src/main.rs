@@ -20,11 +20,11 @@ mod serve;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read when it starts (the `MALLOC_CONF` environment variable
-/// overrides them on Linux; where tikv-jemalloc-sys prefixes jemalloc's symbols, as on
-/// macOS, this one is not read): a background thread returns dirty pages unused for one second
-/// (`dirty_decay_ms`; 10 s by default, and without the thread only when some thread
-/// happens to allocate). The symbol is jemalloc's `malloc_conf`, declared by
+/// jemalloc's options, read when it starts: a background thread returns dirty pages
+/// unused for one second (`dirty_decay_ms`; 10 s by default, and without the thread
+/// only when some thread happens to allocate). The `MALLOC_CONF` environment variable
+/// overrides them on Linux; where tikv-jemalloc-sys prefixes jemalloc's symbols (as on
+/// macOS) this one is not read. The symbol is jemalloc's `malloc_conf`, declared by
 /// tikv-jemalloc-sys as `Option<&'static c_char>`; jemalloc's own definition is weak.
 #[export_name = "malloc_conf"]
 static MALLOC_CONF: Option<&std::ffi::c_char> =
