@@ -16,9 +16,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
+    // As `kie serve` does: SQLite's page caches in one buffer reserved before SQLite is
+    // used (`BENCH_NO_PAGE_CACHE_RESERVE=1`: caches grow from the heap, for a before/after).
+    let callers: u32 = a.get(3).and_then(|c| c.parse().ok()).unwrap_or(1);
+    if a.get(1).is_some_and(|u| u.starts_with("sqlite:"))
+        && std::env::var_os("BENCH_NO_PAGE_CACHE_RESERVE").is_none()
+    {
+        use kie_server::store::{sqlite_page_cache_slots, sqlite_raw};
+        // SAFETY: SQLite is not used yet, and this is the process's only thread.
+        unsafe { sqlite_raw::reserve_page_cache(sqlite_page_cache_slots(callers + 2, 2)) };
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(a))
+}
+
+async fn run(a: Vec<String>) -> anyhow::Result<()> {
     if a.len() < 5 {
         anyhow::bail!(
             "usage: bench_ledger DATABASE_URL holds|holds+posts CALLERS SECONDS [on|off]"

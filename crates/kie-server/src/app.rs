@@ -86,6 +86,9 @@ fn record_bounded_sizes(state: &AppState) {
         record_bounded("file_cache", files, max);
         record_bounded("signing_key_cache", signing, max);
     }
+    if let crate::store::Db::Sqlite(_) = &state.db {
+        crate::metrics::record_sqlite_page_cache(crate::store::sqlite_raw::page_cache_usage());
+    }
     if let crate::store::Db::Postgres(pg) = &state.db {
         record_bounded("balance_cache", pg.balances.len(), pg.balances.max());
         record_bounded("file_records", pg.records.len(), pg.records.max());

@@ -248,6 +248,16 @@ impl ModelKind {
     }
 }
 
+/// Default number of pooled SQLite readers (`db_max_connections` unset): twice the
+/// cores, 4 to 16. A SQLite read is CPU work on its connection's own thread, so
+/// readers beyond about twice the cores only queue on the CPU, while each costs
+/// ~0.3 MiB kept for the process's life (its thread, lookaside, parsed schema and page
+/// cache); the hottest reads skip the pool anyway (`store::fastread`).
+pub fn sqlite_default_readers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).clamp(4, 16) as u32
+}
+
 /// Where the metadata lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -686,6 +696,10 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let db_max_connections = f.db_max_connections.unwrap_or(match database {
+            DatabaseUrl::Sqlite(_) => sqlite_default_readers(),
+            DatabaseUrl::Postgres(_) => 16,
+        });
         Ok(Config {
             bind,
             public_url,
@@ -717,7 +731,7 @@ impl Config {
             webhook_timeout: dur("webhook_timeout", &f.webhook_timeout, "15s")?,
             demo_workers: f.demo_workers.unwrap_or(2),
             auth_cache_ttl: dur("auth_cache_ttl", &f.auth_cache_ttl, "2s")?,
-            db_max_connections: f.db_max_connections.unwrap_or(16),
+            db_max_connections,
             db_statement_timeout: dur("db_statement_timeout", &f.db_statement_timeout, "5s")?,
             db_acquire_timeout: dur("db_acquire_timeout", &f.db_acquire_timeout, "3s")?,
             sqlite_group_commit: f.sqlite_group_commit.unwrap_or(true),

@@ -59,6 +59,20 @@ pub fn record_bounded(structure: &'static str, entries: usize, max: usize) {
     metrics::gauge!("kie_bounded_max", "structure" => structure).set(max as f64);
 }
 
+/// SQLite's page-cache memory, as gauges `kie_sqlite_page_cache_bytes{memory}`:
+/// `reserved` (the buffer `kie serve` gives SQLite at start), `reserved_used` (the part
+/// of it the caches hold), `heap` (pages the caches took from the heap instead: beyond
+/// the buffer, or without one). Set before each render of `/metrics`.
+pub fn record_sqlite_page_cache(u: crate::store::sqlite_raw::PageCacheUsage) {
+    for (memory, bytes) in [
+        ("reserved", u.reserved),
+        ("reserved_used", u.reserved_used),
+        ("heap", u.heap),
+    ] {
+        metrics::gauge!("kie_sqlite_page_cache_bytes", "memory" => memory).set(bytes as f64);
+    }
+}
+
 /// Cached request-metric handles now (bound: [`MAX_HANDLES`]).
 pub fn request_handles_len() -> usize {
     REQUEST_HANDLES

@@ -44,7 +44,7 @@ use std::sync::{Mutex, OnceLock};
 use super::sqlite_raw::{Header, WalWatch};
 
 /// Idle connections kept; more may be open briefly under a burst.
-const MAX_IDLE: usize = 16;
+pub const MAX_IDLE: usize = 16;
 /// Bound of each cache (balances, file records — made-up file ids included, as
 /// "no such row" —, the signing key): an insert into a full cache empties it first.
 pub const MAX_CACHED: usize = 10_000;

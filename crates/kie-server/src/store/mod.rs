@@ -236,13 +236,27 @@ fn redact(url: &str) -> String {
 /// cache. The one write connection gets 1 MiB: the pages every write transaction
 /// touches (the account row, the right edge of the ledger's tables and indexes, whose
 /// ids sort by time: `new_sorted_id`) must stay cached or each group-commit batch
-/// reads them again. All together at most 1 MiB + 64 KiB per reader. (A
+/// reads them again. All together at most 1 MiB + 64 KiB per reader, which `kie
+/// serve` reserves at start ([`sqlite_page_cache_slots`]) so that the caches filling
+/// up as the database grows do not show as memory rising for minutes. (A
 /// process-wide `soft_heap_limit` of 4 MiB did bound all caches together, but the
 /// connections' own memory already exceeded it, so every cache, the writer's too,
 /// only recycled pages: durable holds were 8.2k/s with it, BENCHMARKS.md.)
 pub const SQLITE_READ_CACHE_KIB: i64 = 64;
 /// See [`SQLITE_READ_CACHE_KIB`].
 pub const SQLITE_WRITE_CACHE_KIB: i64 = 1024;
+
+/// Page slots the caches of a SQLite store may hold together at their bounds, with
+/// `readers` pooled readers and `fast_readers` threads doing direct reads (the
+/// runtime's workers, [`fastread`]): the writer's, each reader's, the direct readers'
+/// and their anchor's, and two readers' worth of margin. What `kie serve` reserves up
+/// front ([`sqlite_raw::reserve_page_cache`]); caches beyond it take pages from the
+/// heap, as without a reserve (`kie_sqlite_page_cache_bytes{memory="heap"}`).
+pub fn sqlite_page_cache_slots(readers: u32, fast_readers: usize) -> usize {
+    let pages = |kib: i64| (kib as usize * 1024).div_ceil(sqlite_raw::PAGE_SIZE);
+    let readers = readers.clamp(1, 64) as usize + fast_readers.min(fastread::MAX_IDLE) + 1 + 2;
+    pages(SQLITE_WRITE_CACHE_KIB) + readers * pages(SQLITE_READ_CACHE_KIB)
+}
 
 impl Db {
     /// Connects and runs migrations.

@@ -9,6 +9,9 @@
 //!   file, the change detection behind the direct reads' caches (`store::fastread`,
 //!   whose module documentation explains the scheme and why no descriptor of our own
 //!   is opened).
+//! * [`reserve_page_cache`]: SQLite's page caches given one buffer, allocated and
+//!   written at start (`SQLITE_CONFIG_PAGECACHE`), and [`page_cache_usage`], how much
+//!   of it and of the heap they use (`sqlite3_status64`).
 //!
 //! Tests: `store::fastread`'s (a commit by this process, by another connection and
 //! by another process each end the cache), `store::group`'s and `ledger`'s (every
@@ -144,6 +147,110 @@ impl WalWatch {
         let is_init = (a[1] >> 32) as u8; // byte 12 (little-endian words)
         let native = cfg!(target_endian = "little");
         (native && a == b && version == Self::VERSION && is_init == 1).then_some(a)
+    }
+}
+
+/// Page size SQLite creates databases with (`SQLITE_DEFAULT_PAGE_SIZE`); the store
+/// never sets another, so every page of a cache fits a slot of [`reserve_page_cache`].
+pub const PAGE_SIZE: usize = 4096;
+
+/// What [`reserve_page_cache`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCacheReserve {
+    /// `slots` slots of `slot_bytes` each (a page and SQLite's header for it), in one
+    /// buffer allocated and written now.
+    Reserved { slots: usize, slot_bytes: usize },
+    /// SQLite refused (it was already in use in this process, or `slots` was 0 or too
+    /// large): its caches take their pages from the heap as they grow, as without.
+    Refused,
+}
+
+/// Gives the page caches of every SQLite connection of the process one buffer of
+/// `slots` page slots, allocated **and written** now (`SQLITE_CONFIG_PAGECACHE`).
+///
+/// Why: each connection's cache takes a page from the heap the first time it holds
+/// one, so the caches' memory grows for as long as the database grows into them —
+/// minutes under writes, hours under a trickle — until every cache reaches its bound
+/// (`store::SQLITE_WRITE_CACHE_KIB`, `SQLITE_READ_CACHE_KIB`). Under a steady load
+/// that showed as resident memory rising for the first minutes (BENCHMARKS.md, "Soak").
+/// With the buffer written up front, those pages are resident from the start and a
+/// cache filling up only takes slots already counted; a cache wanting more than the
+/// buffer has left takes pages from the heap, as before ([`page_cache_usage`] tells).
+///
+/// # Safety
+/// `sqlite3_config` is not thread-safe: no other thread may call SQLite while this
+/// runs. Call it first thing, before the runtime and any connection exist.
+pub unsafe fn reserve_page_cache(slots: usize) -> PageCacheReserve {
+    use rusqlite::ffi;
+    use std::ffi::c_int;
+    let Ok(n) = c_int::try_from(slots) else {
+        return PageCacheReserve::Refused;
+    };
+    if n == 0 {
+        return PageCacheReserve::Refused;
+    }
+    let mut header: c_int = 0;
+    // SAFETY: PCACHE_HDRSZ writes one int through the pointer (allowed at any time).
+    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_PCACHE_HDRSZ, &raw mut header) };
+    if rc != ffi::SQLITE_OK || header < 0 {
+        return PageCacheReserve::Refused;
+    }
+    let slot_bytes = (PAGE_SIZE + header as usize).next_multiple_of(8);
+    // u64 words: 8-byte aligned, as SQLite requires. Written (not zero-allocated,
+    // which would leave the pages untouched until SQLite first uses each slot), so
+    // the buffer is resident from now on.
+    let mut buf = vec![u64::MAX; slot_bytes / 8 * slots].into_boxed_slice();
+    // SAFETY: the caller guarantees no other thread uses SQLite; the buffer holds
+    // `n` slots of `slot_bytes` bytes, 8-byte aligned, and on success it is leaked
+    // below, so it stays valid (and unused by Rust) for the rest of the process.
+    let rc = unsafe {
+        ffi::sqlite3_config(
+            ffi::SQLITE_CONFIG_PAGECACHE,
+            buf.as_mut_ptr().cast::<std::ffi::c_void>(),
+            slot_bytes as c_int,
+            n,
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return PageCacheReserve::Refused;
+    }
+    Box::leak(buf);
+    let _ = RESERVED.set((slots, slot_bytes));
+    PageCacheReserve::Reserved { slots, slot_bytes }
+}
+
+/// The buffer [`reserve_page_cache`] gave SQLite, if any: (slots, bytes per slot).
+static RESERVED: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+
+/// SQLite's page-cache memory now, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCacheUsage {
+    /// Size of the buffer of [`reserve_page_cache`] (0 without one).
+    pub reserved: i64,
+    /// Bytes of it in use.
+    pub reserved_used: i64,
+    /// Bytes the caches took from the heap (beyond the buffer, or without one).
+    pub heap: i64,
+}
+
+/// How much of the reserved buffer and of the heap SQLite's page caches use now.
+pub fn page_cache_usage() -> PageCacheUsage {
+    use rusqlite::ffi;
+    let status = |op| {
+        let (mut now, mut high) = (0i64, 0i64);
+        // SAFETY: sqlite3_status64 is thread-safe and writes the two integers.
+        let rc = unsafe { ffi::sqlite3_status64(op, &mut now, &mut high, 0) };
+        if rc == ffi::SQLITE_OK {
+            now
+        } else {
+            0
+        }
+    };
+    let (slots, slot_bytes) = RESERVED.get().copied().unwrap_or((0, 0));
+    PageCacheUsage {
+        reserved: (slots * slot_bytes) as i64,
+        reserved_used: status(ffi::SQLITE_STATUS_PAGECACHE_USED) * slot_bytes as i64,
+        heap: status(ffi::SQLITE_STATUS_PAGECACHE_OVERFLOW),
     }
 }
 
