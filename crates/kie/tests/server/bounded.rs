@@ -28,14 +28,7 @@ const PARALLEL: u32 = 32;
 
 /// `(entries, max)` by structure, from `/metrics`.
 async fn bounded(s: &Server) -> HashMap<String, (u64, u64)> {
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let mut out: HashMap<String, (u64, u64)> = HashMap::new();
     for line in text.lines() {
         for (metric, max) in [("kie_bounded_entries", false), ("kie_bounded_max", true)] {
@@ -256,14 +249,7 @@ async fn file_and_link_caches_are_bounded_for_100k_ids() {
 
 /// `kie_sqlite_page_cache_bytes{memory}` from `/metrics` (empty when not reported).
 async fn page_cache(s: &Server) -> HashMap<String, i64> {
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     text.lines()
         .filter_map(|l| l.strip_prefix("kie_sqlite_page_cache_bytes{memory=\""))
         .map(|rest| {

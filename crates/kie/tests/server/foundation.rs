@@ -648,14 +648,7 @@ async fn operational_endpoints_work() {
     let r = c.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     get_json(&s.url("/api/v1/chat/credit"), Some(&key)).await;
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.lines().any(|l| l.starts_with("kie_http_requests_total")
             && l.contains("route=\"/api/v1/chat/credit\"")

@@ -290,6 +290,18 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// The server's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn tmp(&self) -> std::sync::Arc<TempDir> {
         self._tmp.clone().unwrap()
     }
