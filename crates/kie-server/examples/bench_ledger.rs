@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     {
         use kie_server::store::{sqlite_page_cache_slots, sqlite_raw};
         // SAFETY: SQLite is not used yet, and this is the process's only thread.
-        unsafe { sqlite_raw::reserve_page_cache(sqlite_page_cache_slots(callers + 2, 2)) };
+        unsafe { sqlite_raw::reserve_page_cache(sqlite_page_cache_slots(callers + 2)) };
     }
     tokio::runtime::Runtime::new()?.block_on(run(a))
 }

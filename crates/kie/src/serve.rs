@@ -41,9 +41,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     init_logging(config.log_format);
     if let kie_server::config::DatabaseUrl::Sqlite(_) = config.database {
         use kie_server::store::{sqlite_page_cache_slots, sqlite_raw};
-        // the runtime's workers (one per core) are the threads doing direct reads
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let slots = sqlite_page_cache_slots(config.db_max_connections, workers);
+        let slots = sqlite_page_cache_slots(config.db_max_connections);
         // SAFETY: nothing has used SQLite yet, and this is the process's only thread
         // (the runtime starts below).
         let reserved = unsafe { sqlite_raw::reserve_page_cache(slots) };

@@ -247,12 +247,13 @@ pub const SQLITE_READ_CACHE_KIB: i64 = 64;
 pub const SQLITE_WRITE_CACHE_KIB: i64 = 1024;
 
 /// Page slots the caches of a SQLite store may hold together at their bounds, with
-/// `readers` pooled readers and `fast_readers` threads doing direct reads (the
-/// runtime's workers, [`fastread`]): the writer's, each reader's, the direct readers'
-/// and their anchor's, and two readers' worth of margin. What `kie serve` reserves up
+/// `readers` pooled readers: the writer's, each reader's, the direct readers' (one per
+/// runtime worker, i.e. per core, the threads doing them: [`fastread`]) and their
+/// anchor's, and two readers' worth of margin. What `kie serve` reserves up
 /// front ([`sqlite_raw::reserve_page_cache`]); caches beyond it take pages from the
 /// heap, as without a reserve (`kie_sqlite_page_cache_bytes{memory="heap"}`).
-pub fn sqlite_page_cache_slots(readers: u32, fast_readers: usize) -> usize {
+pub fn sqlite_page_cache_slots(readers: u32) -> usize {
+    let fast_readers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pages = |kib: i64| (kib as usize * 1024).div_ceil(sqlite_raw::PAGE_SIZE);
     let readers = readers.clamp(1, 64) as usize + fast_readers.min(fastread::MAX_IDLE) + 1 + 2;
     pages(SQLITE_WRITE_CACHE_KIB) + readers * pages(SQLITE_READ_CACHE_KIB)

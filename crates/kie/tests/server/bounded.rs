@@ -276,11 +276,9 @@ async fn sqlite_page_caches_live_in_the_buffer_reserved_at_start() {
         assert!(before.is_empty(), "{before:?}");
         return;
     }
-    // the default pooled readers and one direct reader per runtime worker (core); a
-    // slot is a page and SQLite's header for it
-    let cores = std::thread::available_parallelism().unwrap().get();
+    // the default pooled readers; a slot is a page and SQLite's header for it
     let readers = kie_server::config::sqlite_default_readers();
-    let slots = kie_server::store::sqlite_page_cache_slots(readers, cores) as i64;
+    let slots = kie_server::store::sqlite_page_cache_slots(readers) as i64;
     let reserved = before["reserved"];
     assert_eq!(reserved % slots, 0, "{before:?}");
     let slot = reserved / slots;
