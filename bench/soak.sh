@@ -15,6 +15,7 @@
 #   SCRAPE=off bench/soak.sh          # only the runs without a scraper
 #   KIE=/path/to/kie NO_BUILD=1 bench/soak.sh sqlite   # another build of kie (compare allocators)
 #   SOAK_ARGS="--tasks-per-sec 0 --uploads-per-sec 0" bench/soak.sh sqlite   # part of the mix
+#   SOAK_KEEP=/tmp/soak bench/soak.sh postgres   # keep each run's server output (e.g. jemalloc's MALLOC_CONF=stats_interval:… reports)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -59,6 +60,10 @@ for backend in "${backends[@]}"; do
     echo "SUMMARY soak $backend scraper-$scrape: ${line#SOAK }"
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    if [ -n "${SOAK_KEEP:-}" ]; then
+      mkdir -p "$SOAK_KEEP"
+      for f in out err soak.log; do cp "$tmp/$f" "$SOAK_KEEP/$backend-scraper-$scrape.$f"; done
+    fi
     [ -n "$pgdb" ] && psql "$pg_base/postgres" -qc "DROP DATABASE $pgdb WITH (FORCE)" >/dev/null
     rm -rf "$tmp"
   done
